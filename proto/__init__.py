@@ -1,0 +1,1 @@
+"""The versioned gRPC contract of textinv (``proto/textinv/v1``) and its generated stubs."""

@@ -1,0 +1,1 @@
+"""The textinv gRPC API, by version."""
