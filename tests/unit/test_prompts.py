@@ -1,0 +1,111 @@
+"""Host-side prompt handling against diffusers' load_textual_inversion (the parity that matters)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from textinv.concepts import Concept, save_concept
+from textinv.errors import UnknownConceptError
+from textinv.prompts import MAX_LENGTH, PromptEncoder
+from textinv.text_encoder import EmbeddingsTextEncoder
+
+PARITY_PROMPTS = [
+    "a photo of <cat-toy>",
+    "a <cat-toy> on the beach",
+    "<cat-toy>",
+    "a red <cat-toy> next to a <dog-style> painting",
+    "<dog-style><cat-toy> toy",
+    "a photo of a cat",
+]
+
+
+@pytest.fixture(scope="module")
+def concepts(tiny_model) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    width = tiny_model.text_width
+    return {
+        "<cat-toy>": torch.randn(2, width, generator=generator),  # a 2-vector concept
+        "<dog-style>": torch.randn(1, width, generator=generator),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_pipeline(tiny_model_dir: Path, concepts, tmp_path_factory):
+    """diffusers' own pipeline with both concepts loaded through load_textual_inversion."""
+    folder = tmp_path_factory.mktemp("concepts")
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    for i, (token, vectors) in enumerate(concepts.items()):
+        path = save_concept(Concept(token, vectors), folder / f"c{i}.safetensors")
+        pipeline.load_textual_inversion(path)
+    return pipeline
+
+
+@pytest.mark.parametrize("prompt", PARITY_PROMPTS)
+def test_last_hidden_state_matches_load_textual_inversion(
+    prompt: str, tiny_model, concepts, reference_pipeline
+) -> None:
+    encoder = PromptEncoder(tiny_model.tokenizer, tiny_model.token_embedding)
+    embeddings = encoder.embed([prompt], concepts)
+    ours, pooled = EmbeddingsTextEncoder(tiny_model.text_encoder)(
+        embeddings.inputs_embeds, embeddings.eos_positions
+    )
+
+    converted = reference_pipeline.maybe_convert_prompt(prompt, reference_pipeline.tokenizer)
+    ids = reference_pipeline.tokenizer(
+        converted, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        reference = reference_pipeline.text_encoder(ids)
+
+    torch.testing.assert_close(ours, reference.last_hidden_state, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled, reference.pooler_output, atol=1e-5, rtol=0)
+
+
+def test_batch_of_prompts_matches_one_by_one(tiny_model, concepts) -> None:
+    encoder = PromptEncoder(tiny_model.tokenizer, tiny_model.token_embedding)
+    batch = encoder.embed(PARITY_PROMPTS, concepts)
+    assert batch.inputs_embeds.shape == (len(PARITY_PROMPTS), MAX_LENGTH, tiny_model.text_width)
+    for i, prompt in enumerate(PARITY_PROMPTS):
+        single = encoder.embed([prompt], concepts)
+        assert torch.equal(batch.inputs_embeds[i], single.inputs_embeds[0])
+
+
+def test_concept_rows_are_spliced_at_their_slots(tiny_model, concepts) -> None:
+    encoder = PromptEncoder(tiny_model.tokenizer, tiny_model.token_embedding)
+    tokenized = encoder.tokenize("a <cat-toy> dog", {"<cat-toy>": 2})
+    assert [(s.position, s.index) for s in tokenized.slots] == [(2, 0), (3, 1)]
+    embeds = encoder.embed(["a <cat-toy> dog"], concepts).inputs_embeds[0]
+    assert torch.equal(embeds[2], concepts["<cat-toy>"][0])
+    assert torch.equal(embeds[3], concepts["<cat-toy>"][1])
+
+
+def test_unknown_placeholder_is_named(tiny_model, concepts) -> None:
+    encoder = PromptEncoder(tiny_model.tokenizer, tiny_model.token_embedding)
+    with pytest.raises(UnknownConceptError, match="<cat-tyo>"):
+        encoder.embed(["a photo of <cat-tyo> and <cat-toy>"], concepts)
+
+
+def test_long_prompt_is_truncated_like_diffusers_with_a_warning(tiny_model, concepts) -> None:
+    encoder = PromptEncoder(tiny_model.tokenizer, tiny_model.token_embedding)
+    prompt = "a photo of " + "red " * 80 + "<cat-toy>"
+    result = encoder.tokenize(prompt, {"<cat-toy>": 2})
+    assert len(result.input_ids) == MAX_LENGTH
+    assert result.eos_position == MAX_LENGTH - 1
+    assert result.slots == ()  # the concept fell past the budget
+    assert "<cat-toy>" in result.warnings[0] and "dropped" in result.warnings[0]
+    reference = tiny_model.tokenizer(
+        "a photo of " + "red " * 80, max_length=MAX_LENGTH, truncation=True, padding="max_length"
+    ).input_ids
+    assert list(result.input_ids) == reference
+
+
+def test_short_prompt_has_no_warning_and_pads(tiny_model) -> None:
+    encoder = PromptEncoder(tiny_model.tokenizer, tiny_model.token_embedding)
+    result = encoder.tokenize("a cat", {})
+    assert result.warnings == ()
+    reference = tiny_model.tokenizer("a cat", max_length=MAX_LENGTH, padding="max_length").input_ids
+    assert list(result.input_ids) == reference

@@ -1,0 +1,5 @@
+import sys
+
+from textinv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The one ``textinv`` command, composed from each package's subcommands.
+
+This is the only module of ``textinv/`` that imports ``export/``, ``server/`` or ``client/``
+(DESIGN: layout). Each package contributes ``add_*_subcommands(subparsers)``; every handler returns
+an exit code. Known errors print one ``error:`` line; nothing prints a traceback to the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from textinv import __version__
+from textinv.errors import TextInvError
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+def _registrars() -> list[Registrar]:
+    from textinv.commands import add_concept_subcommands
+    from textinv.demo import add_demo_subcommand
+
+    return [add_concept_subcommands, add_demo_subcommand]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textinv",
+        description="Textual Inversion for a frozen Stable Diffusion model, served fast over gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=f"textinv {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in _registrars():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (TextInvError, ValueError, LookupError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The error types every entry point maps to a user-facing answer.
+
+Each is raised with a message that names the bad value. Entry points map them in one place: the
+CLI prints ``error: <message>``; the gRPC server maps them to status codes.
+"""
+
+from __future__ import annotations
+
+
+class TextInvError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InvalidInputError(TextInvError, ValueError):
+    """Bad input from a caller: a value, a file or a request that we refuse."""
+
+
+class ModelLoadError(InvalidInputError):
+    """A base model folder is missing, incomplete or of an unsupported kind."""
+
+
+class ConceptFileError(InvalidInputError):
+    """A concept file is unreadable, malformed, or does not fit the model."""
+
+
+class UnknownConceptError(TextInvError, LookupError):
+    """A prompt or a request names a concept that is not registered."""
+
+    def __init__(self, tokens: list[str] | str) -> None:
+        self.tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        names = ", ".join(repr(token) for token in self.tokens)
+        super().__init__(f"unknown concept {names}: register it first")
+
+    def __str__(self) -> str:
+        return str(self.args[0])

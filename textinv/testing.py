@@ -1,0 +1,223 @@
+"""Small seeded models in the diffusers folder layout, built in code.
+
+No weights can be downloaded on our machines, so tests, benchmarks and the demo build their models
+here. ``build_tiny_model`` writes a complete Stable Diffusion 1.x folder (tokenizer, text encoder,
+UNet, VAE, scheduler) in about a second; ``build_sd15_shape`` builds, in memory, a model with
+Stable Diffusion 1.5's exact component configs and random weights, so that costs are real.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+MAX_LENGTH = 77
+
+# Words the tiny tokenizer knows whole; anything else falls back to characters, as in CLIP's BPE.
+TINY_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "an",
+    "in",
+    "on",
+    "with",
+    "and",
+    "style",
+    "painting",
+    "picture",
+    "rendering",
+    "cropped",
+    "close-up",
+    "dirty",
+    "clean",
+    "dark",
+    "bright",
+    "small",
+    "large",
+    "big",
+    "cool",
+    "nice",
+    "weird",
+    "good",
+    "one",
+    "toy",
+    "cat",
+    "dog",
+    "beach",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "orange",
+    "purple",
+    "white",
+    "black",
+    "pink",
+    "brown",
+    "gray",
+    "star",
+    "circle",
+    "square",
+    "triangle",
+    "background",
+    "shape",
+    "corner",
+    "sculpture",
+]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible map from bytes to printable unicode characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def write_clip_tokenizer(folder: Path, words: Iterable[str] = TINY_WORDS) -> None:
+    """Write a CLIP-style BPE tokenizer (vocab.json, merges.txt) that knows ``words`` whole.
+
+    The layout and special tokens are those of SD 1.x's tokenizer; only the vocabulary is small
+    (the 512 byte tokens, one merge chain per word, and the two special tokens).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in byte_chars + [c + "</w>" for c in byte_chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    for word in words:
+        _add_merge_chain(word, vocab, merges)
+    vocab[BOS] = len(vocab)
+    vocab[EOS] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_LENGTH,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def _add_merge_chain(word: str, vocab: dict[str, int], merges: list[str]) -> None:
+    """Merge ``word``'s characters left to right into one token: ``c a`` then ``ca t</w>``."""
+    symbols = [*word[:-1], word[-1] + "</w>"]
+    merged = symbols[0]
+    for symbol in symbols[1:]:
+        pair = f"{merged} {symbol}"
+        merged += symbol
+        if merged not in vocab:
+            merges.append(pair)
+            vocab[merged] = len(vocab)
+
+
+def tiny_components(seed: int = 0, width: int = 32) -> dict[str, Any]:
+    """Seeded tiny text encoder, UNet and VAE with SD 1.x's structure (diffusers' test sizes)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=width,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=width,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            pad_token_id=1,
+            vocab_size=1000,
+            max_position_embeddings=MAX_LENGTH,
+        )
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def build_tiny_model(folder: Path, seed: int = 0, width: int = 32) -> Path:
+    """Write a tiny seeded SD 1.x model to ``folder`` in the diffusers layout and return it."""
+    folder = Path(folder)
+    write_clip_tokenizer(folder / "_tokenizer_src")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer_src")
+    components = tiny_components(seed, width)
+    text_encoder = components["text_encoder"]
+    assert isinstance(text_encoder, CLIPTextModel)
+    _fit_text_encoder_to_tokenizer(text_encoder, tokenizer)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=components["vae"],
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=components["unet"],
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    for leftover in (folder / "_tokenizer_src").iterdir():
+        leftover.unlink()
+    (folder / "_tokenizer_src").rmdir()
+    return folder
+
+
+def _fit_text_encoder_to_tokenizer(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+    """Size the embedding table to the vocabulary and set the real BOS/EOS/pad ids."""
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    config = text_encoder.config
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    text_encoder.eos_token_id = tokenizer.eos_token_id
