@@ -25,6 +25,11 @@ def _registrars() -> list[Registrar]:
     return [add_concept_subcommands, add_demo_subcommand]
 
 
+def _bench_registrars() -> list[Registrar]:
+    """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
+    return []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="textinv",
@@ -35,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in _registrars():
         register(subparsers)
+    bench = subparsers.add_parser("bench", help="measure speed against a baseline, as ratios")
+    bench_subparsers = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    for register in _bench_registrars():
+        register(bench_subparsers)
     return parser
 
 

@@ -221,3 +221,86 @@ def _fit_text_encoder_to_tokenizer(text_encoder: CLIPTextModel, tokenizer: CLIPT
     config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     text_encoder.eos_token_id = tokenizer.eos_token_id
+
+
+def sd15_shape_components(seed: int = 0) -> dict[str, Any]:
+    """Stable Diffusion 1.5's exact component configs with seeded random weights.
+
+    A 49408 × 768 token table and 12-layer CLIP text encoder, the 860M-parameter UNet and the
+    83M-parameter VAE: no weights can be downloaded here, but the costs are the real ones.
+    """
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=MAX_LENGTH,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+
+
+def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:  # -> BaseModel
+    """An in-memory ``BaseModel`` with SD 1.5's shapes (see ``sd15_shape_components``).
+
+    Its tokenizer is the small one from ``write_clip_tokenizer``: prompts use a few hundred ids
+    of the 49408-row table, which changes no cost. Its identity is ``sd15-shape-seed{seed}``.
+    """
+    import tempfile
+
+    from textinv.model import BaseModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_clip_tokenizer(Path(folder))
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    components = sd15_shape_components(seed)
+    for module in components.values():
+        module.requires_grad_(False)
+        module.eval()
+        if dtype != torch.float32:
+            module.to(dtype)
+    return BaseModel(
+        path=Path("sd15-shape"),
+        tokenizer=tokenizer,
+        text_encoder=components["text_encoder"],
+        unet=components["unet"],
+        vae=components["vae"],
+        scheduler_config=dict(SD15_SCHEDULER_CONFIG),
+        model_hash=f"sd15-shape-seed{seed}",
+    )
