@@ -23,7 +23,14 @@ class ConceptFileError(InvalidInputError):
     """A concept file is unreadable, malformed, or does not fit the model."""
 
 
-class UnknownConceptError(TextInvError, LookupError):
+class NotFoundError(TextInvError, LookupError):
+    """A named thing (a concept, a job) does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class UnknownConceptError(NotFoundError):
     """A prompt or a request names a concept that is not registered."""
 
     def __init__(self, tokens: list[str] | str) -> None:
@@ -33,3 +40,15 @@ class UnknownConceptError(TextInvError, LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class AlreadyExistsError(TextInvError):
+    """Creating something that exists already, without asking to replace it."""
+
+
+class OverloadedError(TextInvError):
+    """The server is at a configured limit (queue, concurrent jobs) and refuses at once."""
+
+
+class CancelledError(TextInvError):
+    """Work stopped because its caller cancelled it or its deadline passed."""
