@@ -1,0 +1,152 @@
+"""Argument parsing and validation of the client's command line, and connection settings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from client import cli
+from client.channel import ConnectionSettings
+from client.types import Scheduler
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return cli.build_parser().parse_args(argv)
+
+
+GENERATE = ["generate", "--server", "localhost:50051", "--prompt", "a <cat-toy>", "--out", "o.png"]
+
+
+def test_generation_defaults() -> None:
+    args = parse(GENERATE)
+    request = cli.generate_request_from_args(args)
+    assert (request.steps, request.guidance_scale, request.scheduler) == (30, 7.5, Scheduler.DDIM)
+    assert (request.seed, request.width, request.height, request.num_images) == (None,) * 3 + (1,)
+    assert args.func is cli.run_remote_generate
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--width", "500"], "must be a positive multiple of 8, got 500"),
+        (["--steps", "0"], "must be at least 1, got 0"),
+        (["--seed", "-1"], "must be in 0..2\\*\\*64-1, got -1"),
+        (["--guidance", "-1"], "must be >= 0, got -1"),
+        (["--scheduler", "lms"], "invalid choice: 'lms'"),
+        (["--timeout", "0"], "must be > 0, got 0"),
+    ],
+)
+def test_bad_generation_flags_exit_2_naming_the_value(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse(GENERATE + flags)
+    assert caught.value.code == 2
+    assert message.replace("\\", "") in capsys.readouterr().err
+
+
+def test_out_must_be_png(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse([*GENERATE[:-1], "o.jpg"])
+    assert "must end in .png, got 'o.jpg'" in capsys.readouterr().err
+
+
+def test_numbered_output_paths() -> None:
+    assert cli.numbered_output_paths(Path("out/cat.png"), 1) == [Path("out/cat.png")]
+    assert cli.numbered_output_paths(Path("out/cat.png"), 3) == [
+        Path("out/cat-0.png"),
+        Path("out/cat-1.png"),
+        Path("out/cat-2.png"),
+    ]
+
+
+def test_empty_prompt_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["generate", "--server", "h:1", "--prompt", "  ", "--out", "o.png"])
+    assert code == 2
+    assert capsys.readouterr().err == "error: prompt must not be empty, got '  '\n"
+
+
+def test_missing_tls_file_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "ca.pem"
+    code = cli.main(["concepts", "ls", "--server", "h:1", "--tls-ca", str(missing)])
+    assert code == 2
+    assert capsys.readouterr().err == f"error: root certificate file not found: '{missing}'\n"
+
+
+def test_missing_training_images_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["jobs", "submit", "--server", "h:1", "--images", str(tmp_path / "none")]
+    code = cli.main([*argv, "--token", "<t>", "--init", "dog"])
+    assert code == 2
+    assert "no such image file or folder" in capsys.readouterr().err
+    empty_folder = ["jobs", "submit", "--server", "h:1", "--images", str(tmp_path)]
+    assert cli.main([*empty_folder, "--token", "<t>", "--init", "dog"]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_caption_without_token_marker_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.png").write_bytes(b"png")
+    (tmp_path / "a.txt").write_text("a photo of a dog")
+    argv = ["jobs", "submit", "--server", "h:1", "--images", str(tmp_path)]
+    assert cli.main([*argv, "--token", "<t>", "--init", "dog"]) == 2
+    assert "caption of 'a.png' must contain '{}'" in capsys.readouterr().err
+
+
+def test_trainer_flags_become_params() -> None:
+    submit = ["jobs", "submit", "--server", "h:1", "--images", "d", "--token", "<t>"]
+    trainer = ["--init", "dog", "--vectors", "4", "--property", "style", "--lr", "0.005"]
+    more = ["--scale-lr", "--lr-schedule", "cosine", "--precision", "bf16", "--resolution", "256"]
+    args = parse([*submit, *trainer, *more, "--warmup", "0", "--no-register"])
+    params = cli.inversion_params_from_args(args)
+    assert (params.num_vectors, params.property.value, params.learning_rate) == (4, "style", 0.005)
+    assert params.scale_lr and params.lr_schedule and params.lr_schedule.value == "cosine"
+    assert params.precision and params.precision.value == "bf16"
+    assert (params.resolution, params.warmup_steps, params.steps) == (256, 0, None)
+    assert args.no_register and args.func is cli.jobs_submit
+
+
+def test_remote_subcommands_compose_into_another_parser() -> None:
+    # textinv/cli.py composes them like this and dispatches through args.func.
+    parser = argparse.ArgumentParser(prog="textinv")
+    cli.add_remote_subcommands(parser.add_subparsers(dest="command", required=True))
+    handlers = {
+        ("concepts", "add", "f.pt"): cli.concepts_add,
+        ("concepts", "ls"): cli.concepts_ls,
+        ("concepts", "get", "<t>"): cli.concepts_get,
+        ("concepts", "rm", "<t>"): cli.concepts_rm,
+        ("jobs", "watch", "job-1"): cli.jobs_watch,
+        ("jobs", "ls"): cli.jobs_ls,
+        ("jobs", "cancel", "job-1"): cli.jobs_cancel,
+    }
+    for words, handler in handlers.items():
+        args = parser.parse_args([*words, "--server", "h:1"])
+        assert args.func is handler, words
+
+
+def test_remote_commands_need_a_server(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse(["concepts", "ls"])
+    assert caught.value.code == 2
+    assert "--server" in capsys.readouterr().err
+
+
+def test_connection_settings_choose_tls_and_check_mtls() -> None:
+    assert not ConnectionSettings("h:1").uses_tls
+    assert ConnectionSettings("h:1", tls=True).uses_tls
+    assert ConnectionSettings("h:1", root_certificates=b"pem").uses_tls
+    with pytest.raises(ValueError, match="both a client certificate and a client key"):
+        ConnectionSettings("h:1", client_certificate=b"pem")
+    with pytest.raises(ValueError, match="api_key must be"):
+        ConnectionSettings("h:1", api_key="two words")
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+        ConnectionSettings("h:1", timeout=0)
+    assert ConnectionSettings("h:1", api_key="k").metadata() == (("authorization", "Bearer k"),)
+    options = dict(ConnectionSettings("h:1").channel_options())
+    assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
