@@ -35,7 +35,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print("[2/3] writing a 2-vector concept <demo-toy>")
     vectors = torch.randn(2, model.text_width, generator=torch.Generator().manual_seed(0))
     metadata = ConceptMetadata(base_model_hash=model.model_hash)
-    path = save_concept(Concept("<demo-toy>", vectors, metadata), out / "learned_embeds.safetensors")
+    path = save_concept(
+        Concept("<demo-toy>", vectors, metadata), out / "learned_embeds.safetensors"
+    )
     concept = load_concept(path, expected_width=model.text_width)
 
     prompt = "a photo of a <demo-toy> on the beach"
@@ -48,6 +50,8 @@ def run_demo(args: argparse.Namespace) -> int:
             embeddings.inputs_embeds, embeddings.eos_positions
         )
     print(f"      concept slots at positions {[s.position for s in slots]}")
-    print(f"      inputs_embeds {list(embeddings.inputs_embeds.shape)} → hidden {list(hidden.shape)}")
+    print(
+        f"      inputs_embeds {list(embeddings.inputs_embeds.shape)} → hidden {list(hidden.shape)}"
+    )
     print(f"done in {time.perf_counter() - started:.1f} s; files in {out}")
     return 0
