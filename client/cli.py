@@ -23,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from client.channel import DEFAULT_TIMEOUT_S
 from client.errors import InvalidArgument, TextInvError
 from client.sync_client import TextInvClient
 from client.types import (
@@ -195,16 +196,21 @@ def generate_request_from_args(args: argparse.Namespace) -> GenerateRequest:
 
 
 def client_from_args(args: argparse.Namespace) -> TextInvClient:
-    """A client for the connection flags; the API key falls back to $TEXTINV_API_KEY."""
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    """A client for the connection flags; the API key falls back to $TEXTINV_API_KEY.
+
+    Only ``args.server`` is required, so a composed command that declares fewer of the flags
+    (rather than calling :func:`add_connection_arguments`) still works.
+    """
+    timeout = getattr(args, "timeout", None)
+    api_key = getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or None
     return TextInvClient(
         args.server,
         api_key=api_key,
-        tls=args.tls,
-        root_certificates=args.tls_ca,
-        client_certificate=args.tls_cert,
-        client_key=args.tls_key,
-        **({} if args.timeout is None else {"timeout": args.timeout}),
+        tls=getattr(args, "tls", False),
+        root_certificates=getattr(args, "tls_ca", None),
+        client_certificate=getattr(args, "tls_cert", None),
+        client_key=getattr(args, "tls_key", None),
+        timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
     )
 
 
