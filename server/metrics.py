@@ -1,0 +1,34 @@
+"""Prometheus metrics: request latency per RPC and status, queue depth, batch sizes, step time,
+and jobs by state. Served on ``--metrics-port`` by ``prometheus_client``'s HTTP server.
+"""
+
+from __future__ import annotations
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUEST_SECONDS = Histogram(
+    "textinv_request_seconds", "RPC latency", ["method", "code"], buckets=_LATENCY_BUCKETS
+)
+QUEUE_DEPTH = Gauge("textinv_queue_depth", "Generation requests waiting for a batch")
+BATCH_SIZE = Histogram(
+    "textinv_batch_size", "Requests per generation batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+)
+STEP_SECONDS = Histogram(
+    "textinv_denoising_step_seconds",
+    "Time of one denoising step of a batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+JOBS = Gauge("textinv_jobs", "Inversion jobs by state", ["state"])
+REJECTED = Counter("textinv_rejected_requests_total", "Requests refused at once", ["reason"])
+
+
+def observe_request(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    REQUEST_SECONDS.labels(method=method, code=code.name).observe(seconds)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose ``/metrics`` over HTTP on ``port`` (in a daemon thread)."""
+    start_http_server(port, addr=host)
