@@ -19,10 +19,11 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
+    from client.cli import add_remote_subcommands
     from textinv.commands import add_concept_subcommands
     from textinv.demo import add_demo_subcommand
 
-    return [add_concept_subcommands, add_demo_subcommand]
+    return [add_concept_subcommands, add_remote_subcommands, add_demo_subcommand]
 
 
 def _bench_registrars() -> list[Registrar]:

@@ -10,14 +10,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from textinv.concepts import Concept, ConceptMetadata, load_concept, save_concept
-from textinv.model import load_base_model
-from textinv.prompts import PromptEncoder
-from textinv.testing import build_tiny_model
-from textinv.text_encoder import EmbeddingsTextEncoder
-
 
 def add_demo_subcommand(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="run the service end to end on a built-in model")
@@ -26,6 +18,14 @@ def add_demo_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from textinv.concepts import Concept, ConceptMetadata, load_concept, save_concept
+    from textinv.model import load_base_model
+    from textinv.prompts import PromptEncoder
+    from textinv.testing import build_tiny_model
+    from textinv.text_encoder import EmbeddingsTextEncoder
+
     started = time.perf_counter()
     out: Path = args.out
     print(f"[1/3] building the seeded tiny model in {out / 'model'}")
