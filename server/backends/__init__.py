@@ -1,0 +1,100 @@
+"""The small interface the generation pipeline runs over, and the factory for its three backends.
+
+A backend owns the three compute graphs (text encoder on embeddings, UNet, VAE decoder) and where
+they run. Everything else (tokenizing, the concept splice, schedulers, noise, guidance, PNG) is
+the pipeline's, written once. Tensors cross the interface as ``torch.Tensor`` in float32 on
+``backend.device``; a backend casts to its own precision inside (so fp16 engines change nothing
+here) and may keep the latents on its device between calls (no host copy inside the loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from textinv.errors import InvalidInputError
+
+
+class BackendName(str, Enum):
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+    @classmethod
+    def parse(cls, name: str | BackendName) -> BackendName:
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(b.value for b in cls)
+            raise InvalidInputError(f"unknown backend {name!r}; choose one of {known}") from None
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """What one backend call can take: image sides in pixels, and images per UNet call.
+
+    ``max_images`` counts images, not UNet rows: under classifier-free guidance each image takes
+    two rows, which is how the export profile's UNet batch is sized.
+    """
+
+    min_size: int = 8
+    max_size: int = 2048
+    size_multiple: int = 8
+    max_images: int = 64
+
+    def check(self, width: int, height: int, images: int) -> None:
+        for axis, size in (("width", width), ("height", height)):
+            if not self.min_size <= size <= self.max_size or size % self.size_multiple:
+                raise InvalidInputError(
+                    f"{axis} {size} is outside this backend's profile: multiples of "
+                    f"{self.size_multiple} from {self.min_size} to {self.max_size}"
+                )
+        if images > self.max_images:
+            raise InvalidInputError(
+                f"{images} images in one batch exceed this backend's profile "
+                f"(at most {self.max_images})"
+            )
+
+
+class Backend(Protocol):
+    """Three compute graphs on one device. Shapes: B rows, T = 77 tokens, D text width,
+    C latent channels, h × w latent cells, H × W pixels."""
+
+    name: BackendName
+    device: torch.device
+    limits: ShapeLimits
+    model_hash: str
+
+    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+        """``inputs_embeds [B, T, D]``, ``eos_positions [B]`` → ``last_hidden_state [B, T, D]``."""
+        ...
+
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """``sample [B, C, h, w]``, ``timestep float32 [B]``, ``[B, T, D]`` → ``[B, C, h, w]``."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled ``latents [B, C, h, w]`` → ``images [B, 3, H, W]`` in about [-1, 1]."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (stage timings only; a no-op on the CPU)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to load a backend. ``engines`` is the export stage's folder (its manifest inside)."""
+
+    engines: Path | None = None
+    device: str = "cpu"
+    # onnxruntime: "cpu", "cuda" or "tensorrt" execution provider.
+    provider: str = "cpu"
+    # CPU threads per session (onnxruntime) or per process (torch); 0 = the library's default.
+    threads: int = 0

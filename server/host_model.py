@@ -1,0 +1,90 @@
+"""The host side of a base model: what the pipeline needs besides the backend's compute graphs.
+
+Tokenizer, the token-embedding table (DESIGN decision 1: the server does the lookup), the
+scheduler config and a few sizes. An onnxruntime or TensorRT backend needs no torch modules, so
+``load_host_model`` reads only these from the model folder: the table straight out of the text
+encoder's weights, never the UNet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
+
+from textinv.model import BaseModel, check_model_folder, model_hash, resolve_model_folder
+
+TABLE_KEY_SUFFIX = "embeddings.token_embedding.weight"
+
+
+@dataclass(frozen=True)
+class HostModel:
+    path: Path
+    tokenizer: PreTrainedTokenizerBase
+    token_embedding: torch.Tensor  # [V, D], float32 on the CPU
+    scheduler_config: dict[str, Any]
+    latent_channels: int  # 4 for SD 1.x/2.x
+    vae_scale_factor: int  # pixels per latent cell (8 for SD; 2 for the tiny test model)
+    latent_scaling: float  # VAE latents × this = the UNet's unit-variance space
+    default_resolution: int  # pixels; the UNet's native image side
+    model_hash: str
+
+    @property
+    def text_width(self) -> int:
+        return int(self.token_embedding.shape[1])
+
+    @classmethod
+    def of(cls, model: BaseModel) -> HostModel:
+        return cls(
+            path=model.path,
+            tokenizer=model.tokenizer,
+            token_embedding=model.token_embedding.detach().float().cpu(),
+            scheduler_config=dict(model.scheduler_config),
+            latent_channels=int(model.vae.config.latent_channels),
+            vae_scale_factor=model.vae_scale_factor,
+            latent_scaling=model.latent_scaling,
+            default_resolution=model.default_resolution,
+            model_hash=model.model_hash,
+        )
+
+
+def load_host_model(name_or_path: str | Path) -> HostModel:
+    """Read tokenizer, token table, configs and hash of a diffusers folder (no UNet, no VAE)."""
+    folder = resolve_model_folder(name_or_path)
+    check_model_folder(folder)
+    unet = _read_json(folder / "unet/config.json")
+    vae = _read_json(folder / "vae/config.json")
+    vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return HostModel(
+        path=folder,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        token_embedding=_read_token_table(folder / "text_encoder"),
+        scheduler_config=_read_json(folder / "scheduler/scheduler_config.json"),
+        latent_channels=int(vae.get("latent_channels", 4)),
+        vae_scale_factor=vae_scale_factor,
+        latent_scaling=float(vae.get("scaling_factor", 0.18215)),
+        default_resolution=int(unet["sample_size"]) * vae_scale_factor,
+        model_hash=model_hash(folder),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict), f"{path} holds no JSON object"
+    return data
+
+
+def _read_token_table(folder: Path) -> torch.Tensor:
+    """The [V, D] table from a safetensors file; any other layout loads the text encoder."""
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if key.endswith(TABLE_KEY_SUFFIX):
+                    return weights.get_tensor(key).float()
+    encoder = CLIPTextModel.from_pretrained(folder)
+    return encoder.get_input_embeddings().weight.detach().float()

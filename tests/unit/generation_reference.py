@@ -1,0 +1,76 @@
+"""diffusers' own ``StableDiffusionPipeline`` as the reference for generation parity tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+
+from server.pipeline import decode_png
+from server.requests import GenerationRequest, GenerationResult, Scheduler
+from textinv.concepts import Concept, save_concept
+
+# Built here from diffusers' classes directly, not through server.schedulers, so a wrong mapping
+# there shows up as a parity failure.
+REFERENCE_SCHEDULERS: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
+    Scheduler.DDIM: (DDIMScheduler, {}),
+    Scheduler.EULER: (EulerDiscreteScheduler, {}),
+    Scheduler.EULER_ANCESTRAL: (EulerAncestralDiscreteScheduler, {}),
+    Scheduler.DPM_SOLVER_PP_2M: (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    Scheduler.PNDM: (PNDMScheduler, {}),
+}
+
+
+def reference_pipeline(
+    model_dir: Path, concepts: Mapping[str, torch.Tensor], folder: Path
+) -> StableDiffusionPipeline:
+    """diffusers' pipeline with every concept loaded through ``load_textual_inversion``."""
+    pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
+    pipeline.set_progress_bar_config(disable=True)
+    for i, (token, vectors) in enumerate(concepts.items()):
+        path = save_concept(Concept(token, vectors), folder / f"concept{i}.safetensors")
+        pipeline.load_textual_inversion(path)
+    return pipeline
+
+
+def reference_images(pipeline: StableDiffusionPipeline, request: GenerationRequest) -> np.ndarray:
+    """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i)."""
+    scheduler_class, overrides = REFERENCE_SCHEDULERS[request.scheduler]
+    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **overrides)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+    output = pipeline(
+        request.prompt,
+        negative_prompt=request.negative_prompt or None,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        width=request.width,
+        height=request.height,
+        num_images_per_prompt=request.num_images,
+        generator=generators if len(generators) > 1 else generators[0],
+        output_type="np",
+    )
+    return np.asarray((output.images * 255).round().astype(np.uint8))
+
+
+def pixels(result: GenerationResult) -> np.ndarray:
+    """The result's PNGs decoded to ``uint8 [n, H, W, 3]``."""
+    return np.stack([decode_png(png) for png in result.images])
+
+
+def max_pixel_difference(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
