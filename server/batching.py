@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from server import metrics
 from textinv.errors import OverloadedError
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
-ProgressFn = Callable[[int, int], None]
+ProgressFn = Callable[[Any], None]  # the runtime's per-step event, passed through
 
 
 @dataclass
@@ -38,9 +38,9 @@ class BatchItem(Generic[Request]):
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
 
-    def report(self, step: int, total: int) -> None:
+    def report(self, event: Any) -> None:
         if self.progress is not None:
-            self.progress(step, total)
+            self.progress(event)
 
 
 # Runs a batch; returns one result or exception per item, in order.

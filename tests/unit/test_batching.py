@@ -26,7 +26,7 @@ class Recorder:
         self.batches.append([item.request for item in items])
         results: list[int | BaseException] = []
         for item in items:
-            item.report(1, 1)
+            item.report((1, 1))
             results.append(ValueError("odd") if item.request == 13 else item.request * 2)
         return results
 

@@ -1,0 +1,84 @@
+"""Every RPC's happy path against a real server on a free port, through the real client."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from client import GenerateRequest, NotFound, TextInvClient
+from client.types import Scheduler
+from textinv.concepts import Concept, concept_to_bytes, parse_concept
+
+WIDTH = 32
+
+
+def concept_file(token: str = "<cat-toy>", k: int = 2, seed: int = 0) -> bytes:
+    vectors = torch.randn(k, WIDTH, generator=torch.Generator().manual_seed(seed))
+    return concept_to_bytes(Concept(token, vectors))
+
+
+def small(prompt: str, **changes) -> GenerateRequest:
+    fields = {"steps": 2, "seed": 5, "width": 32, "height": 32} | changes
+    return GenerateRequest(prompt=prompt, **fields)
+
+
+def test_health_is_serving_after_warm_up(textinv_server) -> None:
+    with grpc.insecure_channel(textinv_server.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_generate_returns_pngs_seeds_and_timings(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        result = textinv.generate(small("a red star", num_images=2, seed=11))
+    assert result.seeds == (11, 12)
+    image = Image.open(io.BytesIO(result.images[0]))
+    assert image.format == "PNG" and image.size == (32, 32)
+    assert result.timings.total_ms > 0 and result.timings.unet_total_ms > 0
+
+
+def test_unset_seed_is_picked_and_reported(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        first = textinv.generate(small("a red star", seed=None))
+        again = textinv.generate(small("a red star", seed=first.seed))
+    assert first.images == again.images
+
+
+def test_registered_concept_is_usable_by_the_next_generate(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        with pytest.raises(NotFound, match="<cat-toy>"):
+            textinv.generate(small("a photo of <cat-toy>"))
+        info = textinv.register_concept(concept_file(), filename="learned_embeds.safetensors")
+        assert (info.token, info.num_vectors, info.embedding_dim) == ("<cat-toy>", 2, WIDTH)
+        with_concept = textinv.generate(small("a photo of <cat-toy>"))
+        without = textinv.generate(small("a photo of a cat"))
+        assert with_concept.images != without.images
+        assert [c.token for c in textinv.list_concepts()] == ["<cat-toy>"]
+        downloaded = parse_concept(textinv.download_concept("<cat-toy>"), "download")
+        assert torch.equal(downloaded.vectors, parse_concept(concept_file(), "x").vectors)
+        textinv.delete_concept("<cat-toy>")
+        with pytest.raises(NotFound):
+            textinv.get_concept("<cat-toy>")
+
+
+def test_stream_sends_each_step_then_the_result(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        events = list(textinv.generate_stream(small("a blue circle", steps=3)))
+    steps = [e.step for e in events[:-1]]
+    assert steps == [1, 2, 3]
+    assert events[-1].images
+
+
+def test_server_info_reports_model_limits_and_versions(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        info = textinv.get_server_info()
+    assert info.model.embedding_dim == WIDTH and len(info.model.sha256) == 64
+    assert info.backend == "torch"
+    assert info.limits.max_concurrent_jobs == 1
+    assert Scheduler.EULER_ANCESTRAL in info.schedulers
+    assert "torch" in info.library_versions
