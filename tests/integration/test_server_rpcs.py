@@ -10,7 +10,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from client import GenerateRequest, NotFound, TextInvClient
+from client import GenerateProgress, GenerateRequest, GenerateResult, NotFound, TextInvClient
 from client.types import Scheduler
 from textinv.concepts import Concept, concept_to_bytes, parse_concept
 
@@ -69,14 +69,15 @@ def test_registered_concept_is_usable_by_the_next_generate(textinv_server) -> No
 def test_stream_sends_each_step_then_the_result(textinv_server) -> None:
     with TextInvClient(textinv_server.target) as textinv:
         events = list(textinv.generate_stream(small("a blue circle", steps=3)))
-    steps = [e.step for e in events[:-1]]
-    assert steps == [1, 2, 3]
-    assert events[-1].images
+    *progress, result = events
+    assert [e.step for e in progress if isinstance(e, GenerateProgress)] == [1, 2, 3]
+    assert isinstance(result, GenerateResult) and result.images
 
 
 def test_server_info_reports_model_limits_and_versions(textinv_server) -> None:
     with TextInvClient(textinv_server.target) as textinv:
         info = textinv.get_server_info()
+    assert info.model is not None
     assert info.model.embedding_dim == WIDTH and len(info.model.sha256) == 64
     assert info.backend == "torch"
     assert info.limits.max_concurrent_jobs == 1
