@@ -24,13 +24,18 @@ def add_export_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         "--precision", choices=[p.value for p in Precision], default=Precision.FP32.value
     )
     bench.add_argument("--out", type=Path, default=None, help="keep the graphs here")
+    bench.add_argument(
+        "--components", nargs="+", default=None, metavar="NAME", help="only these components"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=run_export_bench)
 
 
 def run_export_bench(args: argparse.Namespace) -> int:
-    from export.exporter import ExportConfig, export_model
+    from export.exporter import ExportConfig, export_model, parse_components
+    from export.specs import Component
 
+    components = tuple(Component) if args.components is None else parse_components(args.components)
     model = _load(args.model)
     native = model.default_resolution
     config_ranges = ShapeRanges(Range(1, 1, 4), Range(native, native, native))
@@ -42,6 +47,7 @@ def run_export_bench(args: argparse.Namespace) -> int:
             precision=Precision(args.precision),
             ranges=config_ranges,
             force=True,
+            components=components,
         )
         result = export_model(model, config, progress=lambda _: None)
         rows = [_row(out, report, result.manifest) for report in result.reports]
