@@ -35,6 +35,7 @@ from server import metrics
 from server.registry import ConceptRegistry
 from server.store import JobRow, Store
 from textinv.concepts import check_token
+from textinv.data import load_training_image
 from textinv.errors import InvalidInputError, NotFoundError, OverloadedError
 from textinv.model import BaseModel
 
@@ -137,7 +138,11 @@ class JobManager:
                 f"{self.max_queued} inversion jobs are waiting already; retry later"
             )
         job_id = uuid.uuid4().hex
-        self._save_images(job_id, images)
+        try:
+            self._save_images(job_id, images)
+        except InvalidInputError:
+            shutil.rmtree(self._job_folder(job_id), ignore_errors=True)
+            raise
         row = JobRow(
             job_id=job_id,
             state=JobState.QUEUED.value,
@@ -286,13 +291,27 @@ class JobManager:
             raise InvalidInputError(f"steps must be in 1..{self.max_steps}, got {params['steps']}")
 
     def _save_images(self, job_id: str, images: Sequence[UploadedImage]) -> None:
-        """Server-made names (``000.img``): an upload's file name never becomes a path."""
+        """Save and check each image before the job is accepted.
+
+        Files get server-made names (``000.img``): an upload's file name never becomes a path.
+        Errors name the upload's file name, never the server's path.
+        """
         folder = self._job_folder(job_id) / "images"
         folder.mkdir(parents=True, exist_ok=True)
         for index, image in enumerate(images):
-            (folder / f"{index:03d}.img").write_bytes(image.data)
+            path = folder / f"{index:03d}.img"
+            path.write_bytes(image.data)
             if image.caption is not None:
-                (folder / f"{index:03d}.txt").write_text(image.caption, encoding="utf-8")
+                path.with_suffix(".txt").write_text(image.caption, encoding="utf-8")
+            try:
+                load_training_image(path)
+            except InvalidInputError as error:
+                shown = repr(image.filename or f"image {index}")
+                raise InvalidInputError(
+                    str(error)
+                    .replace(repr(str(path.with_suffix(".txt"))), shown + " caption")
+                    .replace(repr(str(path)), shown)
+                ) from None
 
     def _job_folder(self, job_id: str) -> Path:
         return self.folder / job_id

@@ -39,6 +39,8 @@ class ServerThread:
         return future.result(timeout)
 
     def stop(self, grace_s: float = 1.0) -> None:
+        if not self.thread.is_alive():
+            return  # stopped already
         self.call(self.running.stop(grace_s))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
