@@ -26,6 +26,7 @@ import io
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -34,8 +35,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from server.backends import Backend
-from server.host_model import HostModel
+from export.specs import Precision
+from server.backends import Backend, BackendName, BackendOptions
+from server.host_model import HostModel, load_host_model
 from server.requests import (
     GenerationRequest,
     GenerationResult,
@@ -45,6 +47,7 @@ from server.requests import (
 )
 from server.schedulers import make_scheduler, step_kwargs
 from textinv.errors import CancelledError, InvalidInputError
+from textinv.model import BaseModel, load_base_model
 from textinv.prompts import PromptEmbeddings, PromptEncoder
 
 Concepts = Mapping[str, torch.Tensor]
@@ -338,3 +341,55 @@ def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes → ``uint8 [H, W, 3]`` (for callers and tests that want pixels back)."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def load_generation_pipeline(
+    model: str | Path | BaseModel,
+    backend: BackendName | str = BackendName.TORCH,
+    options: BackendOptions | None = None,
+) -> GenerationPipeline:
+    """The pipeline over ``backend`` for ``model`` (a diffusers folder, or a loaded model).
+
+    ``torch`` runs the model's own modules; ``onnxruntime`` and ``tensorrt`` load the export in
+    ``options.engines`` through its manifest, which must have been written for this model, and
+    read only the host side (tokenizer, token table, configs) of the model folder.
+    """
+    name = BackendName.parse(backend)
+    options = options or BackendOptions()
+    if name is BackendName.TORCH:
+        if not isinstance(model, BaseModel):
+            dtype = torch.float16 if options.precision is Precision.FP16 else torch.float32
+            model = load_base_model(model, dtype=dtype, device=options.device)
+        if options.threads > 0:
+            torch.set_num_threads(options.threads)
+        from server.backends.torch_backend import TorchBackend
+
+        return GenerationPipeline(HostModel.of(model), TorchBackend(model))
+    host = HostModel.of(model) if isinstance(model, BaseModel) else load_host_model(model)
+    if options.engines is None:
+        raise InvalidInputError(f"the {name.value} backend needs --engines DIR (an export)")
+    if name is BackendName.ONNXRUNTIME:
+        from server.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return GenerationPipeline(
+            host,
+            OnnxRuntimeBackend(
+                options.engines,
+                host.model_hash,
+                provider=options.provider,
+                threads=options.threads,
+                verify_checksums=options.verify_checksums,
+            ),
+        )
+    from server.backends.tensorrt_backend import TensorRTBackend
+
+    device = torch.device(options.device if options.device != "cpu" else "cuda")
+    return GenerationPipeline(
+        host,
+        TensorRTBackend(
+            options.engines,
+            host.model_hash,
+            device=device.index or 0,
+            verify_checksums=options.verify_checksums,
+        ),
+    )

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from export.specs import Precision
 from textinv.errors import InvalidInputError
 
 
@@ -98,3 +99,7 @@ class BackendOptions:
     provider: str = "cpu"
     # CPU threads per session (onnxruntime) or per process (torch); 0 = the library's default.
     threads: int = 0
+    # torch: the weights' precision (fp16 for CUDA; the CPU has no fast half path).
+    precision: Precision = Precision.FP32
+    # Hash every engine file against the manifest at load (seconds for SD 1.5), or sizes only.
+    verify_checksums: bool = True
