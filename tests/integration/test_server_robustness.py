@@ -41,12 +41,20 @@ def concept_file(token: str = "<cat-toy>", width: int = WIDTH, seed: int = 0) ->
 
 
 def small(**fields: Any) -> generate_pb2.GenerateRequest:
-    values = {"prompt": "a red star", "steps": 2, "seed": 1, "width": 32, "height": 32} | fields
+    values: dict[str, Any] = {
+        "prompt": "a red star",
+        "steps": 2,
+        "seed": 1,
+        "width": 32,
+        "height": 32,
+    }
+    values |= fields
     return generate_pb2.GenerateRequest(**values)
 
 
 def job(images: int = 1, **params: Any) -> jobs_pb2.CreateInversionJobRequest:
-    values = {"token": "<new-thing>", "init_text": "toy", "steps": 2} | params
+    values: dict[str, Any] = {"token": "<new-thing>", "init_text": "toy", "steps": 2}
+    values |= params
     return jobs_pb2.CreateInversionJobRequest(
         images=[jobs_pb2.TrainingImage(data=b"not an image", filename="a.png")] * images,
         params=jobs_pb2.InversionParams(**values),
@@ -54,7 +62,7 @@ def job(images: int = 1, **params: Any) -> jobs_pb2.CreateInversionJobRequest:
 
 
 # (rpc name, request, expected status, a word the message must contain)
-BAD_REQUESTS: list[tuple[str, Any, Code, str]] = [
+BAD_REQUESTS: list[tuple[str, Any, grpc.StatusCode, str]] = [
     ("Generate", small(prompt="   "), Code.INVALID_ARGUMENT, "prompt"),
     ("Generate", small(width=30), Code.INVALID_ARGUMENT, "30"),
     ("Generate", small(steps=10_000), Code.INVALID_ARGUMENT, "10000"),
