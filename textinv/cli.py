@@ -20,23 +20,15 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from client.cli import add_remote_subcommands
-    from export.cli import add_export_subcommand
     from textinv.commands import add_concept_subcommands
     from textinv.demo import add_demo_subcommand
 
-    return [
-        add_concept_subcommands,
-        add_remote_subcommands,
-        add_demo_subcommand,
-        add_export_subcommand,
-    ]
+    return [add_concept_subcommands, add_remote_subcommands, add_demo_subcommand]
 
 
 def _bench_registrars() -> list[Registrar]:
     """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
-    from export.bench import add_export_bench
-
-    return [add_export_bench]
+    return []
 
 
 def build_parser() -> argparse.ArgumentParser:

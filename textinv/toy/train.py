@@ -92,8 +92,43 @@ class ToyTrainConfig:
 
 
 def build_tokenizer(folder: Path) -> CLIPTokenizer:
-    write_clip_tokenizer(folder, world.vocabulary())
-    return CLIPTokenizer.from_pretrained(folder)
+    """``write_clip_tokenizer`` over the world's words, then made to keep every word whole."""
+    words = world.vocabulary()
+    write_clip_tokenizer(folder, words)
+    words = [w for w in words if w.isalpha()]  # CLIP splits "close-up" at the hyphen anyway
+    for word in words:
+        _make_whole(folder, word)
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    split = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    if split:
+        raise RuntimeError(f"the toy tokenizer splits {split}")
+    return tokenizer
+
+
+def _make_whole(folder: Path, word: str) -> None:
+    """Append merges that join ``word``'s BPE pieces left to right.
+
+    Each word's merge chain alone makes it one token, but another word's earlier merge can fire
+    first inside it ("r i" from "right" splits "striped" into st·ri·p·e·d). Merges appended last
+    only join what no earlier merge touches, so words already whole stay whole.
+    """
+    pieces = CLIPTokenizer.from_pretrained(folder).tokenize(word)
+    if len(pieces) < 2:
+        return
+    vocab = json.loads((folder / "vocab.json").read_text())
+    merges = (folder / "merges.txt").read_text().rstrip("\n").split("\n")
+    special = [token for token in vocab if token.startswith("<|")]
+    for token in special:
+        del vocab[token]
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merges.append(f"{merged} {piece}")
+        merged += piece
+        vocab.setdefault(merged, len(vocab))
+    for token in special:
+        vocab[token] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
 
 
 def build_vae(channels: tuple[int, ...] = ToyTrainConfig.vae_channels) -> AutoencoderKL:
@@ -270,7 +305,7 @@ def vae_step(state: ToyState, data: Dataset) -> float:
     torch.nn.utils.clip_grad_norm_(state.vae.parameters(), 1.0)
     state.vae_opt.step()
     state.vae_step += 1
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
@@ -338,7 +373,7 @@ def unet_step(
     state.unet_opt.step()
     update_ema(state)
     state.unet_step += 1
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()

@@ -168,8 +168,13 @@ def vocabulary() -> list[str]:
 # 1. Sampling scenes (the training distribution: never a held-out concept)
 
 
-def sample_thing(rng: random.Random, size: str | None = None, position: str | None = None) -> Thing:
-    """A random object of a trained shape and fill; stripes are 30% of objects."""
+def sample_thing(
+    rng: random.Random,
+    size: str | None = None,
+    position: str | None = None,
+    held_out: bool = False,
+) -> Thing:
+    """A random object; stripes are 30% of objects. Held-out shapes and fills only if asked."""
     size = size or rng.choice(SIZES)
     if position is None:
         position = "center" if size == "large" else rng.choice(POSITIONS)
@@ -177,10 +182,10 @@ def sample_thing(rng: random.Random, size: str | None = None, position: str | No
     stripe: str | None = None
     if rng.random() < 0.3:
         stripe = rng.choice([c for c in COLOUR_NAMES if c != colour])
-        if frozenset({colour, stripe}) in HELD_OUT_PAIRS:
+        if frozenset({colour, stripe}) in HELD_OUT_PAIRS and not held_out:
             stripe = None
     return Thing(
-        shape=rng.choice(SHAPES),
+        shape=rng.choice(ALL_SHAPES if held_out else SHAPES),
         colour=colour,
         stripe_colour=stripe,
         size=size,
@@ -191,13 +196,17 @@ def sample_thing(rng: random.Random, size: str | None = None, position: str | No
     )
 
 
-def sample_scene(rng: random.Random) -> Scene:
-    """One training scene with its caption; 15% have a second, small object."""
-    if rng.random() < 0.15:
+def sample_scene(rng: random.Random, held_out: bool = False, extra_rate: float = 0.15) -> Scene:
+    """One scene with its caption; ``extra_rate`` of them have a second, small object.
+
+    With ``held_out`` the held-out shapes and fills are drawn too (for the classifier, which must
+    recognise them); the model's training data never has them.
+    """
+    if rng.random() < extra_rate:
         first = sample_thing(rng, size="small", position=rng.choice(POSITIONS[1:]))
         extra: Thing | None = sample_thing(rng, size="small", position=_OPPOSITE[first.position])
     else:
-        first, extra = sample_thing(rng), None
+        first, extra = sample_thing(rng, held_out=held_out), None
     used = first.colours | (extra.colours if extra else frozenset())
     background = rng.choice([c for c in COLOUR_NAMES if c not in used])
     texture = "plain" if rng.random() < 0.55 else rng.choice(TEXTURES[1:])

@@ -1,0 +1,409 @@
+"""``textinv eval``: measure a learned concept the way the paper does, exactly, on a CPU.
+
+Generation here goes through diffusers' own ``StableDiffusionPipeline`` with
+``load_textual_inversion`` (the reference runtime; the service's runtime is measured against it).
+A fixed, seeded set of images is generated for three rows:
+
+1. the init word alone ("a photo of a circle"),
+2. the learned concept ("a photo of a <toy-stripes>"),
+3. the best caption that words can give ("a photo of a yellow and purple striped circle"),
+
+each for a reconstruction prompt and for edit prompts that change one thing (the background, the
+size and place, the texture). On the shapes world the fidelity classifier reads every image:
+
+- reconstruction: the share of "a photo of a {}" images that show the concept (shape, pattern and
+  colours), the paper's image similarity made exact;
+- edit applied / edit + kept: the share of edit images where the change happened, and where it
+  happened and the concept was kept, the paper's text similarity made exact.
+
+For real models, ``--clip FOLDER`` adds the paper's CLIP image similarity (generated images
+against the concept's training images) and CLIP text similarity (images against their prompt
+without the placeholder), from any local ``CLIPModel`` folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from textinv.concepts import load_concept
+from textinv.toy import world
+from textinv.toy.classifier import Reading, load_classifier, read
+
+RECONSTRUCTION_PROMPT = "a photo of a {}"
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A prompt that changes one thing, and the test that the change happened."""
+
+    template: str
+    background: str | None = None
+    texture: str | None = None
+    size: str | None = None
+    position: str | None = None
+
+    def applied(self, reading: Reading) -> bool:
+        wanted = {
+            "background": self.background,
+            "texture": self.texture,
+            "size": self.size,
+            "position": self.position,
+        }
+        return all(getattr(reading, k) == v for k, v in wanted.items() if v is not None)
+
+
+def edits_for(thing: world.Thing) -> tuple[Edit, ...]:
+    """Three edits whose backgrounds avoid the concept's own colours."""
+    free = [c for c in ("green", "white", "blue", "red", "gray") if c not in thing.colours]
+    return (
+        Edit(f"a {{}} on a {free[0]} background", background=free[0]),
+        Edit("a small {} in the top left corner", size="small", position="top left"),
+        Edit(
+            f"a {{}} on a {free[1]} checkered background", background=free[1], texture="checkered"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    concept: Path  # a concept file (any format textinv reads)
+    model: Path | None = None  # None: the embedded shapes-world model
+    target: str | None = None  # the held-out concept it should show; None: from the token
+    init_word: str | None = None  # None: the target's init word
+    images_per_prompt: int = 8
+    steps: int = 25
+    guidance: float = 5.0
+    seed: int = 0
+    clip: Path | None = None  # a local CLIPModel folder, for the paper's CLIP similarities
+    clip_images: tuple[Path, ...] = ()  # reference images for CLIP image similarity
+
+    def __post_init__(self) -> None:
+        if self.images_per_prompt < 1:
+            raise ValueError(f"images_per_prompt must be at least 1, got {self.images_per_prompt}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    name: str  # "init word", "learned concept", "best caption"
+    words: str  # what stands in the prompts for the concept
+    reconstruction: float | None = None  # share of images that show the concept
+    edit_applied: float | None = None  # share of edit images where the change happened
+    edit_kept: float | None = None  # ... and the concept was kept
+    clip_image: float | None = None  # mean cosine, generated vs reference images
+    clip_text: float | None = None  # mean cosine, edit images vs prompt without the concept
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    concept: str
+    model: str
+    rows: tuple[EvalRow, ...]
+    prompts: dict[str, list[str]] = field(default_factory=dict)  # row name → its prompts
+    images: dict[str, list[Image.Image]] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "concept": self.concept,
+            "model": self.model,
+            "rows": [asdict(row) for row in self.rows],
+            "prompts": self.prompts,
+        }
+
+
+# 1. Generation through diffusers
+
+
+def load_pipeline(model: Path, concept_file: Path, token: str) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        str(model), safety_checker=None, requires_safety_checker=False
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    concept = load_concept(concept_file)
+    # diffusers names a K-vector concept token, token_1, …; give it plain [K, D] vectors.
+    pipeline.load_textual_inversion(
+        {concept.token: concept.vectors.float()}, token=token or concept.token
+    )
+    return pipeline
+
+
+def generate(pipeline: Any, prompt: str, config: EvalConfig) -> list[Image.Image]:
+    """``images_per_prompt`` images of one prompt, seeds ``seed`` … ``seed + n - 1``."""
+    generators = [
+        torch.Generator().manual_seed(config.seed + i) for i in range(config.images_per_prompt)
+    ]
+    result = pipeline(
+        [prompt] * config.images_per_prompt,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        generator=generators,
+    )
+    return list(result.images)
+
+
+# 2. The three rows
+
+
+def evaluate(config: EvalConfig, progress: ProgressCallback | None = None) -> EvalReport:
+    """Generate the fixed set for each row and score it (see the module docstring)."""
+    from textinv.toy import default_model_path
+
+    concept = load_concept(config.concept)
+    model = config.model or default_model_path()
+    target = _target(config, concept.token)
+    init_word = config.init_word or (target.init_word if target else None)
+    if init_word is None:
+        raise ValueError(
+            f"concept {concept.token!r} is not a held-out shapes-world concept; give --init-word"
+        )
+    pipeline = load_pipeline(model, config.concept, concept.token)
+    classifier = load_classifier() if target else None
+    clip = ClipScorer.load(config.clip) if config.clip else None
+    references = [Image.open(p).convert("RGB") for p in config.clip_images]
+    if clip and not references and target:
+        references = world.concept_images(target)
+    row_words = [("init word", init_word), ("learned concept", concept.token)]
+    if target:
+        row_words.append(("best caption", target.best_caption))
+    edits = edits_for(target.thing) if target else _generic_edits()
+    rows, prompts, images = [], {}, {}
+    for name, words in row_words:
+        if progress:
+            progress(f"generating for the {name} row ({words})")
+        row, row_prompts, row_images = _score_row(
+            name,
+            words,
+            concept.token,
+            edits,
+            pipeline,
+            config,
+            target,
+            classifier,
+            clip,
+            references,
+        )
+        rows.append(row)
+        prompts[name], images[name] = row_prompts, row_images
+    return EvalReport(concept.token, str(model), tuple(rows), prompts, images)
+
+
+def _target(config: EvalConfig, token: str) -> world.HeldOutConcept | None:
+    if config.target is not None:
+        return world.held_out_concept(config.target)
+    name = token.strip("<>")
+    return world.HELD_OUT.get(name)
+
+
+def _generic_edits() -> tuple[Edit, ...]:
+    return (Edit("a {} on the beach"), Edit("a painting of a {}"), Edit("a {} in the snow"))
+
+
+def _score_row(
+    name: str,
+    words: str,
+    token: str,
+    edits: Sequence[Edit],
+    pipeline: Any,
+    config: EvalConfig,
+    target: world.HeldOutConcept | None,
+    classifier: Any,
+    clip: ClipScorer | None,
+    references: Sequence[Image.Image],
+) -> tuple[EvalRow, list[str], list[Image.Image]]:
+    recon_prompt = RECONSTRUCTION_PROMPT.format(words)
+    recon_images = generate(pipeline, recon_prompt, config)
+    edit_images = [generate(pipeline, e.template.format(words), config) for e in edits]
+    prompts = [recon_prompt, *(e.template.format(words) for e in edits)]
+    values: dict[str, float | None] = {}
+    if target is not None and classifier is not None:
+        recon = read(classifier, recon_images)
+        values["reconstruction"] = _share(r.shows(target.thing) for r in recon)
+        applied, kept = [], []
+        for edit, batch in zip(edits, edit_images, strict=True):
+            for reading in read(classifier, batch):
+                applied.append(edit.applied(reading))
+                kept.append(edit.applied(reading) and reading.shows(target.thing))
+        values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
+    if clip is not None:
+        if references:
+            values["clip_image"] = clip.image_similarity(recon_images, references)
+        texts = [e.template.format("").replace("  ", " ").strip() for e in edits]
+        values["clip_text"] = float(
+            np.mean([clip.text_similarity(b, t) for b, t in zip(edit_images, texts, strict=True)])
+        )
+    all_images = recon_images + [image for batch in edit_images for image in batch]
+    return EvalRow(name, words, **values), prompts, all_images  # type: ignore[arg-type]
+
+
+def _share(values: Any) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else 0.0
+
+
+# 3. CLIP similarity (the paper's measures, for real models)
+
+
+@dataclass(frozen=True)
+class ClipScorer:
+    """Image and text embeddings from a local ``CLIPModel`` folder (no processor classes)."""
+
+    model: Any
+    tokenizer: Any
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def load(cls, folder: Path) -> ClipScorer:
+        from transformers import CLIPModel, CLIPTokenizer
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"CLIP model folder {str(folder)!r} has no config.json")
+        model = CLIPModel.from_pretrained(str(folder)).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+        mean, std = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)  # OpenAI CLIP's
+        preprocessor = folder / "preprocessor_config.json"
+        if preprocessor.is_file():
+            settings = json.loads(preprocessor.read_text())
+            mean = tuple(settings.get("image_mean", mean))  # type: ignore[assignment]
+            std = tuple(settings.get("image_std", std))  # type: ignore[assignment]
+        return cls(model, tokenizer, int(model.config.vision_config.image_size), mean, std)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[N, E], unit length."""
+        size = self.image_size
+        arrays = [
+            np.asarray(i.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+            for i in images
+        ]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        pixels = (pixels - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[
+            :, None, None
+        ]
+        return _unit(_features(self.model.get_image_features(pixel_values=pixels)))
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """[N, E], unit length."""
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        return _unit(_features(self.model.get_text_features(**tokens)))
+
+    def image_similarity(
+        self, images: Sequence[Image.Image], references: Sequence[Image.Image]
+    ) -> float:
+        """Mean pairwise cosine between generated and reference images."""
+        return float((self.embed_images(images) @ self.embed_images(references).T).mean())
+
+    def text_similarity(self, images: Sequence[Image.Image], text: str) -> float:
+        return float((self.embed_images(images) @ self.embed_texts([text]).T).mean())
+
+
+def _features(output: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor, or an output object with ``pooler_output``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.pooler_output  # type: ignore[no-any-return]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+# 4. Reporting
+
+
+def format_table(report: EvalReport) -> str:
+    """The report as a fixed-width table, one row per prompt kind."""
+    columns = [
+        ("reconstruction", "reconstruction"),
+        ("edit_applied", "edit applied"),
+        ("edit_kept", "edit + kept"),
+        ("clip_image", "CLIP-I"),
+        ("clip_text", "CLIP-T"),
+    ]
+    shown = [(k, h) for k, h in columns if any(getattr(r, k) is not None for r in report.rows)]
+    width = max(len(f"{r.name} ({r.words})") for r in report.rows)
+    header = f"{'row':<{width}}  " + "  ".join(f"{h:>14}" for _, h in shown)
+    lines = [header, "-" * len(header)]
+    for row in report.rows:
+        cells = [_cell(getattr(row, k)) for k, _ in shown]
+        label = f"{row.name} ({row.words})"
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>14}" for c in cells))
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def image_grid(report: EvalReport, scale: int = 3) -> Image.Image:
+    """One line of images per row of the report, in generation order."""
+    lines = list(report.images.values())
+    columns = max(len(line) for line in lines)
+    side = lines[0][0].size[0] * scale
+    grid = Image.new("RGB", (columns * side, len(lines) * side), "white")
+    for y, line in enumerate(lines):
+        for x, image in enumerate(line):
+            grid.paste(image.resize((side, side), Image.Resampling.NEAREST), (x * side, y * side))
+    return grid
+
+
+# 5. Command line
+
+
+def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="measure a learned concept: reconstruction and editability"
+    )
+    parser.add_argument("--concept", type=Path, required=True, help="a learned concept file")
+    parser.add_argument("--model", type=Path, help="a diffusers folder (default: embedded model)")
+    parser.add_argument("--target", help="the held-out concept it should show (default: token)")
+    parser.add_argument("--init-word", help="the init word row's word (default: the target's)")
+    parser.add_argument("--images", type=int, default=8, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip", type=Path, help="a local CLIPModel folder for CLIP-I/CLIP-T")
+    parser.add_argument(
+        "--clip-images", type=Path, nargs="*", default=[], help="reference images for CLIP-I"
+    )
+    parser.add_argument("--out", type=Path, help="write report.json and grid.png here")
+    parser.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    config = EvalConfig(
+        concept=args.concept,
+        model=args.model,
+        target=args.target,
+        init_word=args.init_word,
+        images_per_prompt=args.images,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        clip=args.clip,
+        clip_images=tuple(args.clip_images),
+    )
+    report = evaluate(config, progress=lambda message: print(message, flush=True))
+    print(format_table(report))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+        image_grid(report).save(args.out / "grid.png")
+        print(f"wrote {args.out / 'report.json'} and {args.out / 'grid.png'}")
+    return 0
