@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,21 @@ def test_argument_errors_name_the_value(tiny_model_dir, tmp_path, capsys, flag, 
 def test_without_model_or_server_it_says_what_is_missing(tmp_path, capsys) -> None:
     assert main(["generate", "--prompt", "a cat", "--out", str(tmp_path / "x.png")]) == 2
     assert "--model is required without --server" in capsys.readouterr().err
+
+
+def test_bench_generate_reports_every_runner_and_the_concept_costs(
+    tiny_model_dir, tmp_path, capsys
+) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "generate", "--model", str(tiny_model_dir), "--backends", "torch"]
+    argv += ["--steps", "2", "--resolution", "32", "--warmup", "0", "--repeats", "1"]
+    assert main([*argv, "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["runners"]) == {"diffusers", "torch"}
+    for row in report["runners"].values():
+        assert row["e2e"]["median_ms"] >= row["unet_step"]["median_ms"] > 0
+        assert row["speedup_e2e"] > 0
+    concepts = report["concepts"]
+    assert concepts["backend"] == "torch" and concepts["backend_reloaded"] is False
+    assert concepts["first_request_images"] == 1 and concepts["add_concept_ms"] > 0
+    assert "diffusers" in capsys.readouterr().out
