@@ -20,15 +20,23 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from client.cli import add_remote_subcommands
+    from server.cli import add_generate_subcommand
     from textinv.commands import add_concept_subcommands
     from textinv.demo import add_demo_subcommand
 
-    return [add_concept_subcommands, add_remote_subcommands, add_demo_subcommand]
+    return [
+        add_concept_subcommands,
+        add_remote_subcommands,
+        add_generate_subcommand,
+        add_demo_subcommand,
+    ]
 
 
 def _bench_registrars() -> list[Registrar]:
     """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
-    return []
+    from server.bench_generate import add_generate_bench
+
+    return [add_generate_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
