@@ -1,0 +1,99 @@
+"""The generation pipeline on CUDA: the tensorrt backend and the torch backend on the GPU.
+
+Skipped, with the reason, where TensorRT or CUDA is missing (``pip install 'textinv[gpu]'``).
+References are diffusers' pipeline on the CPU, as in the unit tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.exporter import ExportConfig, export_model
+from export.manifest import ManifestError, Target
+from export.specs import Component, Precision, Range, ShapeRanges
+from export.tensorrt import tensorrt_missing
+from server.backends.tensorrt_backend import TensorRTBackend
+from server.backends.torch_backend import TorchBackend
+from server.host_model import HostModel
+from server.pipeline import GenerationJob, GenerationPipeline
+from server.requests import GenerationRequest, Scheduler
+from tests.unit.generation_reference import (
+    max_pixel_difference,
+    pixels,
+    reference_images,
+    reference_pipeline,
+)
+from textinv.model import load_base_model
+
+MISSING = tensorrt_missing()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(MISSING is not None, reason=f"{MISSING}; pip install 'textinv[gpu]'"),
+]
+RANGES = ShapeRanges(batch=Range(1, 2, 4), resolution=Range(32, 32, 64))
+GENERATED = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trt")
+    config = ExportConfig(
+        out, target=Target.TENSORRT, precision=Precision.FP16, ranges=RANGES, components=GENERATED
+    )
+    export_model(tiny_model, config, progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def concepts(tiny_model) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    return {"<cat-toy>": torch.randn(2, tiny_model.text_width, generator=generator)}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, concepts, tmp_path_factory):
+    return reference_pipeline(tiny_model_dir, concepts, tmp_path_factory.mktemp("concepts"))
+
+
+def request(**overrides) -> GenerationRequest:
+    values = {"prompt": "a photo of <cat-toy>", "steps": 4, "seed": 8, "width": 48, "height": 32}
+    return GenerationRequest(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("scheduler", [Scheduler.DDIM, Scheduler.EULER_ANCESTRAL])
+def test_tensorrt_matches_diffusers(scheduler, tiny_model, engines, concepts, reference) -> None:
+    pipeline = GenerationPipeline(
+        HostModel.of(tiny_model), TensorRTBackend(engines, tiny_model.model_hash)
+    )
+    req = request(scheduler=scheduler, num_images=2)
+    ours = pixels(pipeline(req, concepts))
+    theirs = reference_images(reference, req)
+    assert max_pixel_difference(ours, theirs) <= 8  # fp16 engines
+    assert abs(ours.astype(float) - theirs.astype(float)).mean() < 1.0
+
+
+def test_tensorrt_batched_equals_unbatched(tiny_model, engines, concepts) -> None:
+    pipeline = GenerationPipeline(
+        HostModel.of(tiny_model), TensorRTBackend(engines, tiny_model.model_hash)
+    )
+    requests = [request(seed=1), request(seed=2, guidance_scale=3.0)]
+    alone = [pixels(pipeline(req, concepts)) for req in requests]
+    batched = pipeline.run_batch([GenerationJob(pipeline.prepare(r, concepts)) for r in requests])
+    for one, result in zip(alone, batched, strict=True):
+        assert max_pixel_difference(one, pixels(result)) <= 2  # type: ignore[arg-type]
+
+
+def test_tensorrt_refuses_a_manifest_for_another_model(engines) -> None:
+    with pytest.raises(ManifestError, match="not the expected model"):
+        TensorRTBackend(engines, "f" * 64)
+
+
+def test_torch_backend_on_cuda_matches_diffusers(tiny_model_dir, concepts, reference) -> None:
+    model = load_base_model(tiny_model_dir, device="cuda")
+    pipeline = GenerationPipeline(HostModel.of(model), TorchBackend(model, channels_last=True))
+    req = request(scheduler=Scheduler.DPM_SOLVER_PP_2M)
+    ours = pixels(pipeline(req, concepts))
+    assert max_pixel_difference(ours, reference_images(reference, req)) <= 2
