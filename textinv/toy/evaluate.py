@@ -86,6 +86,8 @@ class EvalConfig:
     seed: int = 0
     clip: Path | None = None  # a local CLIPModel folder, for the paper's CLIP similarities
     clip_images: tuple[Path, ...] = ()  # reference images for CLIP image similarity
+    classifier: Path | None = None  # None: the shipped fidelity classifier
+    edits: bool = True  # False: reconstruction only (a quicker check)
 
     def __post_init__(self) -> None:
         if self.images_per_prompt < 1:
@@ -128,8 +130,9 @@ class EvalReport:
 def load_pipeline(model: Path, concept_file: Path, token: str) -> Any:
     from diffusers import StableDiffusionPipeline
 
+    # fp32 on the CPU: the shipped weights are fp16, which CPUs run slowly or not at all.
     pipeline = StableDiffusionPipeline.from_pretrained(
-        str(model), safety_checker=None, requires_safety_checker=False
+        str(model), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
     pipeline.set_progress_bar_config(disable=True)
     concept = load_concept(concept_file)
@@ -170,7 +173,9 @@ def evaluate(config: EvalConfig, progress: ProgressCallback | None = None) -> Ev
             f"concept {concept.token!r} is not a held-out shapes-world concept; give --init-word"
         )
     pipeline = load_pipeline(model, config.concept, concept.token)
-    classifier = load_classifier() if target else None
+    classifier = None
+    if target is not None:
+        classifier = load_classifier(config.classifier) if config.classifier else load_classifier()
     clip = ClipScorer.load(config.clip) if config.clip else None
     references = [Image.open(p).convert("RGB") for p in config.clip_images]
     if clip and not references and target:
@@ -179,6 +184,8 @@ def evaluate(config: EvalConfig, progress: ProgressCallback | None = None) -> Ev
     if target:
         row_words.append(("best caption", target.best_caption))
     edits = edits_for(target.thing) if target else _generic_edits()
+    if not config.edits:
+        edits = ()
     rows, prompts, images = [], {}, {}
     for name, words in row_words:
         if progress:
@@ -236,14 +243,18 @@ def _score_row(
             for reading in read(classifier, batch):
                 applied.append(edit.applied(reading))
                 kept.append(edit.applied(reading) and reading.shows(target.thing))
-        values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
+        if edits:
+            values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
     if clip is not None:
         if references:
             values["clip_image"] = clip.image_similarity(recon_images, references)
         texts = [e.template.format("").replace("  ", " ").strip() for e in edits]
-        values["clip_text"] = float(
-            np.mean([clip.text_similarity(b, t) for b, t in zip(edit_images, texts, strict=True)])
-        )
+        if edits:
+            values["clip_text"] = float(
+                np.mean(
+                    [clip.text_similarity(b, t) for b, t in zip(edit_images, texts, strict=True)]
+                )
+            )
     all_images = recon_images + [image for batch in edit_images for image in batch]
     return EvalRow(name, words, **values), prompts, all_images  # type: ignore[arg-type]
 

@@ -23,7 +23,7 @@ from textinv.templates import OBJECT_TEMPLATES
 
 RESOLUTION = 32  # pixels per side of every image of the world
 SUPERSAMPLE = 4  # drawn at 4× and box-filtered down, for anti-aliased edges
-STRIPE_PERIOD = 4.0  # pixels (at RESOLUTION) for one pair of stripes
+STRIPE_PERIOD = 8.0  # pixels (at RESOLUTION) for one pair of stripes: 4 px bands, one latent cell
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross", "arrow")
 HELD_OUT_SHAPES: tuple[str, ...] = ("moon",)  # a crescent: drawable, but no word names it
@@ -275,7 +275,7 @@ def _background(scene: Scene, side: int) -> np.ndarray:
     base = np.array(COLOURS[scene.background], dtype=np.float64)
     canvas = np.broadcast_to(base, (side, side, 3)).copy()
     rng = random.Random(scene.texture_seed)
-    ys, xs = np.mgrid[0:side, 0:side] / SUPERSAMPLE  # pixel coordinates at RESOLUTION
+    ys, xs = np.mgrid[0:side, 0:side] * (RESOLUTION / side)  # in pixels at RESOLUTION
     if scene.texture == "checkered":
         cell, dx, dy = 8.0, rng.uniform(0, 8), rng.uniform(0, 8)
         mask = ((np.floor((xs + dx) / cell) + np.floor((ys + dy) / cell)) % 2) == 1
@@ -305,7 +305,7 @@ def _fill(thing: Thing, side: int) -> np.ndarray:
     if thing.stripe_colour is None:
         return np.broadcast_to(first, (side, side, 3))
     second = np.array(COLOURS[thing.stripe_colour], dtype=np.float64)
-    ys, xs = np.mgrid[0:side, 0:side] / SUPERSAMPLE
+    ys, xs = np.mgrid[0:side, 0:side] * (RESOLUTION / side)
     angle = math.radians(thing.rotation + 45.0)  # diagonal stripes, turned with the object
     along = xs * math.cos(angle) + ys * math.sin(angle)
     band = (np.floor(along / (STRIPE_PERIOD / 2)) % 2 == 1)[..., None]
@@ -425,8 +425,14 @@ def concept_scenes(concept: HeldOutConcept, count: int = 4, seed: int = 0) -> li
     return scenes
 
 
-def concept_images(concept: HeldOutConcept, count: int = 4, seed: int = 0) -> list[Image.Image]:
-    return [render(scene) for scene in concept_scenes(concept, count, seed)]
+BUNDLED_RESOLUTION = 64  # the inversion trainer wants images of at least 64 px a side
+
+
+def concept_images(
+    concept: HeldOutConcept, count: int = 4, seed: int = 0, resolution: int = BUNDLED_RESOLUTION
+) -> list[Image.Image]:
+    """The concept's training images, drawn at ``resolution`` (the model works at 32 px)."""
+    return [render(scene, resolution) for scene in concept_scenes(concept, count, seed)]
 
 
 def held_out_concept(name: str) -> HeldOutConcept:
