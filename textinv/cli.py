@@ -20,23 +20,36 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from client.cli import add_remote_subcommands
+    from export.cli import add_export_subcommand
     from server.cli import add_generate_subcommand
+    from server.serve_cli import add_serve_subcommand
     from textinv.commands import add_concept_subcommands
     from textinv.demo import add_demo_subcommand
+    from textinv.invert_cli import add_invert_subcommand
+    from textinv.toy.evaluate import add_eval_subcommand
+    from textinv.toy.train import add_toy_subcommands
 
     return [
+        add_serve_subcommand,
         add_concept_subcommands,
         add_remote_subcommands,
         add_generate_subcommand,
         add_demo_subcommand,
+        add_invert_subcommand,
+        add_export_subcommand,
+        add_toy_subcommands,
+        add_eval_subcommand,
     ]
 
 
 def _bench_registrars() -> list[Registrar]:
     """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
+    from export.bench import add_export_bench
     from server.bench_generate import add_generate_bench
+    from server.bench_serve import add_serve_bench
+    from textinv.bench_invert import add_invert_bench
 
-    return [add_generate_bench]
+    return [add_invert_bench, add_export_bench, add_generate_bench, add_serve_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

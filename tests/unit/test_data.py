@@ -1,0 +1,168 @@
+"""The trainer's data pipeline: image loading, the augmentation pool and the VAE latent cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from textinv.data import (
+    AugmentationSpec,
+    augmentation_pool,
+    crop_boxes,
+    encode_latent_cache,
+    list_image_files,
+    load_image,
+    load_training_images,
+    read_caption,
+)
+from textinv.errors import InvalidInputError
+
+
+def _rgb(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def test_exif_orientation_is_honoured(tmp_path: Path) -> None:
+    image = _rgb(120, 80)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    rgb, alpha = load_image(tmp_path / "rotated.jpg")
+    assert rgb.size == (80, 120)
+    assert alpha is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [("L", ".png"), ("P", ".png"), ("CMYK", ".jpg"), ("I;16", ".png"), ("1", ".png")],
+)
+def test_modes_are_converted_to_rgb(tmp_path: Path, mode: str, suffix: str) -> None:
+    source = _rgb()
+    if mode == "I;16":
+        array = (np.asarray(source.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        image = Image.fromarray(array)  # uint16 → "I;16"
+    else:
+        image = source.convert(mode)
+    path = tmp_path / f"image{suffix}"
+    image.save(path)
+    rgb, alpha = load_image(path)
+    assert rgb.mode == "RGB" and rgb.size == (96, 80) and alpha is None
+    if mode == "I;16":  # 16-bit values are scaled down, not clipped to white
+        expected = np.asarray(source.convert("L"), dtype=np.float64)
+        assert np.abs(np.asarray(rgb, dtype=np.float64)[..., 0] - expected).max() <= 1
+
+
+def test_alpha_is_composited_on_white_and_kept(tmp_path: Path) -> None:
+    rgba = np.zeros((80, 96, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red
+    rgba[:40, :, 3] = 255  # top half opaque, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    rgb, alpha = load_image(tmp_path / "cutout.png")
+    pixels = np.asarray(rgb)
+    assert tuple(pixels[10, 10]) == (255, 0, 0)
+    assert tuple(pixels[70, 10]) == (255, 255, 255)
+    assert alpha is not None and alpha.getpixel((10, 70)) == 0
+
+
+def test_palette_with_transparency_keeps_alpha(tmp_path: Path) -> None:
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 32, 64))
+    image.info["transparency"] = 0
+    image.save(tmp_path / "palette.png", transparency=0)
+    rgb, alpha = load_image(tmp_path / "palette.png")
+    assert alpha is not None
+    assert tuple(np.asarray(rgb)[5, 60]) == (255, 255, 255)  # transparent → white
+    assert tuple(np.asarray(rgb)[5, 5]) == (255, 0, 0)
+
+
+def test_opaque_alpha_is_dropped(tmp_path: Path) -> None:
+    _rgb().convert("RGBA").save(tmp_path / "opaque.png")
+    assert load_image(tmp_path / "opaque.png")[1] is None
+
+
+def test_small_corrupt_and_non_images_are_refused_by_name(tmp_path: Path) -> None:
+    _rgb(63, 200).save(tmp_path / "small.png")
+    with pytest.raises(InvalidInputError, match=r"small\.png.*63×200.*64 px"):
+        load_image(tmp_path / "small.png")
+    data = (tmp_path / "small.png").read_bytes()
+    (tmp_path / "broken.png").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InvalidInputError, match=r"broken\.png.*not a readable image"):
+        load_image(tmp_path / "broken.png")
+    (tmp_path / "notes.md").write_text("hello")
+    with pytest.raises(InvalidInputError, match=r"notes\.md.*not a readable image"):
+        load_image(tmp_path / "notes.md")
+
+
+def test_folder_checks(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        list_image_files(tmp_path / "missing")
+    (tmp_path / "a.txt").write_text("a photo of {}")
+    (tmp_path / ".hidden").write_text("x")
+    with pytest.raises(InvalidInputError, match="holds no images"):
+        list_image_files(tmp_path)
+    for i in range(3):
+        _rgb(seed=i).save(tmp_path / f"{i}.png")
+    with pytest.raises(InvalidInputError, match="holds 3 files; the cap is 2"):
+        list_image_files(tmp_path, max_images=2)
+    assert [p.name for p in list_image_files(tmp_path)] == ["0.png", "1.png", "2.png"]
+
+
+def test_captions(tmp_path: Path) -> None:
+    _rgb().save(tmp_path / "a.png")
+    _rgb().save(tmp_path / "b.png")
+    (tmp_path / "a.txt").write_text("a photo of {} on a table\n")
+    images = load_training_images(tmp_path)
+    assert [i.caption for i in images] == ["a photo of {} on a table", None]
+    (tmp_path / "b.txt").write_text("a photo on a table")
+    with pytest.raises(InvalidInputError, match=r"b\.txt.*must contain '\{\}'"):
+        read_caption(tmp_path / "b.png")
+
+
+def test_augmentation_pool_is_fixed_and_sized() -> None:
+    from textinv.data import TrainingImage
+
+    image = TrainingImage(Path("x.png"), _rgb(128, 96), None, None)
+    center = AugmentationSpec(resolution=64)
+    pool = augmentation_pool(image, center, torch.Generator().manual_seed(0))
+    assert len(pool) == 2 and all(rgb.size == (64, 64) for rgb, _ in pool)
+    mirrored = np.asarray(pool[1][0])
+    assert np.array_equal(mirrored, np.asarray(pool[0][0])[:, ::-1])
+    random_spec = AugmentationSpec(resolution=64, crop="random", num_crops=3, crop_scale=(0.5, 0.9))
+    boxes = crop_boxes((128, 96), random_spec, torch.Generator().manual_seed(1))
+    again = crop_boxes((128, 96), random_spec, torch.Generator().manual_seed(1))
+    assert boxes == again and len(boxes) == 3
+    for left, top, right, bottom in boxes:
+        assert right - left == bottom - top
+        assert 0.5 * 96 - 1 <= right - left <= 0.9 * 96 + 1
+        assert left >= 0 and right <= 128 and top >= 0 and bottom <= 96
+
+
+def test_latent_cache_shapes_and_sampling(tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for i in range(2):
+        _rgb(seed=i).save(tmp_path / f"{i}.png")
+    rgba = np.zeros((80, 80, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[:, :40, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "2.png")
+    images = load_training_images(tmp_path)
+    spec = AugmentationSpec(resolution=64)
+    cache = encode_latent_cache(
+        images, tiny_model.vae, spec, alpha_mask=True, vae_scale_factor=tiny_model.vae_scale_factor
+    )
+    assert cache.mean.shape == (3, 2, 4, 32, 32) and cache.logvar.shape == cache.mean.shape
+    assert cache.mask is not None and cache.mask.shape == (3, 2, 1, 32, 32)
+    assert float(cache.mask[0].min()) == 1.0  # images without alpha are fully on
+    left = cache.mask[2, 0, 0, :, :10].max()  # transparent left half, not flipped
+    assert float(left) == 0.0 and float(cache.mask[2, 1, 0, :, :10].min()) == 1.0
+    again = encode_latent_cache(images, tiny_model.vae, spec)
+    assert torch.equal(cache.mean, again.mean) and again.mask is None
+    pick = torch.tensor([0, 2]), torch.tensor([1, 0])
+    first = cache.sample(*pick, torch.Generator().manual_seed(3), 0.5)
+    second = cache.sample(*pick, torch.Generator().manual_seed(3), 0.5)
+    assert first.shape == (2, 4, 32, 32) and torch.equal(first, second)
