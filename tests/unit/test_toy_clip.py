@@ -10,7 +10,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, C
 
 from textinv.testing import write_clip_tokenizer
 from textinv.toy import world
-from textinv.toy.evaluate import ClipScorer
+from textinv.toy.evaluate import ClipScorer, DinoScorer
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,22 @@ def test_clip_similarities_from_a_local_folder(tiny_clip_dir: Path) -> None:
 def test_a_missing_clip_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ClipScorer.load(tmp_path / "nowhere")
+
+
+def test_dino_similarity_from_a_local_vit_folder(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "dino")
+    scorer = DinoScorer.load(tmp_path / "dino")
+    images = [world.render(s) for s in world.sample_scenes(seed=6, count=3)]
+    assert scorer.image_similarity(images[:1], images[:1]) == pytest.approx(1.0, abs=1e-5)
+    assert scorer.image_similarity(images[:1], images[1:]) < 1.0 - 1e-4

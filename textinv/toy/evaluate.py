@@ -18,7 +18,9 @@ size and place, the texture). On the shapes world the fidelity classifier reads 
 
 For real models, ``--clip FOLDER`` adds the paper's CLIP image similarity (generated images
 against the concept's training images) and CLIP text similarity (images against their prompt
-without the placeholder), from any local ``CLIPModel`` folder.
+without the placeholder), from any local ``CLIPModel`` folder, and ``--dino FOLDER`` the DINO
+image similarity (mean cosine of [CLS] features) from a local ViT folder. The reference images are
+``--clip-images``, or the held-out concept's own images.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from PIL import Image
 
 from textinv.concepts import load_concept
 from textinv.toy import world
-from textinv.toy.classifier import Reading, load_classifier, read
+from textinv.toy.classifier import Reading, ShapesClassifier, load_classifier, read
 
 RECONSTRUCTION_PROMPT = "a photo of a {}"
 ProgressCallback = Callable[[str], None]
@@ -88,6 +90,7 @@ class EvalConfig:
     clip_images: tuple[Path, ...] = ()  # reference images for CLIP image similarity
     classifier: Path | None = None  # None: the shipped fidelity classifier
     edits: bool = True  # False: reconstruction only (a quicker check)
+    dino: Path | None = None  # a local DINO (ViT) folder, for DINO image similarity
 
     def __post_init__(self) -> None:
         if self.images_per_prompt < 1:
@@ -105,6 +108,7 @@ class EvalRow:
     edit_kept: float | None = None  # ... and the concept was kept
     clip_image: float | None = None  # mean cosine, generated vs reference images
     clip_text: float | None = None  # mean cosine, edit images vs prompt without the concept
+    dino: float | None = None  # mean cosine of DINO [CLS] features, generated vs reference
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def load_pipeline(model: Path, concept_file: Path, token: str) -> Any:
 
     # fp32 on the CPU: the shipped weights are fp16, which CPUs run slowly or not at all.
     pipeline = StableDiffusionPipeline.from_pretrained(
-        str(model), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        str(model), dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
     pipeline.set_progress_bar_config(disable=True)
     concept = load_concept(concept_file)
@@ -160,6 +164,17 @@ def generate(pipeline: Any, prompt: str, config: EvalConfig) -> list[Image.Image
 # 2. The three rows
 
 
+@dataclass(frozen=True)
+class Scorers:
+    """What reads the generated images: the classifier (shapes world), CLIP and DINO (any model)."""
+
+    target: world.HeldOutConcept | None = None
+    classifier: ShapesClassifier | None = None
+    clip: ClipScorer | None = None
+    dino: DinoScorer | None = None
+    references: tuple[Image.Image, ...] = ()  # the concept's own images, for CLIP-I and DINO
+
+
 def evaluate(config: EvalConfig, progress: ProgressCallback | None = None) -> EvalReport:
     """Generate the fixed set for each row and score it (see the module docstring)."""
     from textinv.toy import default_model_path
@@ -172,14 +187,8 @@ def evaluate(config: EvalConfig, progress: ProgressCallback | None = None) -> Ev
         raise ValueError(
             f"concept {concept.token!r} is not a held-out shapes-world concept; give --init-word"
         )
+    scorers = load_scorers(config, target)
     pipeline = load_pipeline(model, config.concept, concept.token)
-    classifier = None
-    if target is not None:
-        classifier = load_classifier(config.classifier) if config.classifier else load_classifier()
-    clip = ClipScorer.load(config.clip) if config.clip else None
-    references = [Image.open(p).convert("RGB") for p in config.clip_images]
-    if clip and not references and target:
-        references = world.concept_images(target)
     row_words = [("init word", init_word), ("learned concept", concept.token)]
     if target:
         row_words.append(("best caption", target.best_caption))
@@ -190,21 +199,26 @@ def evaluate(config: EvalConfig, progress: ProgressCallback | None = None) -> Ev
     for name, words in row_words:
         if progress:
             progress(f"generating for the {name} row ({words})")
-        row, row_prompts, row_images = _score_row(
-            name,
-            words,
-            concept.token,
-            edits,
-            pipeline,
-            config,
-            target,
-            classifier,
-            clip,
-            references,
-        )
+        row, row_prompts, row_images = _score_row(name, words, edits, pipeline, config, scorers)
         rows.append(row)
         prompts[name], images[name] = row_prompts, row_images
     return EvalReport(concept.token, str(model), tuple(rows), prompts, images)
+
+
+def load_scorers(config: EvalConfig, target: world.HeldOutConcept | None) -> Scorers:
+    classifier = None
+    if target is not None:
+        classifier = load_classifier(config.classifier) if config.classifier else load_classifier()
+    references = tuple(Image.open(p).convert("RGB") for p in config.clip_images)
+    if not references and target is not None:
+        references = tuple(world.concept_images(target))
+    return Scorers(
+        target=target,
+        classifier=classifier,
+        clip=ClipScorer.load(config.clip) if config.clip else None,
+        dino=DinoScorer.load(config.dino) if config.dino else None,
+        references=references,
+    )
 
 
 def _target(config: EvalConfig, token: str) -> world.HeldOutConcept | None:
@@ -221,42 +235,52 @@ def _generic_edits() -> tuple[Edit, ...]:
 def _score_row(
     name: str,
     words: str,
-    token: str,
     edits: Sequence[Edit],
     pipeline: Any,
     config: EvalConfig,
-    target: world.HeldOutConcept | None,
-    classifier: Any,
-    clip: ClipScorer | None,
-    references: Sequence[Image.Image],
+    scorers: Scorers,
 ) -> tuple[EvalRow, list[str], list[Image.Image]]:
     recon_prompt = RECONSTRUCTION_PROMPT.format(words)
     recon_images = generate(pipeline, recon_prompt, config)
     edit_images = [generate(pipeline, e.template.format(words), config) for e in edits]
     prompts = [recon_prompt, *(e.template.format(words) for e in edits)]
-    values: dict[str, float | None] = {}
-    if target is not None and classifier is not None:
-        recon = read(classifier, recon_images)
-        values["reconstruction"] = _share(r.shows(target.thing) for r in recon)
-        applied, kept = [], []
-        for edit, batch in zip(edits, edit_images, strict=True):
-            for reading in read(classifier, batch):
-                applied.append(edit.applied(reading))
-                kept.append(edit.applied(reading) and reading.shows(target.thing))
-        if edits:
-            values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
-    if clip is not None:
-        if references:
-            values["clip_image"] = clip.image_similarity(recon_images, references)
-        texts = [e.template.format("").replace("  ", " ").strip() for e in edits]
-        if edits:
-            values["clip_text"] = float(
-                np.mean(
-                    [clip.text_similarity(b, t) for b, t in zip(edit_images, texts, strict=True)]
-                )
-            )
+    values: dict[str, float] = {}
+    if scorers.target is not None and scorers.classifier is not None:
+        values |= _classifier_scores(
+            scorers.classifier, scorers.target, recon_images, edits, edit_images
+        )
+    if scorers.references:
+        if scorers.clip is not None:
+            values["clip_image"] = scorers.clip.image_similarity(recon_images, scorers.references)
+        if scorers.dino is not None:
+            values["dino"] = scorers.dino.image_similarity(recon_images, scorers.references)
+    if scorers.clip is not None and edits:
+        # The paper's text similarity: the prompt with the placeholder left out.
+        texts = [" ".join(e.template.format("").split()) for e in edits]
+        pairs = zip(edit_images, texts, strict=True)
+        values["clip_text"] = float(np.mean([scorers.clip.text_similarity(b, t) for b, t in pairs]))
     all_images = recon_images + [image for batch in edit_images for image in batch]
-    return EvalRow(name, words, **values), prompts, all_images  # type: ignore[arg-type]
+    return EvalRow(name, words, **values), prompts, all_images
+
+
+def _classifier_scores(
+    classifier: ShapesClassifier,
+    target: world.HeldOutConcept,
+    recon_images: Sequence[Image.Image],
+    edits: Sequence[Edit],
+    edit_images: Sequence[Sequence[Image.Image]],
+) -> dict[str, float]:
+    values = {
+        "reconstruction": _share(r.shows(target.thing) for r in read(classifier, recon_images))
+    }
+    applied, kept = [], []
+    for edit, batch in zip(edits, edit_images, strict=True):
+        for reading in read(classifier, batch):
+            applied.append(edit.applied(reading))
+            kept.append(edit.applied(reading) and reading.shows(target.thing))
+    if edits:
+        values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
+    return values
 
 
 def _share(values: Any) -> float:
@@ -297,15 +321,7 @@ class ClipScorer:
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[N, E], unit length."""
-        size = self.image_size
-        arrays = [
-            np.asarray(i.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
-            for i in images
-        ]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-        pixels = (pixels - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[
-            :, None, None
-        ]
+        pixels = _pixels(images, self.image_size, self.mean, self.std)
         return _unit(_features(self.model.get_image_features(pixel_values=pixels)))
 
     @torch.no_grad()
@@ -322,6 +338,51 @@ class ClipScorer:
 
     def text_similarity(self, images: Sequence[Image.Image], text: str) -> float:
         return float((self.embed_images(images) @ self.embed_texts([text]).T).mean())
+
+
+@dataclass(frozen=True)
+class DinoScorer:
+    """[CLS] features of a local ViT folder (DINO, DINOv2, or any ``AutoModel`` ViT)."""
+
+    model: Any
+    image_size: int
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet's, as DINO uses
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @classmethod
+    def load(cls, folder: Path) -> DinoScorer:
+        from transformers import AutoModel
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"DINO model folder {str(folder)!r} has no config.json")
+        model = AutoModel.from_pretrained(str(folder)).eval()
+        return cls(model, int(getattr(model.config, "image_size", 224)))
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[N, D], unit length."""
+        pixels = _pixels(images, self.image_size, self.mean, self.std)
+        return _unit(self.model(pixel_values=pixels).last_hidden_state[:, 0])
+
+    def image_similarity(
+        self, images: Sequence[Image.Image], references: Sequence[Image.Image]
+    ) -> float:
+        return float((self.embed_images(images) @ self.embed_images(references).T).mean())
+
+
+def _pixels(
+    images: Sequence[Image.Image],
+    size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> torch.Tensor:
+    """PIL images → [N, 3, size, size], normalized."""
+    arrays = [
+        np.asarray(i.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for i in images
+    ]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -346,6 +407,7 @@ def format_table(report: EvalReport) -> str:
         ("edit_kept", "edit + kept"),
         ("clip_image", "CLIP-I"),
         ("clip_text", "CLIP-T"),
+        ("dino", "DINO"),
     ]
     shown = [(k, h) for k, h in columns if any(getattr(r, k) is not None for r in report.rows)]
     width = max(len(f"{r.name} ({r.words})") for r in report.rows)
@@ -393,6 +455,7 @@ def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--clip-images", type=Path, nargs="*", default=[], help="reference images for CLIP-I"
     )
+    parser.add_argument("--dino", type=Path, help="a local DINO (ViT) folder for DINO similarity")
     parser.add_argument("--out", type=Path, help="write report.json and grid.png here")
     parser.set_defaults(func=run_eval)
 
@@ -409,6 +472,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         clip=args.clip,
         clip_images=tuple(args.clip_images),
+        dino=args.dino,
     )
     report = evaluate(config, progress=lambda message: print(message, flush=True))
     print(format_table(report))

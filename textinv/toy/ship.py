@@ -36,7 +36,7 @@ def ship_model(source: Path, target: Path = MODEL_DIR) -> Path:
     """Copy a saved model to ``target`` at fp16, through diffusers' own loader and writer."""
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(str(source), torch_dtype=torch.float16)
+    pipeline = StableDiffusionPipeline.from_pretrained(str(source), dtype=torch.float16)
     if target.exists():
         shutil.rmtree(target)
     pipeline.save_pretrained(str(target))
@@ -69,7 +69,7 @@ def sample_grid(
     """One row per prompt: the prompt, then ``per_prompt`` seeded samples."""
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=torch.float32)
+    pipeline = StableDiffusionPipeline.from_pretrained(str(model), dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     side, text_width = world.RESOLUTION * scale, 420
     grid = Image.new("RGB", (text_width + per_prompt * side, len(prompts) * side), "white")
