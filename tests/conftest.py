@@ -25,3 +25,19 @@ def tiny_model(tiny_model_dir: Path):  # -> BaseModel
     from textinv.model import load_base_model
 
     return load_base_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_engines_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's generation graphs (fp32 ONNX), exported once per session.
+
+    Profile: 1 to 4 images per call, 32 to 64 px sides (the tiny model's own side is 64).
+    """
+    from export.exporter import ExportConfig, export_model
+    from export.specs import Component, Range, ShapeRanges
+
+    folder = tmp_path_factory.mktemp("engines")
+    ranges = ShapeRanges(batch=Range(1, 1, 4), resolution=Range(32, 32, 64))
+    generated = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
+    export_model(tiny_model, ExportConfig(folder, ranges=ranges, components=generated))
+    return folder

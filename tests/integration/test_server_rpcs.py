@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -83,3 +84,21 @@ def test_server_info_reports_model_limits_and_versions(textinv_server) -> None:
     assert info.limits.max_concurrent_jobs == 1
     assert Scheduler.EULER_ANCESTRAL in info.schedulers
     assert "torch" in info.library_versions
+
+
+def test_onnxruntime_backend_serves_the_same_images_as_torch(
+    start_textinv, tiny_engines_dir, tmp_path
+) -> None:
+    onnx_server = start_textinv(
+        backend="onnxruntime", engines=tiny_engines_dir, data_dir=tmp_path / "onnx"
+    )
+    torch_server = start_textinv(data_dir=tmp_path / "torch")
+    request = small("a photo of <cat-toy>", seed=9)
+    results = []
+    for server in (onnx_server, torch_server):
+        with TextInvClient(server.target) as textinv:
+            textinv.register_concept(concept_file(), filename="c.safetensors")
+            assert textinv.get_server_info().backend == server.config.backend
+            results.append(textinv.generate(request))
+    ours, reference = (np.asarray(Image.open(io.BytesIO(r.images[0]))) for r in results)
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 4  # 4/255, as the runtime

@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.exporter import ExportConfig, export_model
 from export.manifest import MANIFEST_NAME, ManifestError
-from export.specs import Component, Range, ShapeRanges
 from server.backends import BackendName
 from server.backends.onnxruntime_backend import OnnxRuntimeBackend, Provider
 from server.host_model import HostModel
@@ -25,15 +23,10 @@ from tests.unit.generation_reference import (
 )
 from textinv.errors import InvalidInputError
 
-RANGES = ShapeRanges(batch=Range(1, 1, 4), resolution=Range(32, 32, 64))
-GENERATED = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
-
 
 @pytest.fixture(scope="module")
-def engines(tiny_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("engines")
-    export_model(tiny_model, ExportConfig(folder, ranges=RANGES, components=GENERATED))
-    return folder
+def engines(tiny_engines_dir: Path) -> Path:
+    return tiny_engines_dir
 
 
 @pytest.fixture(scope="module")
