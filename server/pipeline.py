@@ -97,6 +97,48 @@ class _Running:
 Outcome = GenerationResult | CancelledError
 
 
+class StepClock:
+    """Milliseconds per denoising step, without a host sync inside the loop.
+
+    On CUDA each step is bracketed by two events on the current stream (backends that run on
+    their own streams join it again before returning) and the times are read once, after the
+    loop. Elsewhere the host's clock is the step time.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.host_ms: list[float] = []
+        self.events: list[tuple[Any, Any]] = []
+        self._started = 0.0
+        self._start_event: Any = None
+
+    def _record(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        if self.cuda:
+            self._start_event = self._record()
+
+    def stop(self) -> float:
+        """Ends a step; returns its host-side milliseconds."""
+        if self.cuda:
+            self.events.append((self._start_event, self._record()))
+        self.host_ms.append((time.perf_counter() - self._started) * 1000)
+        return self.host_ms[-1]
+
+    def step_ms(self) -> list[float]:
+        """Each step's milliseconds: device time on CUDA (one sync here), else host time."""
+        if not self.cuda:
+            return list(self.host_ms)
+        if self.events:
+            self.events[-1][1].synchronize()
+        return [float(begin.elapsed_time(end)) for begin, end in self.events]
+
+
 class GenerationPipeline:
     """Prompt in, PNG images out, over any backend. Thread-compatible: one call at a time."""
 
@@ -214,8 +256,11 @@ class GenerationPipeline:
         request = job.prepared.request
         assert request.width is not None and request.height is not None
         device = self.backend.device
+        # The scheduler's timesteps and tables stay on the CPU: its scalars reach the device
+        # kernels as arguments, so stepping never waits for the GPU (an index with a CUDA
+        # timestep would be a host sync every step). The UNet gets device timesteps (_denoise).
         scheduler = make_scheduler(
-            request.scheduler, self.host.scheduler_config, request.steps, device
+            request.scheduler, self.host.scheduler_config, request.steps, torch.device("cpu")
         )
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
         factor = self.host.vae_scale_factor
@@ -238,36 +283,49 @@ class GenerationPipeline:
         )
 
     def _denoise(self, running: list[_Running], outcomes: dict[int, Outcome]) -> list[float]:
-        """Step every request through the shared timesteps; returns each step's milliseconds."""
-        timesteps = running[0].scheduler.timesteps
+        """Step every request through the shared timesteps; returns each step's milliseconds.
+
+        Nothing inside the loop waits for the device: step times come from CUDA events read
+        once after the loop (``on_step`` gets the host's time per step, which matches once the
+        launch queue is full), the UNet's timesteps are on the device up front, and the model
+        input is written into one preallocated buffer.
+        """
+        timesteps = running[0].scheduler.timesteps  # [steps] on the CPU
+        unet_timesteps = timesteps.to(self.backend.device, torch.float32)  # one copy, up front
         guided = running[0].uncond is not None
         active = list(running)
         hidden = self._hidden_states(active)
-        step_ms: list[float] = []
+        buffer = self._input_buffer(active, guided)
+        clock = StepClock(self.backend.device)
         for index, timestep in enumerate(timesteps):
             still = self._drop_cancelled(active, outcomes, index, len(timesteps))
             if len(still) != len(active):
                 active, hidden = still, self._hidden_states(still)
+                buffer = self._input_buffer(active, guided)
             if not active:
                 break
-            start = time.perf_counter()
-            self._step(active, timestep, hidden, guided)
-            self.backend.synchronize()
-            step_ms.append((time.perf_counter() - start) * 1000)
+            clock.start()
+            self._step(active, timestep, unet_timesteps[index], hidden, buffer, guided)
+            host_ms = clock.stop()
             for state in active:
                 if state.job.on_step is not None:
-                    state.job.on_step(StepProgress(index + 1, len(timesteps), step_ms[-1]))
+                    state.job.on_step(StepProgress(index + 1, len(timesteps), host_ms))
         # A request cancelled during the last step skips the decode too.
         self._drop_cancelled(active, outcomes, len(timesteps), len(timesteps))
-        return step_ms
+        return clock.step_ms()
 
     def _step(
-        self, active: list[_Running], timestep: torch.Tensor, hidden: torch.Tensor, guided: bool
+        self,
+        active: list[_Running],
+        timestep: torch.Tensor,
+        unet_timestep: torch.Tensor,
+        hidden: torch.Tensor,
+        buffer: torch.Tensor,
+        guided: bool,
     ) -> None:
         """One UNet call for all active images (uncond rows first), then each scheduler's step."""
-        scaled = torch.cat([s.scheduler.scale_model_input(s.latents, timestep) for s in active])
-        sample = torch.cat([scaled, scaled]) if guided else scaled  # [rows, C, h, w]
-        t = timestep.to(torch.float32).expand(sample.shape[0])  # [rows], no host sync
+        sample = self._model_input(active, timestep, buffer, guided)  # [rows, C, h, w]
+        t = unet_timestep.expand(sample.shape[0])  # [rows] on the device, no host sync
         noise = self.backend.predict_noise(sample, t, hidden)
         uncond_all, cond_all = noise.chunk(2) if guided else (noise, noise)
         sizes = [s.request.num_images for s in active]
@@ -280,6 +338,34 @@ class GenerationPipeline:
             state.latents = state.scheduler.step(
                 noise_pred, timestep, state.latents, **state.step_kwargs, return_dict=False
             )[0]
+
+    @staticmethod
+    def _input_buffer(active: list[_Running], guided: bool) -> torch.Tensor:
+        """The UNet's input ``[rows, C, h, w]``, allocated once per set of active requests:
+        ``rows`` is 2n under guidance (uncond rows, then cond rows), else n."""
+        if not active:
+            return torch.empty(0)
+        n = sum(s.request.num_images for s in active)
+        _, c, h, w = active[0].latents.shape
+        latents = active[0].latents
+        return torch.empty(
+            (2 * n if guided else n, c, h, w), dtype=latents.dtype, device=latents.device
+        )
+
+    @staticmethod
+    def _model_input(
+        active: list[_Running], timestep: torch.Tensor, buffer: torch.Tensor, guided: bool
+    ) -> torch.Tensor:
+        """Each request's scaled latents written into ``buffer``, twice under guidance."""
+        offset = 0
+        for state in active:
+            count = state.request.num_images
+            scaled = state.scheduler.scale_model_input(state.latents, timestep)
+            buffer[offset : offset + count].copy_(scaled)
+            offset += count
+        if guided:
+            buffer[offset:].copy_(buffer[:offset])
+        return buffer
 
     @staticmethod
     def _hidden_states(active: list[_Running]) -> torch.Tensor:
@@ -360,11 +446,15 @@ def load_generation_pipeline(
         if not isinstance(model, BaseModel):
             dtype = torch.float16 if options.precision is Precision.FP16 else torch.float32
             model = load_base_model(model, dtype=dtype, device=options.device)
+        elif torch.device(options.device) != model.unet.device:
+            for module in (model.text_encoder, model.unet, model.vae):
+                module.to(options.device)
         if options.threads > 0:
             torch.set_num_threads(options.threads)
         from server.backends.torch_backend import TorchBackend
 
-        return GenerationPipeline(HostModel.of(model), TorchBackend(model))
+        host = HostModel.of(model)  # before the backend casts the weights: a float32 CPU table
+        return GenerationPipeline(host, TorchBackend(model, options=options.torch_options))
     host = HostModel.of(model) if isinstance(model, BaseModel) else load_host_model(model)
     if options.engines is None:
         raise InvalidInputError(f"the {name.value} backend needs --engines DIR (an export)")

@@ -89,6 +89,45 @@ class Backend(Protocol):
         ...
 
 
+class WeightDtype(str, Enum):
+    """The torch backend's weight precision: bf16/fp16 on CUDA, fp32 on the CPU (no fast half
+    path there)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @classmethod
+    def parse(cls, name: str | WeightDtype) -> WeightDtype:
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(w.value for w in cls)
+            raise InvalidInputError(
+                f"unknown weight dtype {name!r}; choose one of {known}"
+            ) from None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """The torch backend's speed options. All off by default; each is correct on the CPU too,
+    except ``cuda_graph``, which needs CUDA and is refused elsewhere."""
+
+    # None keeps the model's own dtype; otherwise the modules are cast in place at load.
+    weights: WeightDtype | None = None
+    # NHWC convolutions (cuDNN's tensor-core layout) for the UNet.
+    channels_last: bool = False
+    # torch.compile the UNet; "inductor" on CUDA, "eager" (dynamo tracing only) for dry runs.
+    compile: bool = False
+    compile_backend: str = "inductor"
+    # Capture the UNet as a CUDA graph per static input shape and replay it every step.
+    cuda_graph: bool = False
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How to load a backend. ``engines`` is the export stage's folder (its manifest inside)."""
@@ -103,3 +142,5 @@ class BackendOptions:
     precision: Precision = Precision.FP32
     # Hash every engine file against the manifest at load (seconds for SD 1.5), or sizes only.
     verify_checksums: bool = True
+    # torch backend only: weights dtype, channels-last, torch.compile, CUDA graphs.
+    torch_options: TorchOptions = TorchOptions()
