@@ -22,9 +22,9 @@ def _registrars() -> list[Registrar]:
     from client.cli import add_remote_subcommands
     from export.cli import add_export_subcommand
     from server.cli import add_generate_subcommand
+    from server.demo import add_demo_subcommand
     from server.serve_cli import add_serve_subcommand
     from textinv.commands import add_concept_subcommands
-    from textinv.demo import add_demo_subcommand
     from textinv.invert_cli import add_invert_subcommand
     from textinv.toy.evaluate import add_eval_subcommand
     from textinv.toy.train import add_toy_subcommands

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 BOS = "<|startoftext|>"
@@ -181,6 +181,9 @@ def tiny_components(seed: int = 0, width: int = 32) -> dict[str, Any]:
 
 def build_tiny_model(folder: Path, seed: int = 0, width: int = 32) -> Path:
     """Write a tiny seeded SD 1.x model to ``folder`` in the diffusers layout and return it."""
+    # The pipeline class pulls in image processors; import it only when a folder is written.
+    from diffusers import StableDiffusionPipeline
+
     folder = Path(folder)
     write_clip_tokenizer(folder / "_tokenizer_src")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer_src")
