@@ -23,13 +23,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from server.backends import BackendName, BackendOptions
+from server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
 from server.pipeline import GenerationPipeline, load_generation_pipeline
 from server.requests import GenerationRequest, GenerationResult, Scheduler
 from textinv.concepts import Concept, concept_to_bytes, parse_concept
@@ -87,6 +87,52 @@ class Samples:
 Runner = Callable[[Samples], None]
 
 
+@dataclass(frozen=True)
+class TorchVariant:
+    """One way of running the torch backend, measured as its own runner (``torch-compile``)."""
+
+    label: str
+    options: TorchOptions = field(default_factory=TorchOptions)
+
+
+# The variants ``--torch-variants`` names; "torch" alone is eager with the model as loaded.
+VARIANTS = {
+    "eager": TorchVariant("torch"),
+    "compile": TorchVariant("torch-compile", TorchOptions(compile=True)),
+    "cuda-graph": TorchVariant("torch-cudagraph", TorchOptions(cuda_graph=True)),
+}
+
+
+@dataclass(frozen=True)
+class GenerateBenchSettings:
+    """One ``bench generate`` run: every runner gets the same request."""
+
+    model: str
+    engines: Path | None = None
+    backends: tuple[str, ...] | None = None  # None: every one available
+    steps: int = 10
+    resolution: int | None = None  # None: the model's native size
+    scheduler: str = Scheduler.DDIM.value
+    guidance: float = 7.5
+    seed: int = 0
+    warmup: int = 1
+    repeats: int = 5
+    threads: int = 0
+    device: str = "cpu"
+    # Weights for every runner, diffusers included (None: as loaded, fp32).
+    weights: WeightDtype | None = None
+    channels_last: bool = False  # the UNet's layout, for every runner
+    torch_variants: tuple[TorchVariant, ...] = field(default=(VARIANTS["eager"],))
+    concepts: bool = True  # also measure the concepts' costs
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be ≥ 0, got {self.warmup}")
+
+
 def add_generate_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench = bench_subparsers.add_parser(
         "generate", help="generation latency per backend against diffusers' pipeline"
@@ -110,49 +156,110 @@ def add_generate_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--warmup", type=int, default=1, help="unmeasured runs per runner (1)")
     bench.add_argument("--repeats", type=int, default=5, help="measured runs per runner (5)")
     bench.add_argument("--threads", type=int, default=0, help="CPU threads (library default)")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    bench.add_argument(
+        "--weights", choices=[w.value for w in WeightDtype], default=None, help="every runner's"
+    )
+    bench.add_argument("--channels-last", action="store_true", help="the UNet's layout (all)")
+    bench.add_argument(
+        "--torch-variants",
+        default="eager",
+        help=f"comma-separated torch runners: {', '.join(VARIANTS)} (eager)",
+    )
     bench.add_argument("--json", type=Path, default=None, metavar="OUT", help="write JSON here")
     bench.set_defaults(func=run_generate_bench)
 
 
-def run_generate_bench(args: argparse.Namespace) -> int:
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    model = _load_model(args.model)
-    side = args.resolution or model.default_resolution
-    request = GenerationRequest(
-        PROMPT_PLAIN,
+def settings_from_args(args: argparse.Namespace) -> GenerateBenchSettings:
+    return GenerateBenchSettings(
+        model=args.model,
+        engines=args.engines,
+        backends=tuple(args.backends) if args.backends else None,
         steps=args.steps,
-        guidance_scale=args.guidance,
+        resolution=args.resolution,
+        scheduler=args.scheduler,
+        guidance=args.guidance,
         seed=args.seed,
-        width=side,
-        height=side,
-        scheduler=Scheduler.parse(args.scheduler),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+        device=args.device,
+        weights=WeightDtype.parse(args.weights) if args.weights else None,
+        channels_last=args.channels_last,
+        torch_variants=parse_variants(args.torch_variants),
     )
+
+
+def parse_variants(text: str) -> tuple[TorchVariant, ...]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise ValueError(f"--torch-variants {text!r}: choose from {', '.join(VARIANTS)}")
+    return tuple(VARIANTS[name] for name in names)
+
+
+def run_generate_bench(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    report = measure_generate(settings)
+    s = report["settings"]
     print(
-        f"generate bench: {args.model}, {side}×{side} px, {args.steps} steps "
-        f"({args.scheduler}), guidance {args.guidance}, seed {args.seed}, "
-        f"torch threads {torch.get_num_threads()}, {args.warmup} warm-up + {args.repeats} runs"
+        f"generate bench: {s['model']}, {s['resolution']}×{s['resolution']} px, {s['steps']} "
+        f"steps ({s['scheduler']}), guidance {s['guidance']}, seed {s['seed']}, "
+        f"torch threads {s['torch_threads']}, {s['warmup']} warm-up + {s['repeats']} runs, "
+        f"{s['device']}, weights {s['weights']}"
     )
-    with tempfile.TemporaryDirectory(prefix="textinv-bench-generate-") as scratch:
-        pipelines = _pipelines(model, args, side, Path(scratch))
-        report = _measure(model, pipelines, request, args.warmup, args.repeats)
-        report["concepts"] = _concept_costs(pipelines, request, args.warmup, args.repeats)
-    report["settings"] = {
-        "model": args.model,
-        "resolution": side,
-        "steps": args.steps,
-        "scheduler": args.scheduler,
-        "guidance": args.guidance,
-        "seed": args.seed,
-        "torch_threads": torch.get_num_threads(),
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-    }
+    for note in report["notes"]:
+        print(note)
     _print_report(report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def measure_generate(
+    settings: GenerateBenchSettings, model: BaseModel | None = None
+) -> dict[str, Any]:
+    """Every runner against diffusers, round-robin, as plain data (``model`` reuses one)."""
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    model = model or _load_model(settings.model)
+    _place(model, settings)
+    side = settings.resolution or model.default_resolution
+    request = GenerationRequest(
+        PROMPT_PLAIN,
+        steps=settings.steps,
+        guidance_scale=settings.guidance,
+        seed=settings.seed,
+        width=side,
+        height=side,
+        scheduler=Scheduler.parse(settings.scheduler),
+    )
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="textinv-bench-generate-") as scratch:
+        pipelines = _pipelines(model, settings, side, Path(scratch), notes)
+        report = _measure(model, pipelines, request, settings.warmup, settings.repeats)
+        if settings.concepts:
+            report["concepts"] = _concept_costs(
+                pipelines, request, settings.warmup, settings.repeats
+            )
+    report["notes"] = notes
+    report["settings"] = {
+        "model": settings.model,
+        "resolution": side,
+        "steps": settings.steps,
+        "scheduler": settings.scheduler,
+        "guidance": settings.guidance,
+        "seed": settings.seed,
+        "torch_threads": torch.get_num_threads(),
+        "warmup": settings.warmup,
+        "repeats": settings.repeats,
+        "device": settings.device,
+        "weights": settings.weights.value if settings.weights else str(model.unet.dtype),
+        "channels_last": settings.channels_last,
+        "torch_variants": [v.label for v in settings.torch_variants],
+    }
+    return report
 
 
 # -- setting up ----------------------------------------------------------------------------------
@@ -169,25 +276,45 @@ def _load_model(name: str) -> BaseModel:
     return load_base_model(name)
 
 
+def _place(model: BaseModel, settings: GenerateBenchSettings) -> None:
+    """Device, weights and layout for every runner alike (diffusers shares these modules)."""
+    for module in (model.text_encoder, model.unet, model.vae):
+        module.to(settings.device)
+        if settings.weights is not None:
+            module.to(settings.weights.torch_dtype)
+    if settings.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+
+
 def _pipelines(
-    model: BaseModel, args: argparse.Namespace, side: int, scratch: Path
+    model: BaseModel, settings: GenerateBenchSettings, side: int, scratch: Path, notes: list[str]
 ) -> dict[str, GenerationPipeline]:
-    """Our pipeline per requested and available backend, keyed by backend name."""
-    wanted = [BackendName(b) for b in args.backends] if args.backends else list(BackendName)
+    """Our pipeline per requested and available backend (and torch variant), keyed by label."""
+    wanted = [BackendName(b) for b in settings.backends] if settings.backends else list(BackendName)
     pipelines: dict[str, GenerationPipeline] = {}
     for name in wanted:
-        engines = args.engines
+        engines = settings.engines
         if name is BackendName.ONNXRUNTIME and engines is None:
-            engines = _export_here(model, side, scratch)
+            engines = _export_here(model, side, scratch, notes)
         if name is BackendName.TENSORRT and not _tensorrt_usable(engines):
-            print("tensorrt: skipped (needs CUDA, the tensorrt package and --engines with engines)")
+            notes.append(
+                "tensorrt: skipped (needs CUDA, the tensorrt package and --engines with engines)"
+            )
             continue
-        options = BackendOptions(engines=engines, threads=args.threads)
-        pipelines[name.value] = load_generation_pipeline(model, name, options)
+        options = BackendOptions(engines=engines, threads=settings.threads, device=settings.device)
+        if name is not BackendName.TORCH:
+            pipelines[name.value] = load_generation_pipeline(model, name, options)
+            continue
+        for variant in settings.torch_variants:
+            if variant.options.cuda_graph and not settings.device.startswith("cuda"):
+                notes.append(f"{variant.label}: skipped (CUDA graphs need a CUDA device)")
+                continue
+            with_variant = replace(options, torch_options=variant.options)
+            pipelines[variant.label] = load_generation_pipeline(model, name, with_variant)
     return pipelines
 
 
-def _export_here(model: BaseModel, side: int, scratch: Path) -> Path:
+def _export_here(model: BaseModel, side: int, scratch: Path, notes: list[str]) -> Path:
     from export.exporter import ExportConfig, export_model
     from export.specs import Component, Range, ShapeRanges
 
@@ -198,7 +325,7 @@ def _export_here(model: BaseModel, side: int, scratch: Path) -> Path:
         components=(Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER),
     )
     export_model(model, config, progress=lambda _: None)
-    print(f"onnxruntime: exported here in {time.perf_counter() - start:.1f} s (fp32)")
+    notes.append(f"onnxruntime: exported here in {time.perf_counter() - start:.1f} s (fp32)")
     return config.out
 
 
@@ -427,7 +554,9 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{row['unet_step']['median_ms']:>10.1f} {row['vae_decode']['median_ms']:>9.1f} "
             f"{row['speedup_e2e']:>6.2f} {row['speedup_unet_step']:>7.2f}"
         )
-    c = report["concepts"]
+    c = report.get("concepts")
+    if c is None:
+        return
     print(
         f"concepts on {c['backend']}: e2e {c['e2e_0_concepts_ms']:.1f} ms with 0, "
         f"{c['e2e_3_concepts_ms']:.1f} ms with 3 ({c['e2e_overhead_pct']:+.2f}%, noise included); "

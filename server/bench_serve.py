@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,26 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     throughput_rps: float
+    latencies_ms: tuple[float, ...] = ()  # every successful request, in completion order
+
+
+@dataclass(frozen=True)
+class ServeBenchSettings:
+    """One ``bench serve`` run: the same request at each concurrency, batching on and off."""
+
+    model: str  # a diffusers model folder (the server loads it)
+    concurrency: tuple[int, ...] = (1, 4, 8, 16)
+    requests: int = 32  # per measurement
+    steps: int = 10
+    resolution: int | None = None  # None: native
+    max_batch: int = 8
+    batch_wait_ms: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"concurrency values must be ≥ 1, got {self.concurrency}")
+        if self.requests < 1:
+            raise ValueError(f"requests must be ≥ 1, got {self.requests}")
 
 
 def add_serve_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -51,24 +71,38 @@ def add_serve_bench(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    levels = _parse_levels(args.concurrency)
-    with tempfile.TemporaryDirectory() as scratch:
-        base = ServerConfig(model=args.model, data_dir=Path(scratch) / "on", port=0)
-        batched = _with_batching(base, args.max_batch, args.batch_wait_ms, Path(scratch) / "on")
-        unbatched = _with_batching(base, 1, 0.0, Path(scratch) / "off")
-        results: list[LoadResult] = []
-        with BackgroundServer(batched) as server:
-            request = _request(args, server)
-            results.append(_in_process(server, request, args.requests))
-            results += [_drive(server.target, request, c, args.requests, "grpc") for c in levels]
-        with BackgroundServer(unbatched) as server:
-            results += [
-                _drive(server.target, request, c, args.requests, "unbatched") for c in levels
-            ]
-    _print(results, levels)
+    settings = ServeBenchSettings(
+        model=args.model,
+        concurrency=tuple(_parse_levels(args.concurrency)),
+        requests=args.requests,
+        steps=args.steps,
+        resolution=args.resolution,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    results = measure_serve(settings)
+    _print(results, list(settings.concurrency))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     return 0
+
+
+def measure_serve(settings: ServeBenchSettings) -> list[LoadResult]:
+    """In-process, then the server with batching and without, at each concurrency."""
+    levels, count = list(settings.concurrency), settings.requests
+    with tempfile.TemporaryDirectory() as scratch:
+        base = ServerConfig(model=settings.model, data_dir=Path(scratch) / "on", port=0)
+        on = Path(scratch) / "on"
+        batched = _with_batching(base, settings.max_batch, settings.batch_wait_ms, on)
+        unbatched = _with_batching(base, 1, 0.0, Path(scratch) / "off")
+        results: list[LoadResult] = []
+        with BackgroundServer(batched) as server:
+            request = _request(settings, server)
+            results.append(_in_process(server, request, count))
+            results += [_drive(server.target, request, c, count, "grpc") for c in levels]
+        with BackgroundServer(unbatched) as server:
+            results += [_drive(server.target, request, c, count, "unbatched") for c in levels]
+    return results
 
 
 def _parse_levels(text: str) -> list[int]:
@@ -82,15 +116,13 @@ def _parse_levels(text: str) -> list[int]:
 
 
 def _with_batching(base: ServerConfig, max_batch: int, wait_ms: float, data: Path) -> ServerConfig:
-    from dataclasses import replace
-
     return replace(base, data_dir=data, batching=BatchingConfig(max_batch, wait_ms, max_queue=256))
 
 
-def _request(args: argparse.Namespace, server: BackgroundServer) -> GenerateRequest:
-    side = args.resolution or server.running.service.pipeline.host.default_resolution
+def _request(settings: ServeBenchSettings, server: BackgroundServer) -> GenerateRequest:
+    side = settings.resolution or server.running.service.pipeline.host.default_resolution
     return GenerateRequest(
-        "a photo of a red star", steps=args.steps, seed=0, width=side, height=side
+        "a photo of a red star", steps=settings.steps, seed=0, width=side, height=side
     )
 
 
@@ -158,6 +190,7 @@ def _summarize(
         p95_ms=pick(95),
         p99_ms=pick(99),
         throughput_rps=len(latencies) / wall_s if wall_s > 0 else 0.0,
+        latencies_ms=tuple(latencies),
     )
 
 

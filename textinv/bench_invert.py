@@ -23,12 +23,38 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 RESULT_PREFIX = "BENCH_RESULT "
 TOKEN = "<bench-concept>"
 INIT = "toy"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class InvertBenchSettings:
+    """One ``bench invert`` run: both methods get exactly these."""
+
+    model: str = "sd15-shape"
+    resolution: int = 256
+    batch_size: int = 1
+    steps: int = 3  # timed steps per method
+    warmup: int = 1  # untimed steps first
+    vectors: int = 1
+    images: str | None = None  # an image folder; None: 4 made up
+    threads: int = 0  # torch threads; 0: torch's default
+    device: str = "cpu"
+    # fp32, or bf16/fp16 as diffusers' example runs them: frozen UNet and VAE in that dtype
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("resolution", "batch_size", "steps", "vectors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
 
 
 def add_invert_bench(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -55,35 +81,58 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", default=None, help="an image folder (default: 4 made up)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace) -> InvertBenchSettings:
+    return InvertBenchSettings(
+        model=args.model,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        vectors=args.vectors,
+        images=args.images,
+        threads=args.threads,
+        device=args.device,
+        precision=args.precision,
+    )
+
+
+def measure_invert(settings: InvertBenchSettings) -> dict[str, Any]:
+    """Both methods, each in its own subprocess; their results and the ratios, as plain data."""
     with tempfile.TemporaryDirectory(prefix="textinv-bench-") as scratch:
-        images = args.images or str(_make_images(Path(scratch) / "images"))
+        images = settings.images or str(_make_images(Path(scratch) / "images"))
         results = {
-            method: _run_worker(method, args, images, Path(scratch) / method)
+            method: _run_worker(method, settings, images, Path(scratch) / method)
             for method in ("textinv", "reference")
         }
     ours, ref = results["textinv"], results["reference"]
-    summary = {
-        "model": args.model,
-        "resolution": args.resolution,
-        "batch_size": args.batch_size,
-        "timed_steps": args.steps,
-        "warmup_steps": args.warmup,
+    return {
+        "model": settings.model,
+        "resolution": settings.resolution,
+        "batch_size": settings.batch_size,
+        "timed_steps": settings.steps,
+        "warmup_steps": settings.warmup,
         "threads": ours["threads"],
+        "settings": asdict(settings),
         "textinv": ours,
         "reference": ref,
         "speedup": ours["steps_per_s"] / ref["steps_per_s"],
         "peak_rss_ratio": ours["peak_rss_mib"] / ref["peak_rss_mib"],
     }
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    summary = measure_invert(settings_from_args(args))
+    ours, ref = summary["textinv"], summary["reference"]
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(
         f"textinv bench invert: model {args.model}, {args.resolution} px, batch "
         f"{args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
-        f"{ours['threads']} threads, {args.device}"
+        f"{ours['threads']} threads, {args.device}, {args.precision}"
     )
     print(
         f"{'method':<11} {'steps/s':>9} {'s/step':>8} {'peak RSS MiB':>13} "
@@ -102,38 +151,19 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_worker(method: str, args: argparse.Namespace, images: str, scratch: Path) -> Any:
-    command = [
-        sys.executable,
-        "-m",
-        "textinv.bench_invert",
-        "--worker",
-        method,
-        "--model",
-        args.model,
-        "--resolution",
-        str(args.resolution),
-        "--batch-size",
-        str(args.batch_size),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--vectors",
-        str(args.vectors),
-        "--images",
-        images,
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device,
-        "--scratch",
-        str(scratch),
-    ]
+def _run_worker(
+    method: str, settings: InvertBenchSettings, images: str, scratch: Path
+) -> dict[str, Any]:
+    command = [sys.executable, "-m", "textinv.bench_invert", "--worker", method]
+    for name, value in asdict(settings).items():
+        if name != "images":
+            command += [f"--{name.replace('_', '-')}", str(value)]
+    command += ["--images", images, "--scratch", str(scratch)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
+            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
+            return result
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
     raise RuntimeError(f"the {method} worker failed (exit {done.returncode}):\n{tail}")
 
@@ -178,18 +208,30 @@ def _peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def _load_model(name: str, device: str) -> Any:
+def _load_model(name: str, device: str, method: str, precision: str) -> Any:
+    """Ours: every module in ``precision`` (our trainer's vectors are their own fp32 parameter).
+    The reference: the text encoder in fp32 (its whole table trains), UNet and VAE in
+    ``precision``, as diffusers' example casts them under mixed precision."""
     import torch
 
     from textinv.model import load_base_model
     from textinv.testing import sd15_shape_model
+    from textinv.trainer import PRECISIONS as DTYPES
 
+    dtype = DTYPES[precision]
+    if device == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # fp16 kernels are missing or slow on CPU (the trainer does this)
+    whole = dtype if method == "textinv" else torch.float32
     if name == "sd15-shape":
-        model = sd15_shape_model()
+        model = sd15_shape_model(dtype=whole)
         for module in (model.text_encoder, model.unet, model.vae):
             module.to(device)
-        return model
-    return load_base_model(name, dtype=torch.float32, device=device)
+    else:
+        model = load_base_model(name, dtype=whole, device=device)
+    if method == "reference":
+        model.unet.to(dtype)
+        model.vae.to(dtype)
+    return model
 
 
 def worker_textinv(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -211,6 +253,7 @@ def worker_textinv(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         seed=0,
         overwrite=True,
         device=args.device,
+        precision=args.precision,
     )
     started = time.perf_counter()
     marks: list[float] = []
@@ -232,6 +275,8 @@ def worker_reference(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     from textinv.templates import OBJECT_TEMPLATES
 
     device = torch.device(args.device)
+    weight_dtype = model.unet.dtype  # the example's weight_dtype (see _load_model)
+    mixed = weight_dtype != torch.float32
     started = time.perf_counter()
     tokenizer, text_encoder = model.tokenizer, model.text_encoder
     unet, vae = model.unet, model.vae
@@ -297,7 +342,7 @@ def worker_reference(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         items = [example(step * args.batch_size + b) for b in range(args.batch_size)]
         pixel_values = torch.stack([p for p, _ in items]).to(device)
         input_ids = torch.stack([i for _, i in items]).to(device)
-        latents = vae.encode(pixel_values).latent_dist.sample().detach()
+        latents = vae.encode(pixel_values.to(weight_dtype)).latent_dist.sample().detach()
         latents = latents * vae.config.scaling_factor
         noise = torch.randn_like(latents)
         bsz = latents.shape[0]
@@ -305,7 +350,9 @@ def worker_reference(args: argparse.Namespace, model: Any) -> dict[str, Any]:
             0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device
         ).long()
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        encoder_hidden_states = text_encoder(input_ids)[0]
+        # accelerate runs the prepared text encoder under autocast with mixed precision
+        with torch.autocast(device.type, dtype=weight_dtype, enabled=mixed):
+            encoder_hidden_states = text_encoder(input_ids)[0].to(dtype=weight_dtype)
         model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
         if noise_scheduler.config.prediction_type == "epsilon":
             target = noise
@@ -337,7 +384,7 @@ def worker_main(argv: list[str]) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = _load_model(args.model, args.device)
+    model = _load_model(args.model, args.device, args.worker, args.precision)
     rss_after_load = _rss_mib()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -351,6 +398,7 @@ def worker_main(argv: list[str]) -> int:
         "step_s": [round(s, 4) for s in timing["step_s"]],
         "median_step_s": median,
         "min_step_s": min(timed),
+        "max_step_s": max(timed),
         "steps_per_s": 1.0 / median,
         "setup_s": timing["setup_s"],
         "rss_after_load_mib": rss_after_load,

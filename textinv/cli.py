@@ -46,10 +46,17 @@ def _bench_registrars() -> list[Registrar]:
     """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
     from export.bench import add_export_bench
     from server.bench_generate import add_generate_bench
+    from server.bench_report import add_report_bench
     from server.bench_serve import add_serve_bench
     from textinv.bench_invert import add_invert_bench
 
-    return [add_invert_bench, add_export_bench, add_generate_bench, add_serve_bench]
+    return [
+        add_invert_bench,
+        add_export_bench,
+        add_generate_bench,
+        add_serve_bench,
+        add_report_bench,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
