@@ -38,9 +38,6 @@ class UnknownConceptError(NotFoundError):
         names = ", ".join(repr(token) for token in self.tokens)
         super().__init__(f"unknown concept {names}: register it first")
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 class AlreadyExistsError(TextInvError):
     """Creating something that exists already, without asking to replace it."""
