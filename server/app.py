@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc import aio
@@ -40,11 +41,19 @@ class RunningServer:
         service: Service,
         health_servicer: health.aio.HealthServicer,
         port: int,
+        metrics_server: WSGIServer | None = None,
     ) -> None:
         self.server, self.service, self.health, self.port = server, service, health_servicer, port
+        self.metrics_server = metrics_server
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_server is None else self.metrics_server.server_port
 
     async def stop(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         await self.server.stop(grace_s)
         await self.service.batcher.close(0)
         await asyncio.to_thread(self.service.jobs.stop, grace_s)
@@ -78,10 +87,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
         await _warm_up(service)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    metrics_server = None
     if config.metrics_port is not None:
-        metrics.serve_metrics(config.metrics_port, config.host)
+        metrics_server = metrics.serve_metrics(config.metrics_port, config.host)
     log.info("serving %s on %s:%d (backend %s)", config.model, config.host, port, config.backend)
-    return RunningServer(server, service, health_servicer, port)
+    return RunningServer(server, service, health_servicer, port, metrics_server)
 
 
 async def serve(config: ServerConfig, on_ready: Callable[[int], None] | None = None) -> None:

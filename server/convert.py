@@ -14,6 +14,7 @@ from proto.textinv.v1 import (
     concepts_pb2,
     generate_pb2,
     jobs_pb2,
+    server_info_pb2,
 )
 from server.jobs import JobProgress, JobState, UploadedImage
 from server.requests import GenerationRequest, GenerationResult, Scheduler
@@ -243,3 +244,25 @@ def job_state_from_pb(value: int) -> JobState:
         if number == value:
             return state
     raise InvalidInputError(f"job state {value} is not a known value")
+
+
+# --- server info ------------------------------------------------------------------------------
+
+
+def engine_profiles_to_pb(manifest: Any) -> list[server_info_pb2.EngineProfile]:
+    """Each exported component's precision and input profiles; none for the torch backend."""
+    if manifest is None:
+        return []
+    return [
+        server_info_pb2.EngineProfile(
+            component=component.value,
+            precision=manifest.precision.value,
+            inputs=[
+                server_info_pb2.TensorProfile(
+                    name=name, min_shape=profile.min, opt_shape=profile.opt, max_shape=profile.max
+                )
+                for name, profile in entry.spec.profile.items()
+            ],
+        )
+        for component, entry in manifest.components.items()
+    ]

@@ -8,6 +8,7 @@ logged with its traceback and answered ``INTERNAL`` with the request id, nothing
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -86,10 +87,14 @@ def _guard_unary(behavior: Behavior, method: str) -> Behavior:
         code = grpc.StatusCode.OK
         try:
             return await behavior(request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
+            raise
         except Exception as error:
-            code = await _abort(context, error, method, request_id)
+            code, message = _answer(error, method, request_id)
+            await context.abort(code, message)
         finally:
-            metrics.observe_request(method, code, time.perf_counter() - started)
+            _finish(method, code, started, request_id)
 
     return guarded
 
@@ -102,12 +107,23 @@ def _guard_stream(behavior: Behavior, method: str) -> Behavior:
         try:
             async for response in behavior(request, context):
                 yield response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as error:
-            code = await _abort(context, error, method, request_id)
+            code, message = _answer(error, method, request_id)
+            await context.abort(code, message)
         finally:
-            metrics.observe_request(method, code, time.perf_counter() - started)
+            _finish(method, code, started, request_id)
 
     return guarded
+
+
+def _finish(method: str, code: grpc.StatusCode, started: float, request_id: str) -> None:
+    """One structured line per call, and its latency in the metrics."""
+    seconds = time.perf_counter() - started
+    metrics.observe_request(method, code, seconds)
+    log.info("rpc=%s code=%s ms=%.1f request_id=%s", method, code.name, seconds * 1000, request_id)
 
 
 def _start(context: aio.ServicerContext) -> str:
@@ -116,21 +132,16 @@ def _start(context: aio.ServicerContext) -> str:
     return request_id
 
 
-async def _abort(
-    context: aio.ServicerContext, error: Exception, method: str, request_id: str
-) -> grpc.StatusCode:
-    """Answer ``error`` with its status; a gRPC abort already under way passes through."""
+def _answer(error: Exception, method: str, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message for ``error``; an unexpected one is logged with its traceback."""
     if isinstance(error, aio.AbortError):
-        raise error
+        raise error  # an abort already under way passes through
     mapped = status_for(error)
     if mapped is None:
         log.exception("request %s: %s failed", request_id, method)
-        code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
-    else:
-        code, message = mapped
-        log.info("request %s: %s → %s: %s", request_id, method, code.name, message)
-    await context.abort(code, message)
-    return code  # not reached: abort raises
+        return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+    log.info("request %s: %s → %s: %s", request_id, method, mapped[0].name, mapped[1])
+    return mapped
 
 
 class ApiKeyInterceptor(aio.ServerInterceptor):

@@ -4,6 +4,8 @@ and jobs by state. Served on ``--metrics-port`` by ``prometheus_client``'s HTTP 
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -29,6 +31,8 @@ def observe_request(method: str, code: grpc.StatusCode, seconds: float) -> None:
     REQUEST_SECONDS.labels(method=method, code=code.name).observe(seconds)
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose ``/metrics`` over HTTP on ``port`` (in a daemon thread)."""
-    start_http_server(port, addr=host)
+def serve_metrics(port: int, host: str = "127.0.0.1") -> WSGIServer:
+    """Expose ``/metrics`` over HTTP on ``port`` (0: a free one) in a daemon thread; the caller
+    reads ``server_port`` and calls ``shutdown()`` when it stops."""
+    server, _ = start_http_server(port, addr=host)
+    return server

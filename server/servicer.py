@@ -200,6 +200,9 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
             ),
             backend=service.pipeline.backend.name.value,
             device=service.device,
+            engine_profiles=convert.engine_profiles_to_pb(
+                getattr(service.pipeline.backend, "manifest", None)
+            ),
             limits=server_info_pb2.Limits(
                 max_request_bytes=limits.max_request_bytes,
                 max_image_pixels=limits.max_image_pixels,
