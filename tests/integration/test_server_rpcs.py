@@ -98,7 +98,12 @@ def test_onnxruntime_backend_serves_the_same_images_as_torch(
     for server in (onnx_server, torch_server):
         with TextInvClient(server.target) as textinv:
             textinv.register_concept(concept_file(), filename="c.safetensors")
-            assert textinv.get_server_info().backend == server.config.backend
+            info = textinv.get_server_info()
+            assert info.backend == server.config.backend
+            exported = {profile.component for profile in info.engine_profiles}
+            assert exported == (
+                {"text_encoder", "unet", "vae_decoder"} if server is onnx_server else set()
+            )
             results.append(textinv.generate(request))
     ours, reference = (np.asarray(Image.open(io.BytesIO(r.images[0]))) for r in results)
     assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 4  # 4/255, as the runtime
