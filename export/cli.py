@@ -17,7 +17,9 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export the text encoder, UNet and VAE to ONNX (and TensorRT engines)"
     )
-    parser.add_argument("--model", required=True, help="a diffusers-layout SD 1.x/2.x folder")
+    parser.add_argument(
+        "--model", help="a diffusers-layout SD 1.x/2.x folder (default: the embedded model)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder for graphs and manifest")
     parser.add_argument("--target", choices=[t.value for t in Target], default=Target.ONNX.value)
     parser.add_argument(

@@ -22,7 +22,6 @@ from server.backends import BackendName, BackendOptions
 from server.pipeline import load_generation_pipeline
 from server.requests import GenerationRequest, GenerationResult, Scheduler, StepProgress
 from textinv.concepts import load_concept
-from textinv.errors import InvalidInputError
 
 EPILOG = (
     "Without --server this runs locally and needs --model. With --num-images N > 1 it writes "
@@ -46,7 +45,9 @@ def add_generate_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def add_local_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("local generation (without --server)")
-    group.add_argument("--model", help="a diffusers Stable Diffusion 1.x/2.x folder")
+    group.add_argument(
+        "--model", help="a diffusers SD 1.x/2.x folder (default: the embedded model)"
+    )
     group.add_argument(
         "--engines", type=Path, help="the export folder (manifest.json) for onnxruntime/tensorrt"
     )
@@ -83,8 +84,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_local_generate(args: argparse.Namespace) -> int:
     """Generate on this machine and write PNGs to ``--out``; errors reach the composer."""
-    if not args.model:
-        raise InvalidInputError("--model is required without --server")
     options = BackendOptions(
         engines=args.engines, device=args.device, provider=args.provider, threads=args.threads
     )

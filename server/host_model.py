@@ -53,7 +53,7 @@ class HostModel:
         )
 
 
-def load_host_model(name_or_path: str | Path) -> HostModel:
+def load_host_model(name_or_path: str | Path | None) -> HostModel:
     """Read tokenizer, token table, configs and hash of a diffusers folder (no UNet, no VAE)."""
     folder = resolve_model_folder(name_or_path)
     check_model_folder(folder)

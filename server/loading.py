@@ -5,15 +5,12 @@ from __future__ import annotations
 from server.backends import BackendName, BackendOptions
 from server.config import ServerConfig
 from server.pipeline import GenerationPipeline, load_generation_pipeline
-from textinv.errors import InvalidInputError
 from textinv.model import BaseModel, load_base_model
 
 
 def load_pipeline(config: ServerConfig) -> tuple[GenerationPipeline, BaseModel | None]:
     """The pipeline, and the torch model when one was loaded (inversion jobs then share it;
     with an exported backend, a job loads the torch model itself when it starts)."""
-    if config.model is None:
-        raise InvalidInputError("no model given: pass --model PATH")
     backend = BackendName.parse(config.backend)
     options = BackendOptions(engines=config.engines)
     if backend is BackendName.TORCH:

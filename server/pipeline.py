@@ -430,7 +430,7 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def load_generation_pipeline(
-    model: str | Path | BaseModel,
+    model: str | Path | BaseModel | None,
     backend: BackendName | str = BackendName.TORCH,
     options: BackendOptions | None = None,
 ) -> GenerationPipeline:

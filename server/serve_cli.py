@@ -13,7 +13,7 @@ from textinv.errors import InvalidInputError
 
 def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--model", help="a diffusers model folder or hub id")
+    serve.add_argument("--model", help="a diffusers model folder or hub id (default: embedded)")
     serve.add_argument("--engines", type=Path, help="the export stage's folder (manifest inside)")
     serve.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")

@@ -74,12 +74,15 @@ class BaseModel:
 
 
 def load_base_model(
-    name_or_path: str | Path,
+    name_or_path: str | Path | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> BaseModel:
-    """Load a diffusers-layout SD model from a local folder, or a hub id where a network exists."""
+    """Load a diffusers-layout SD model from a local folder, or a hub id where a network exists.
+
+    ``None`` loads the embedded shapes-world model (``textinv.toy``).
+    """
     folder = resolve_model_folder(name_or_path)
     check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
@@ -102,8 +105,13 @@ def load_base_model(
     )
 
 
-def resolve_model_folder(name_or_path: str | Path) -> Path:
-    """A local folder as it is; a hub id (``org/name``) through the hub's local cache."""
+def resolve_model_folder(name_or_path: str | Path | None) -> Path:
+    """A local folder as it is; a hub id (``org/name``) through the hub's local cache; ``None``:
+    the embedded model, which every command uses when no ``--model`` is given."""
+    if name_or_path is None:
+        from textinv.toy import default_model_path
+
+        return default_model_path()
     path = Path(name_or_path).expanduser()
     if path.exists() or str(name_or_path).startswith((".", "/", "~")):
         return path
