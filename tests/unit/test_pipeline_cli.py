@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from server.backends.torch_backend import TorchBackend
 from server.host_model import HostModel
@@ -106,9 +107,11 @@ def test_argument_errors_name_the_value(tiny_model_dir, tmp_path, capsys, flag, 
     assert value in capsys.readouterr().err
 
 
-def test_without_model_or_server_it_says_what_is_missing(tmp_path, capsys) -> None:
-    assert main(["generate", "--prompt", "a cat", "--out", str(tmp_path / "x.png")]) == 2
-    assert "--model is required without --server" in capsys.readouterr().err
+def test_without_model_or_server_it_uses_the_embedded_model(tmp_path) -> None:
+    out = tmp_path / "x.png"
+    argv = ["generate", "--prompt", "a red star", "--steps", "2", "--seed", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert Image.open(out).size == (32, 32)  # the embedded model's native size
 
 
 def test_bench_generate_reports_every_runner_and_the_concept_costs(
