@@ -49,6 +49,11 @@ class ServerConfig:
     port: int = 50051  # 0: the system picks a free port (tests)
     backend: str = "torch"
     engines: Path | None = None
+    device: str = "cpu"  # torch backend: cpu or cuda[:N]
+    provider: str = "cpu"  # onnxruntime backend: cpu, cuda or tensorrt
+    weights: str | None = None  # torch backend: fp32, fp16 or bf16 (None: as stored)
+    channels_last: bool = False
+    cuda_graph: bool = False
     api_keys: tuple[str, ...] = ()
     tls: TlsConfig | None = None
     metrics_port: int | None = None

@@ -16,6 +16,11 @@ def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", help="a diffusers model folder or hub id (default: embedded)")
     serve.add_argument("--engines", type=Path, help="the export stage's folder (manifest inside)")
     serve.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt")
+    serve.add_argument("--device", default="cpu", help="torch backend: cpu or cuda[:N]")
+    serve.add_argument("--provider", default="cpu", help="onnxruntime: cpu, cuda or tensorrt")
+    serve.add_argument("--weights", choices=["fp32", "fp16", "bf16"], help="torch weights dtype")
+    serve.add_argument("--channels-last", action="store_true", help="torch: NHWC UNet")
+    serve.add_argument("--cuda-graph", action="store_true", help="torch on CUDA: graph replay")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     serve.add_argument("--data", type=Path, default=Path("textinv-data"), help="state folder")
@@ -61,6 +66,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         backend=args.backend,
         engines=args.engines,
+        device=args.device,
+        provider=args.provider,
+        weights=args.weights,
+        channels_last=args.channels_last,
+        cuda_graph=args.cuda_graph,
         api_keys=tuple(keys),
         tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         metrics_port=args.metrics_port,
