@@ -19,7 +19,7 @@ from export.specs import Precision, Range, ShapeRanges
 
 def add_export_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench = bench_subparsers.add_parser("export", help="time ONNX export and graph optimization")
-    bench.add_argument("--model", required=True, help="a model folder, or sd15-shape")
+    bench.add_argument("--model", help="a model folder, or sd15-shape (default: embedded)")
     bench.add_argument(
         "--precision", choices=[p.value for p in Precision], default=Precision.FP32.value
     )
@@ -68,14 +68,10 @@ def run_export_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(name: str):  # -> BaseModel
-    if name == "sd15-shape":
-        from textinv.testing import sd15_shape_model
+def _load(name: str | None):  # -> BaseModel
+    from textinv.testing import load_benchmark_model
 
-        return sd15_shape_model()
-    from textinv.model import load_base_model
-
-    return load_base_model(name)
+    return load_benchmark_model(name)
 
 
 def _row(out: Path, report, manifest) -> dict:  # (ComponentReport, Manifest) -> row

@@ -107,7 +107,7 @@ VARIANTS = {
 class GenerateBenchSettings:
     """One ``bench generate`` run: every runner gets the same request."""
 
-    model: str
+    model: str | None  # a model folder, sd15-shape, or None: the embedded model
     engines: Path | None = None
     backends: tuple[str, ...] | None = None  # None: every one available
     steps: int = 10
@@ -137,7 +137,7 @@ def add_generate_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench = bench_subparsers.add_parser(
         "generate", help="generation latency per backend against diffusers' pipeline"
     )
-    bench.add_argument("--model", required=True, help="a model folder, or sd15-shape")
+    bench.add_argument("--model", help="a model folder, or sd15-shape (default: embedded)")
     bench.add_argument("--engines", type=Path, help="an export folder for onnxruntime/tensorrt")
     bench.add_argument(
         "--backends",
@@ -265,15 +265,11 @@ def measure_generate(
 # -- setting up ----------------------------------------------------------------------------------
 
 
-def _load_model(name: str) -> BaseModel:
-    if name == "sd15-shape":
-        from textinv.testing import sd15_shape_model
+def _load_model(name: str | None) -> BaseModel:
+    from textinv.testing import load_benchmark_model
 
-        model: BaseModel = sd15_shape_model()
-        return model
-    from textinv.model import load_base_model
-
-    return load_base_model(name)
+    model: BaseModel = load_benchmark_model(name)
+    return model
 
 
 def _place(model: BaseModel, settings: GenerateBenchSettings) -> None:

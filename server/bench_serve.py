@@ -42,7 +42,7 @@ class LoadResult:
 class ServeBenchSettings:
     """One ``bench serve`` run: the same request at each concurrency, batching on and off."""
 
-    model: str  # a diffusers model folder (the server loads it)
+    model: str | None  # a model folder the server loads; None: the embedded model
     concurrency: tuple[int, ...] = (1, 4, 8, 16)
     requests: int = 32  # per measurement
     steps: int = 10
@@ -59,7 +59,7 @@ class ServeBenchSettings:
 
 def add_serve_bench(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("serve", help="server latency and throughput under load")
-    bench.add_argument("--model", required=True, help="a diffusers model folder")
+    bench.add_argument("--model", help="a diffusers model folder (default: the embedded model)")
     bench.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client counts")
     bench.add_argument("--requests", type=int, default=32, help="requests per measurement")
     bench.add_argument("--steps", type=int, default=10)

@@ -307,3 +307,16 @@ def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any: 
         scheduler_config=dict(SD15_SCHEDULER_CONFIG),
         model_hash=f"sd15-shape-seed{seed}",
     )
+
+
+SD15_SHAPE = "sd15-shape"
+
+
+def load_benchmark_model(name: str | None, dtype: torch.dtype = torch.float32) -> Any:
+    """A benchmark's model: ``sd15-shape`` (built in memory), a model folder, or ``None`` for
+    the embedded model. Returns a ``BaseModel``."""
+    if name == SD15_SHAPE:
+        return sd15_shape_model(dtype=dtype)
+    from textinv.model import load_base_model
+
+    return load_base_model(name, dtype=dtype)
