@@ -52,6 +52,9 @@ def add_demo_subcommand(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="where to write results")
     demo.add_argument("--concept", default=None, help="the held-out concept to learn")
+    demo.add_argument(
+        "--model", type=Path, help="a shapes-world model folder (default: the embedded one)"
+    )
     demo.add_argument("--quick", action="store_true", help="shorter stages, same code path (CI)")
     demo.set_defaults(func=run_demo)
 
@@ -62,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    model = default_model_path()
+    model = args.model or default_model_path()
     concept_name = args.concept or DEMO_CONCEPT
     timings: dict[str, float] = {}
 
