@@ -5,6 +5,12 @@ so that generated images read as well as rendered ones) and shipped beside the m
 the main object's shape, its fill pattern (solid or striped), its colours (a set: a striped object
 has two), its size and position, and the background's colour and texture. ``textinv eval`` uses it
 to measure reconstruction and editability exactly.
+
+The shipped weights came from three runs of ``python -m textinv.toy.classifier`` (seed 1234):
+``--steps 2000`` on renders, then ``--steps 600 --lr 1e-3`` and ``--steps 1200 --lr 1e-3``, each
+``--init`` from the last, with ``--vae`` the embedded model's VAE. Fresh renders read at about 98%
+for shape, 99% for pattern and 92% for the exact colour set (large striped objects about 94%,
+small striped ones about 60%); VAE decodes at 93%, 96% and 83%.
 """
 
 from __future__ import annotations
