@@ -84,7 +84,13 @@ class MicroBatcher(Generic[Request, Result]):
 
     @property
     def depth(self) -> int:
+        """Requests waiting for a batch (not counting the batch that runs)."""
         return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        """A batch is running on the model."""
+        return self._busy
 
     async def submit(self, request: Request, progress: ProgressFn | None = None) -> Result:
         """Queue ``request`` and wait for its result; refuse at once when the queue is full."""

@@ -285,16 +285,21 @@ def test_queue_limit_refuses_at_once(start_textinv: Callable[..., ServerThread])
     request = GenerateRequest("a star", steps=1, seed=1, width=32, height=32)
     from client import ResourceExhausted
 
+    batcher = server.running.service.batcher
+
+    def wait_until(condition: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            threading.Event().wait(0.01)
+        raise TimeoutError("the server never got there")
+
     with ThreadPoolExecutor(2) as pool, TextInvClient(server.target) as textinv:
-        running = pool.submit(textinv.generate, request)  # taken by the worker, held
-        waiting = None
-        for _ in range(100):
-            if server.running.service.batcher.depth == 0 and waiting is None:
-                waiting = pool.submit(textinv.generate, request)  # fills the queue of 1
-            if server.running.service.batcher.depth == 1:
-                break
-            threading.Event().wait(0.02)
+        running = pool.submit(textinv.generate, request)
+        wait_until(lambda: batcher.busy)  # taken by the worker, and held
+        waiting = pool.submit(textinv.generate, request)
+        wait_until(lambda: batcher.depth == 1)  # the queue of 1 is full
         with pytest.raises(ResourceExhausted, match="queue is full"):
             textinv.generate(request)
         release.set()
-        assert running.result(60).images and waiting is not None and waiting.result(60).images
+        assert running.result(60).images and waiting.result(60).images
