@@ -8,13 +8,17 @@ every step loads the images from disk, resizes them and runs the VAE encoder.
 
 Each method runs in its own subprocess, so their peak resident memory (``ru_maxrss``) never mixes;
 both build the same model with the same seed, use the same images, batch, resolution, prompts and
-thread count, and are timed per optimizer step (median after ``--warmup`` steps).
+thread count, and are timed per optimizer step (median after ``--warmup`` steps), in wall-clock
+seconds and in the process's CPU seconds. On a shared machine the CPU seconds are the figure that
+load does not move (with one thread they equal the wall time of an idle machine); with more threads
+they also count the threads' waiting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -119,6 +123,7 @@ def measure_invert(settings: InvertBenchSettings) -> dict[str, Any]:
         "textinv": ours,
         "reference": ref,
         "speedup": ours["steps_per_s"] / ref["steps_per_s"],
+        "cpu_speedup": ours["steps_per_cpu_s"] / ref["steps_per_cpu_s"],
         "peak_rss_ratio": ours["peak_rss_mib"] / ref["peak_rss_mib"],
     }
 
@@ -136,17 +141,20 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(
         f"{'method':<11} {'steps/s':>9} {'s/step':>8} {'peak RSS MiB':>13} "
-        f"{'after load MiB':>15} {'setup s':>8} {'min s/step':>11}"
+        f"{'after load MiB':>15} {'setup s':>8} {'min s/step':>11} {'CPU s/step':>11} "
+        f"{'load avg':>8}"
     )
     for name, r in (("textinv", ours), ("reference", ref)):
         print(
             f"{name:<11} {r['steps_per_s']:>9.4f} {r['median_step_s']:>8.3f} "
             f"{r['peak_rss_mib']:>13.0f} {r['rss_after_load_mib']:>15.0f} {r['setup_s']:>8.2f} "
-            f"{r['min_step_s']:>11.3f}"
+            f"{r['min_step_s']:>11.3f} {r['median_cpu_step_s']:>11.3f} "
+            f"{(r['load_average'] or [math.nan])[0]:>8.2f}"
         )
     print(
-        f"speedup (textinv / reference steps/s): {summary['speedup']:.2f}×; peak memory "
-        f"textinv / reference: {summary['peak_rss_ratio']:.3f}"
+        f"speedup (textinv / reference steps/s): {summary['speedup']:.2f}× wall-clock, "
+        f"{summary['cpu_speedup']:.2f}× per CPU second; peak memory textinv / reference: "
+        f"{summary['peak_rss_ratio']:.3f}"
     )
     return 0
 
@@ -203,6 +211,15 @@ def _rss_mib() -> float:
         return float("nan")
 
 
+def _load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (Linux /proc), or [] elsewhere."""
+    try:
+        with open("/proc/loadavg") as stream:
+            return [float(x) for x in stream.read().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
 def _peak_rss_mib() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
@@ -235,7 +252,7 @@ def _load_model(name: str, device: str, method: str, precision: str) -> Any:
 
 
 def worker_textinv(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    from textinv.trainer import InvertConfig, invert, iter_log
+    from textinv.trainer import InvertConfig, iter_log, prepare
 
     out = Path(args.scratch) / "out"
     config = InvertConfig(
@@ -256,12 +273,22 @@ def worker_textinv(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         precision=args.precision,
     )
     started = time.perf_counter()
-    marks: list[float] = []
-    invert(config, progress=lambda p: marks.append(time.perf_counter()), model=model)
+    trainer = prepare(config, model)
+    optimizer_step = trainer._optimizer_step
+    cpu_s: list[float] = []
+
+    def timed_step() -> float:
+        cpu_started = time.process_time()
+        loss = optimizer_step()
+        cpu_s.append(time.process_time() - cpu_started)
+        return loss
+
+    trainer._optimizer_step = timed_step  # type: ignore[method-assign]
+    trainer.train()
     total = time.perf_counter() - started
     seconds = [float(r["seconds"]) for r in iter_log(out)]
     setup = total - sum(seconds)
-    return {"step_s": seconds, "setup_s": setup}
+    return {"step_s": seconds, "cpu_step_s": cpu_s, "setup_s": setup}
 
 
 def worker_reference(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -336,9 +363,10 @@ def worker_reference(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         return torch.from_numpy(array).permute(2, 0, 1), input_ids
 
     setup = time.perf_counter() - started
-    step_s = []
+    step_s, cpu_s = [], []
     for step in range(args.warmup + args.steps):
         step_started = time.perf_counter()
+        cpu_started = time.process_time()
         items = [example(step * args.batch_size + b) for b in range(args.batch_size)]
         pixel_values = torch.stack([p for p, _ in items]).to(device)
         input_ids = torch.stack([i for _, i in items]).to(device)
@@ -371,7 +399,8 @@ def worker_reference(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         step_s.append(time.perf_counter() - step_started)
-    return {"step_s": step_s, "setup_s": setup}
+        cpu_s.append(time.process_time() - cpu_started)
+    return {"step_s": step_s, "cpu_step_s": cpu_s, "setup_s": setup}
 
 
 def worker_main(argv: list[str]) -> int:
@@ -392,6 +421,8 @@ def worker_main(argv: list[str]) -> int:
     timing = run(args, model)
     timed = timing["step_s"][args.warmup :] or timing["step_s"]
     median = statistics.median(timed)
+    cpu_timed = timing["cpu_step_s"][args.warmup :] or timing["cpu_step_s"]
+    median_cpu = statistics.median(cpu_timed)
     result = {
         "method": args.worker,
         "threads": torch.get_num_threads(),
@@ -400,6 +431,10 @@ def worker_main(argv: list[str]) -> int:
         "min_step_s": min(timed),
         "max_step_s": max(timed),
         "steps_per_s": 1.0 / median,
+        "cpu_step_s": [round(s, 4) for s in timing["cpu_step_s"]],
+        "median_cpu_step_s": median_cpu,
+        "steps_per_cpu_s": 1.0 / median_cpu,
+        "load_average": _load_average(),
         "setup_s": timing["setup_s"],
         "rss_after_load_mib": rss_after_load,
         "peak_rss_mib": _peak_rss_mib(),

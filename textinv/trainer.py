@@ -34,6 +34,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from textinv.concepts import Concept, ConceptMetadata, check_token, save_concept
+from textinv.conv_kernels import im2col_convolutions, use_im2col_convolutions
 from textinv.data import (
     CROP_MODES,
     DEFAULT_MAX_IMAGES,
@@ -429,11 +430,19 @@ class Trainer:
             target = self.scheduler.get_velocity(latents, noise, timesteps_d)
         embeds = self.encoder.embed_tokenized(prompts, {self.config.token: vectors})
         unet_dtype = next(self.model.unet.parameters()).dtype
+        # fp32 on 1-2 CPU threads: the UNet's convolutions as im2col + GEMM (conv_kernels.py).
+        # Not with gradient checkpointing: its recomputation runs outside this block.
+        fast_convs = (
+            self.dtype == torch.float32
+            and not self.config.gradient_checkpointing
+            and use_im2col_convolutions(device, unet_dtype)
+        )
         with self._autocast():
             hidden, _ = self.text(embeds.inputs_embeds.to(device), embeds.eos_positions.to(device))
-            prediction = self.model.unet(
-                noisy.to(unet_dtype), timesteps_d, encoder_hidden_states=hidden.to(unet_dtype)
-            ).sample
+            with im2col_convolutions(fast_convs):
+                prediction = self.model.unet(
+                    noisy.to(unet_dtype), timesteps_d, encoder_hidden_states=hidden.to(unet_dtype)
+                ).sample
         error = (prediction.float() - target.float()) ** 2  # [B, C, h, w]
         if masks is not None:
             masks = masks.to(device)

@@ -75,6 +75,9 @@ def test_only_the_new_vectors_change(tiny_model, tiny_model_dir, image_dir, tmp_
             assert torch.equal(value, after[key]), f"{name}.{key} changed"
     assert all(not p.requires_grad for p in tiny_model.unet.parameters())
     assert all(not p.requires_grad for p in tiny_model.text_encoder.parameters())
+    # No gradient was computed for, or accumulated on, any frozen weight.
+    for name in ("text_encoder", "unet", "vae"):
+        assert all(p.grad is None for p in getattr(tiny_model, name).parameters()), name
     # The optimizer holds the K vectors and nothing else.
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     assert len(params) == 1 and params[0] is trainer.vectors
