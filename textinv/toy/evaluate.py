@@ -12,7 +12,8 @@ each for a reconstruction prompt and for edit prompts that change one thing (the
 size and place, the texture). On the shapes world the fidelity classifier reads every image:
 
 - reconstruction: the share of "a photo of a {}" images that show the concept (shape, pattern and
-  colours), the paper's image similarity made exact;
+  colours), the paper's image similarity made exact; similarity gives partial credit (the mean of
+  shape, pattern and colour-set overlap), for models that come close without matching;
 - edit applied / edit + kept: the share of edit images where the change happened, and where it
   happened and the concept was kept, the paper's text similarity made exact.
 
@@ -104,6 +105,7 @@ class EvalRow:
     name: str  # "init word", "learned concept", "best caption"
     words: str  # what stands in the prompts for the concept
     reconstruction: float | None = None  # share of images that show the concept
+    similarity: float | None = None  # mean partial credit for it (``identity_similarity``)
     edit_applied: float | None = None  # share of edit images where the change happened
     edit_kept: float | None = None  # ... and the concept was kept
     clip_image: float | None = None  # mean cosine, generated vs reference images
@@ -270,8 +272,10 @@ def _classifier_scores(
     edits: Sequence[Edit],
     edit_images: Sequence[Sequence[Image.Image]],
 ) -> dict[str, float]:
+    readings = read(classifier, recon_images)
     values = {
-        "reconstruction": _share(r.shows(target.thing) for r in read(classifier, recon_images))
+        "reconstruction": _share(r.shows(target.thing) for r in readings),
+        "similarity": _share(identity_similarity(r, target.thing) for r in readings),
     }
     applied, kept = [], []
     for edit, batch in zip(edits, edit_images, strict=True):
@@ -281,6 +285,14 @@ def _classifier_scores(
     if edits:
         values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
     return values
+
+
+def identity_similarity(reading: Reading, thing: world.Thing) -> float:
+    """Partial credit for the concept's identity, in [0, 1]: the mean of the shape matching, the
+    pattern matching, and the overlap (Jaccard) of the colour sets."""
+    pattern = "striped" if thing.stripe_colour else "solid"
+    overlap = len(reading.colours & thing.colours) / len(reading.colours | thing.colours)
+    return (float(reading.shape == thing.shape) + float(reading.pattern == pattern) + overlap) / 3
 
 
 def _share(values: Any) -> float:
@@ -403,6 +415,7 @@ def format_table(report: EvalReport) -> str:
     """The report as a fixed-width table, one row per prompt kind."""
     columns = [
         ("reconstruction", "reconstruction"),
+        ("similarity", "similarity"),
         ("edit_applied", "edit applied"),
         ("edit_kept", "edit + kept"),
         ("clip_image", "CLIP-I"),
