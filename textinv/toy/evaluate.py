@@ -15,7 +15,8 @@ size and place, the texture). On the shapes world the fidelity classifier reads 
   colours), the paper's image similarity made exact; similarity gives partial credit (the mean of
   shape, pattern and colour-set overlap), for models that come close without matching;
 - edit applied / edit + kept: the share of edit images where the change happened, and where it
-  happened and the concept was kept, the paper's text similarity made exact.
+  happened and the concept was kept, the paper's text similarity made exact; edit × sim. gives
+  the kept part partial credit.
 
 For real models, ``--clip FOLDER`` adds the paper's CLIP image similarity (generated images
 against the concept's training images) and CLIP text similarity (images against their prompt
@@ -108,6 +109,7 @@ class EvalRow:
     similarity: float | None = None  # mean partial credit for it (``identity_similarity``)
     edit_applied: float | None = None  # share of edit images where the change happened
     edit_kept: float | None = None  # ... and the concept was kept
+    edit_similarity: float | None = None  # ... with partial credit for the concept
     clip_image: float | None = None  # mean cosine, generated vs reference images
     clip_text: float | None = None  # mean cosine, edit images vs prompt without the concept
     dino: float | None = None  # mean cosine of DINO [CLS] features, generated vs reference
@@ -277,13 +279,15 @@ def _classifier_scores(
         "reconstruction": _share(r.shows(target.thing) for r in readings),
         "similarity": _share(identity_similarity(r, target.thing) for r in readings),
     }
-    applied, kept = [], []
+    applied, kept, partial = [], [], []
     for edit, batch in zip(edits, edit_images, strict=True):
         for reading in read(classifier, batch):
             applied.append(edit.applied(reading))
             kept.append(edit.applied(reading) and reading.shows(target.thing))
+            partial.append(edit.applied(reading) * identity_similarity(reading, target.thing))
     if edits:
         values["edit_applied"], values["edit_kept"] = _share(applied), _share(kept)
+        values["edit_similarity"] = _share(partial)
     return values
 
 
@@ -418,6 +422,7 @@ def format_table(report: EvalReport) -> str:
         ("similarity", "similarity"),
         ("edit_applied", "edit applied"),
         ("edit_kept", "edit + kept"),
+        ("edit_similarity", "edit × sim."),
         ("clip_image", "CLIP-I"),
         ("clip_text", "CLIP-T"),
         ("dino", "DINO"),
