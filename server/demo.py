@@ -36,7 +36,7 @@ DEMO_PROMPTS = (
 
 @dataclass(frozen=True)
 class DemoSettings:
-    invert_steps: int = 400
+    invert_steps: int | None = None  # None: the recipe's (textinv.toy.recipes)
     generate_steps: int = 25
     images_per_prompt: int = 2
     eval_images_per_prompt: int = 8
@@ -109,29 +109,19 @@ def _progress_line(every: int) -> Callable[[Any], None]:
 
 
 def _invert(model: Path, name: str, out: Path, settings: DemoSettings) -> tuple[Path, str, str]:
-    from textinv.toy import concept_image_paths, world
-    from textinv.trainer import InvertConfig, invert
+    from dataclasses import replace
 
-    held_out = world.HELD_OUT[name.strip("<>")]
-    images = concept_image_paths(held_out.name)
-    init = held_out.init_word
-    print(f"      learning {held_out.token} from {len(images)} images, init word {init!r}")
-    config = InvertConfig(
-        images=str(images[0].parent),
-        token=held_out.token,
-        init=held_out.init_word,
-        out=str(out / "concept"),
-        model=str(model),
-        steps=settings.invert_steps,
-        batch_size=4,
-        grad_accum=1,
-        lr=5e-3,
-        seed=0,
-        checkpoint_every=0,
-        overwrite=True,
-    )
-    invert(config, progress=_progress_line(max(settings.invert_steps // 10, 1)))
-    return out / "concept" / "learned_embeds.safetensors", held_out.token, held_out.init_word
+    from textinv.toy import world
+    from textinv.toy.recipes import inversion_config
+    from textinv.trainer import invert
+
+    held_out = world.held_out_concept(name.strip("<>"))
+    config = inversion_config(out / "concept", held_out.name, model=model)
+    steps = settings.invert_steps or config.steps
+    config = replace(config, steps=steps, overwrite=True)  # a rerun of the demo starts over
+    print(f"      learning {held_out.token} from 4 images, init word {held_out.init_word!r}")
+    invert(config, progress=_progress_line(max(steps // 10, 1)))
+    return Path(config.out) / "learned_embeds.safetensors", held_out.token, held_out.init_word
 
 
 def _export(model: Path, folder: Path) -> Path:
