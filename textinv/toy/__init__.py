@@ -15,6 +15,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).parent
 MODEL_DIR = PACKAGE_DIR / "model"
 ASSETS_DIR = PACKAGE_DIR / "assets"
+# Classifier-free guidance that suits the embedded model: above about 4 its images oversaturate.
+DEFAULT_GUIDANCE = 3.0
 DEMO_CONCEPT = "toy-stripes"  # learned by the demo; its init word is world.HELD_OUT[...].init_word
 
 

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from textinv.concepts import load_concept
-from textinv.toy import world
+from textinv.toy import DEFAULT_GUIDANCE, world
 from textinv.toy.classifier import Reading, ShapesClassifier, load_classifier, read
 
 RECONSTRUCTION_PROMPT = "a photo of a {}"
@@ -86,7 +86,7 @@ class EvalConfig:
     init_word: str | None = None  # None: the target's init word
     images_per_prompt: int = 8
     steps: int = 25
-    guidance: float = 5.0
+    guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     clip: Path | None = None  # a local CLIPModel folder, for the paper's CLIP similarities
     clip_images: tuple[Path, ...] = ()  # reference images for CLIP image similarity
@@ -467,7 +467,7 @@ def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-word", help="the init word row's word (default: the target's)")
     parser.add_argument("--images", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip", type=Path, help="a local CLIPModel folder for CLIP-I/CLIP-T")
     parser.add_argument(

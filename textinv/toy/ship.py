@@ -8,6 +8,7 @@ layout at fp16, a few MB), each held-out concept's 4 training images under
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from textinv.toy import ASSETS_DIR, MODEL_DIR, world
+from textinv.toy import ASSETS_DIR, DEFAULT_GUIDANCE, MODEL_DIR, world
 
 SAMPLE_PROMPTS: tuple[str, ...] = (
     "a red star on a blue background",
@@ -40,10 +41,19 @@ def ship_model(source: Path, target: Path = MODEL_DIR) -> Path:
     if target.exists():
         shutil.rmtree(target)
     pipeline.save_pretrained(str(target))
+    _drop_source_paths(target)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     if size > MAX_SHIPPED_BYTES:
         raise ValueError(f"the shipped model is {size / 2**20:.1f} MiB, over the 25 MiB limit")
     return target
+
+
+def _drop_source_paths(folder: Path) -> None:
+    """diffusers records where it loaded from (``_name_or_path``); a shipped model names no path."""
+    for path in folder.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_concept_images(folder: Path = ASSETS_DIR, count: int = 4) -> list[Path]:
@@ -61,9 +71,9 @@ def write_concept_images(folder: Path = ASSETS_DIR, count: int = 4) -> list[Path
 def sample_grid(
     model: Path,
     prompts: Sequence[str] = SAMPLE_PROMPTS,
-    per_prompt: int = 4,
+    per_prompt: int = 6,
     steps: int = 25,
-    guidance: float = 5.0,
+    guidance: float = DEFAULT_GUIDANCE,
     scale: int = 3,
 ) -> Image.Image:
     """One row per prompt: the prompt, then ``per_prompt`` seeded samples."""
