@@ -14,6 +14,11 @@ layout by ``StableDiffusionPipeline.save_pretrained``. Training runs in stages, 
 A checkpoint (every stage's state, the optimizers and the random generators) is written every
 few minutes, and the EMA model is saved in the diffusers layout beside it, so that samples can be
 looked at while training goes on. ``--resume`` continues from the checkpoint.
+
+The shipped model (``textinv/toy/model``) is this script's defaults, seed 0: 40,000 scenes, 2,500
+VAE steps (batch 16) and 8,000 UNet + text encoder steps (batch 32), about 12 + 55 minutes on one
+CPU thread of a shared 2-core machine, then ``python -m textinv.toy.ship --from out/toy/model``.
+Resuming after an interruption repeats the same losses step for step.
 """
 
 from __future__ import annotations
@@ -63,10 +68,10 @@ class ToyTrainConfig:
     out: Path = Path("out/toy")
     seed: int = 0
     dataset_size: int = 40_000
-    vae_steps: int = 2_000
+    vae_steps: int = 2_500
     vae_batch: int = 16
     vae_lr: float = 1e-3
-    unet_steps: int = 5_000
+    unet_steps: int = 8_000
     unet_batch: int = 32
     unet_lr: float = 6e-4
     warmup_steps: int = 300
