@@ -73,12 +73,16 @@ def run_demo(args: argparse.Namespace) -> int:
         concept_file, token, init_word = _invert(model, concept_name, out, settings)
     with _stage(2, "export", timings):
         engines = _export(model, out / "engines")
-    with _stage(3, "serve", timings), _started_server(model, engines, out / "server") as server:
+    with _stage(3, "serve", timings):
+        server = _start_server(model, engines, out / "server")
         print(f"      listening on {server.target} (onnxruntime backend)")
+    try:
         with _stage(4, "register", timings):
             _register(server.target, concept_file)
         with _stage(5, "generate", timings):
             generated = _generate(server.target, token, settings, out)
+    finally:
+        server.stop()
     with _stage(6, "evaluate", timings):
         table = _evaluate(model, concept_file, concept_name, init_word, settings, out)
     _write_grid(concept_name, generated, out / "grid.png")
@@ -138,16 +142,14 @@ def _export(model: Path, folder: Path) -> Path:
     return folder
 
 
-@contextmanager
-def _started_server(model: Path, engines: Path, data: Path) -> Iterator[Any]:
+def _start_server(model: Path, engines: Path, data: Path) -> Any:  # -> BackgroundServer
     from server.background import BackgroundServer
     from server.config import ServerConfig
 
     config = ServerConfig(
         model=str(model), data_dir=data, port=0, backend="onnxruntime", engines=engines
     )
-    with BackgroundServer(config) as server:
-        yield server
+    return BackgroundServer(config)
 
 
 def _register(target: str, concept_file: Path) -> None:
@@ -166,6 +168,7 @@ def _generate(
     import io
 
     from client import GenerateRequest, TextInvClient
+    from textinv.toy import DEFAULT_GUIDANCE
 
     generated = []
     with TextInvClient(target) as textinv:
@@ -174,6 +177,7 @@ def _generate(
             request = GenerateRequest(
                 prompt,
                 steps=settings.generate_steps,
+                guidance_scale=DEFAULT_GUIDANCE,
                 seed=index,
                 num_images=settings.images_per_prompt,
             )
