@@ -409,9 +409,7 @@ def save_model(state: ToyState, folder: Path, dtype: torch.dtype = torch.float32
         text_encoder=text_encoder,
         tokenizer=state.tokenizer,
         unet=unet,
-        scheduler=PNDMScheduler(
-            **SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False
-        ),
+        scheduler=inference_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -419,6 +417,16 @@ def save_model(state: ToyState, folder: Path, dtype: torch.dtype = torch.float32
     pipeline.to(dtype)
     pipeline.save_pretrained(folder)
     return folder
+
+
+def inference_scheduler() -> PNDMScheduler:
+    """SD 1.x's inference scheduler. Like SD 1.5's config it records ``clip_sample: false``:
+    DDIM built from this config must not clip x0 to [-1, 1], which this VAE's latents exceed."""
+    scheduler = PNDMScheduler(
+        **SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False
+    )
+    scheduler.register_to_config(clip_sample=False)
+    return scheduler
 
 
 # 7. The loop
