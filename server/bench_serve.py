@@ -14,6 +14,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -98,8 +99,8 @@ def measure_serve(settings: ServeBenchSettings) -> list[LoadResult]:
         results: list[LoadResult] = []
         with BackgroundServer(batched) as server:
             request = _request(settings, server)
-            results.append(_in_process(server, request, count))
-            results += [_drive(server.target, request, c, count, "grpc") for c in levels]
+            results += _in_process_and_grpc(server, request, count)
+            results += [_drive(server.target, request, c, count, "grpc") for c in levels if c != 1]
         with BackgroundServer(unbatched) as server:
             results += [_drive(server.target, request, c, count, "unbatched") for c in levels]
     return results
@@ -126,8 +127,11 @@ def _request(settings: ServeBenchSettings, server: BackgroundServer) -> Generate
     )
 
 
-def _in_process(server: BackgroundServer, request: GenerateRequest, count: int) -> LoadResult:
-    """The runtime called directly, one request at a time: no gRPC, no queue."""
+def _in_process_and_grpc(
+    server: BackgroundServer, request: GenerateRequest, count: int
+) -> list[LoadResult]:
+    """The runtime called directly (no gRPC, no queue) and the same request over gRPC, one at a
+    time and interleaved, so drifting machine load falls on both alike."""
     pipeline = server.running.service.pipeline
     plain = GenerationRequest(
         prompt=request.prompt,
@@ -136,14 +140,27 @@ def _in_process(server: BackgroundServer, request: GenerateRequest, count: int) 
         width=request.width,
         height=request.height,
     )
-    pipeline(plain)  # warm-up
-    latencies = []
-    started = time.perf_counter()
-    for _ in range(count):
-        begin = time.perf_counter()
-        pipeline(plain)
-        latencies.append((time.perf_counter() - begin) * 1000)
-    return _summarize("in-process", 1, latencies, 0, time.perf_counter() - started)
+    local_ms: list[float] = []
+    remote_ms: list[float] = []
+    with TextInvClient(server.target, timeout=600) as client:
+        pipeline(plain)  # warm-up, both paths
+        client.generate(request)
+        started = time.perf_counter()
+        for _ in range(count):
+            local_ms.append(_timed_ms(lambda: pipeline(plain)))
+            remote_ms.append(_timed_ms(lambda: client.generate(request)))
+        wall = time.perf_counter() - started
+    # Each path had half of the wall time.
+    return [
+        _summarize("in-process", 1, local_ms, 0, sum(local_ms) / 1000 or wall / 2),
+        _summarize("grpc", 1, remote_ms, 0, sum(remote_ms) / 1000 or wall / 2),
+    ]
+
+
+def _timed_ms(call: Callable[[], object]) -> float:
+    begin = time.perf_counter()
+    call()
+    return (time.perf_counter() - begin) * 1000
 
 
 def _drive(
