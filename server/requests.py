@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, replace
-from enum import Enum
 
+from textinv.choices import Choice
 from textinv.errors import InvalidInputError
 
 # A seed is a uint64 on the wire; image i of a request uses seed + i, which must fit too.
@@ -23,22 +23,16 @@ MAX_IMAGES = 16
 SIZE_MULTIPLE = 8
 
 
-class Scheduler(str, Enum):
+class Scheduler(Choice):
     """The noise schedulers; values are the command line's and the wire's spellings."""
+
+    __choice_name__ = "scheduler"
 
     DDIM = "ddim"
     EULER = "euler"
     EULER_ANCESTRAL = "euler-ancestral"
     DPM_SOLVER_PP_2M = "dpmpp-2m"
     PNDM = "pndm"
-
-    @classmethod
-    def parse(cls, name: str | Scheduler) -> Scheduler:
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(s.value for s in cls)
-            raise InvalidInputError(f"unknown scheduler {name!r}; choose one of {known}") from None
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,22 @@ here) and may keep the latents on its device between calls (no host copy inside 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from export.specs import Precision
+from textinv.choices import Choice
 from textinv.errors import InvalidInputError
 
 
-class BackendName(str, Enum):
+class BackendName(Choice):
+    __choice_name__ = "backend"
+
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
-
-    @classmethod
-    def parse(cls, name: str | BackendName) -> BackendName:
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(b.value for b in cls)
-            raise InvalidInputError(f"unknown backend {name!r}; choose one of {known}") from None
 
 
 @dataclass(frozen=True)
@@ -89,23 +83,15 @@ class Backend(Protocol):
         ...
 
 
-class WeightDtype(str, Enum):
+class WeightDtype(Choice):
     """The torch backend's weight precision: bf16/fp16 on CUDA, fp32 on the CPU (no fast half
     path there)."""
+
+    __choice_name__ = "weight dtype"
 
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
-
-    @classmethod
-    def parse(cls, name: str | WeightDtype) -> WeightDtype:
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(w.value for w in cls)
-            raise InvalidInputError(
-                f"unknown weight dtype {name!r}; choose one of {known}"
-            ) from None
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -10,7 +10,6 @@ export stage intends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,16 @@ import torch
 from export.manifest import ComponentEntry, Manifest, load_manifest
 from export.specs import Component
 from server.backends import BackendName, ShapeLimits
+from textinv.choices import Choice
 from textinv.errors import InvalidInputError
 
 
-class Provider(str, Enum):
+class Provider(Choice):
+    __choice_name__ = "onnxruntime provider"
+
     CPU = "cpu"
     CUDA = "cuda"
     TENSORRT = "tensorrt"
-
-    @classmethod
-    def parse(cls, name: str | Provider) -> Provider:
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(p.value for p in cls)
-            raise InvalidInputError(
-                f"unknown onnxruntime provider {name!r}; choose one of {known}"
-            ) from None
 
 
 _PROVIDER_NAMES = {
