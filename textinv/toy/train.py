@@ -41,7 +41,6 @@ from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     PNDMScheduler,
-    StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -395,6 +394,9 @@ def update_ema(state: ToyState) -> None:
 
 def save_model(state: ToyState, folder: Path, dtype: torch.dtype = torch.float32) -> Path:
     """The EMA text encoder and UNet with the VAE, as a ``StableDiffusionPipeline`` folder."""
+    # The pipeline class pulls in image processors; import it only when a folder is written.
+    from diffusers import StableDiffusionPipeline
+
     assert state.scaling_factor is not None
     state.vae.register_to_config(scaling_factor=state.scaling_factor)
     text_encoder = build_text_encoder(state.tokenizer, state.config.text_width)
