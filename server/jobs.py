@@ -303,15 +303,7 @@ class JobManager:
             path.write_bytes(image.data)
             if image.caption is not None:
                 path.with_suffix(".txt").write_text(image.caption, encoding="utf-8")
-            try:
-                load_training_image(path)
-            except InvalidInputError as error:
-                shown = repr(image.filename or f"image {index}")
-                raise InvalidInputError(
-                    str(error)
-                    .replace(repr(str(path.with_suffix(".txt"))), shown + " caption")
-                    .replace(repr(str(path)), shown)
-                ) from None
+            load_training_image(path, name=image.filename or f"image {index}")
 
     def _job_folder(self, job_id: str) -> Path:
         return self.folder / job_id

@@ -119,29 +119,35 @@ def load_training_images(
     return [load_training_image(path) for path in list_image_files(folder, max_images)]
 
 
-def load_training_image(path: Path) -> TrainingImage:
-    rgb, alpha = load_image(path)
-    return TrainingImage(path, rgb, alpha, read_caption(path))
+def load_training_image(path: Path, name: str | None = None) -> TrainingImage:
+    """``name`` stands for the file in errors (an upload's name rather than a server path)."""
+    rgb, alpha = load_image(path, name)
+    return TrainingImage(path, rgb, alpha, read_caption(path, name))
 
 
-def load_image(path: Path) -> tuple[Image.Image, Image.Image | None]:
+def load_image(path: Path, name: str | None = None) -> tuple[Image.Image, Image.Image | None]:
     """``(rgb, alpha)``: EXIF orientation applied, any mode converted, alpha on white.
 
     Raises ``InvalidInputError`` naming ``path`` for unreadable files and images under 64 px.
     """
+    shown = name or str(path)
     try:
         with Image.open(path) as opened:
             opened.load()
             image = ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError as error:  # PIL's message repeats the path; ours names it once
         raise InvalidInputError(
-            f"{str(path)!r}: not a readable image ({_first_line(error)})"
+            f"{shown!r}: not a readable image (not an image format, or a corrupt file)"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidInputError(
+            f"{shown!r}: not a readable image ({_first_line(error)})"
         ) from error
     except Image.DecompressionBombError as error:  # pragma: no cover - needs a huge file
-        raise InvalidInputError(f"{str(path)!r}: image is too large ({error})") from error
+        raise InvalidInputError(f"{shown!r}: image is too large ({error})") from error
     if min(image.size) < MIN_IMAGE_SIDE:
         raise InvalidInputError(
-            f"{str(path)!r}: image is {image.width}×{image.height} px; each side must be at "
+            f"{shown!r}: image is {image.width}×{image.height} px; each side must be at "
             f"least {MIN_IMAGE_SIDE} px"
         )
     return _to_rgb_and_alpha(image)
@@ -172,27 +178,26 @@ def _to_rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | No
     return image.convert("RGB"), None
 
 
-def read_caption(image_path: Path) -> str | None:
+def read_caption(image_path: Path, name: str | None = None) -> str | None:
     """The caption in ``NAME.txt`` beside ``NAME.png``; it must hold ``{}`` for the token."""
     caption_path = image_path.with_suffix(CAPTION_SUFFIX)
+    shown = f"{name} (caption)" if name else str(caption_path)
     if not caption_path.is_file():
         return None
     try:
         text = caption_path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
-        raise InvalidInputError(
-            f"{str(caption_path)!r}: cannot read the caption ({error})"
-        ) from error
+        raise InvalidInputError(f"{shown!r}: cannot read the caption ({error})") from error
     if "{}" not in text:
         raise InvalidInputError(
-            f"{str(caption_path)!r}: a caption must contain '{{}}' where the token goes, "
+            f"{shown!r}: a caption must contain '{{}}' where the token goes, "
             f"e.g. 'a photo of {{}} on a table'; got {text!r}"
         )
     try:
         text.format("x")
     except (IndexError, KeyError, ValueError) as error:
         raise InvalidInputError(
-            f"{str(caption_path)!r}: use '{{}}' only for the token; write other braces as "
+            f"{shown!r}: use '{{}}' only for the token; write other braces as "
             f"'{{{{' and '}}}}' ({error})"
         ) from error
     return text

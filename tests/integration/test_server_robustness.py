@@ -130,6 +130,7 @@ def test_bad_inputs_get_their_status_codes_and_keep_state(textinv_server: Server
             assert (rpc, error.code()) == (rpc, code), error.details()
             assert word in error.details(), (rpc, error.details())
             assert "Traceback" not in error.details()
+            assert str(textinv_server.config.data_dir) not in error.details()  # no server paths
         duplicate = concepts_pb2.RegisterConceptRequest(data=concept_file("<kept>"), filename="k")
         with pytest.raises(grpc.RpcError) as raised:
             stub.RegisterConcept(duplicate)
