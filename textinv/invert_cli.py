@@ -36,8 +36,8 @@ def add_invert_subcommand(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model",
-        required=True,
-        help="a diffusers SD 1.x/2.x folder, a hub id, or sd15-shape (random SD 1.5 shapes)",
+        help="a diffusers SD 1.x/2.x folder, a hub id, or sd15-shape (random SD 1.5 shapes); "
+        "default: the embedded model",
     )
     parser.add_argument(
         "--images",

@@ -211,8 +211,6 @@ def check_config(config: InvertConfig) -> None:
         problems.append("--init: the initializer text is empty; give a word such as 'toy'")
     if config.resume and config.overwrite:
         problems.append("--resume and --overwrite contradict each other; pass one")
-    if config.model is None:
-        problems.append("--model is required: a diffusers model folder, a hub id, or sd15-shape")
     if problems:
         raise InvalidInputError("; ".join(problems))
 
@@ -794,15 +792,14 @@ def load_model_for(config: InvertConfig, device: torch.device) -> BaseModel:
     dtype = PRECISIONS[config.precision]
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32  # fp16 kernels are missing or slow on CPU; autocast instead
-    name = str(config.model)
-    if name == SD15_SHAPE:
+    if config.model == SD15_SHAPE:
         from textinv.testing import sd15_shape_model
 
         model = sd15_shape_model(dtype=dtype)
         for module in (model.text_encoder, model.unet, model.vae):
             module.to(device)
         return model  # type: ignore[no-any-return]
-    return load_base_model(name, dtype=dtype, device=device)
+    return load_base_model(config.model, dtype=dtype, device=device)  # None: the embedded model
 
 
 def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:

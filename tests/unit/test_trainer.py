@@ -236,7 +236,7 @@ BAD_INPUTS = [
     ("resolution", {"resolution": 100}, "--resolution 100"),
     ("steps zero", {"steps": 0}, "--steps 0"),
     ("steps negative", {"steps": -5}, "--steps -5"),
-    ("no model", {"model": None}, "--model is required"),
+    ("missing model", {"model": "no-such-model"}, "no-such-model.*does not exist"),
 ]
 
 
