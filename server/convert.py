@@ -21,8 +21,6 @@ from server.requests import GenerationRequest, GenerationResult, Scheduler
 from server.store import ConceptRow, JobRow
 from textinv.errors import InvalidInputError
 
-DEFAULT_STEPS = 30
-DEFAULT_GUIDANCE = 7.5
 SCHEDULERS = {
     generate_pb2.SCHEDULER_UNSPECIFIED: Scheduler.DDIM,
     generate_pb2.SCHEDULER_DDIM: Scheduler.DDIM,
@@ -87,18 +85,21 @@ def _enum(table: Mapping[Any, Any], value: int, field: str) -> Any:
 
 
 def generation_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerationRequest:
+    # Unset fields (0 or absent) keep GenerationRequest's defaults.
+    given: dict[str, Any] = {}
+    if message.steps:
+        given["steps"] = message.steps
+    if message.HasField("guidance_scale"):
+        given["guidance_scale"] = message.guidance_scale
     return GenerationRequest(
         prompt=message.prompt,
         negative_prompt=message.negative_prompt,
-        steps=message.steps or DEFAULT_STEPS,
-        guidance_scale=(
-            message.guidance_scale if message.HasField("guidance_scale") else DEFAULT_GUIDANCE
-        ),
         seed=message.seed if message.HasField("seed") else None,
         width=message.width or None,
         height=message.height or None,
         num_images=message.num_images or 1,
         scheduler=_enum(SCHEDULERS, message.scheduler, "scheduler"),
+        **given,
     )
 
 

@@ -117,7 +117,7 @@ def _invert(model: Path, name: str, out: Path, settings: DemoSettings) -> tuple[
 
     from textinv.toy import world
     from textinv.toy.recipes import inversion_config
-    from textinv.trainer import invert
+    from textinv.trainer import CONCEPT_FILE, invert
 
     held_out = world.held_out_concept(name.strip("<>"))
     config = inversion_config(out / "concept", held_out.name, model=model)
@@ -125,7 +125,7 @@ def _invert(model: Path, name: str, out: Path, settings: DemoSettings) -> tuple[
     config = replace(config, steps=steps, overwrite=True)  # a rerun of the demo starts over
     print(f"      learning {held_out.token} from 4 images, init word {held_out.init_word!r}")
     invert(config, progress=_progress_line(max(steps // 10, 1)))
-    return Path(config.out) / "learned_embeds.safetensors", held_out.token, held_out.init_word
+    return Path(config.out) / CONCEPT_FILE, held_out.token, held_out.init_word
 
 
 def _export(model: Path, folder: Path) -> Path:

@@ -38,6 +38,7 @@ from textinv.concepts import check_token
 from textinv.data import load_training_image
 from textinv.errors import InvalidInputError, NotFoundError, OverloadedError
 from textinv.model import BaseModel
+from textinv.trainer import CHECKPOINT_DIR, CONCEPT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class JobManager:
             raise InvalidInputError(
                 f"job {job_id!r} is {row.state}; its file exists once it succeeds"
             )
-        return (self._job_folder(job_id) / "out" / "learned_embeds.safetensors").read_bytes()
+        return (self._job_folder(job_id) / "out" / CONCEPT_FILE).read_bytes()
 
     def subscribe(self, job_id: str) -> asyncio.Queue[Any]:
         """Events of ``job_id`` (JobProgress and JobRow) as they happen, on the caller's loop."""
@@ -266,7 +267,7 @@ class JobManager:
 
     def _finish(self, row: JobRow, state: JobState) -> JobRow:
         row = self._save(replace(row, state=state.value, finished_at=time.time()))
-        shutil.rmtree(self._job_folder(row.job_id) / "out" / "checkpoints", ignore_errors=True)
+        shutil.rmtree(self._job_folder(row.job_id) / "out" / CHECKPOINT_DIR, ignore_errors=True)
         return row
 
     def _save(self, row: JobRow) -> JobRow:

@@ -73,11 +73,12 @@ class ConceptRegistry:
             token=token,
         )
         with self._lock:
-            if not replace and self.store.get_concept(concept.token) is not None:
+            previous = self.store.get_concept(concept.token)
+            if previous is not None and not replace:
                 raise AlreadyExistsError(
                     f"concept {concept.token!r} is already registered; delete it or set replace"
                 )
-            row = self._write(concept, job_id)
+            row = self._write(concept, job_id, previous)
             self._vectors[concept.token] = concept.vectors
         log.info("registered concept %s (%d×%d)", concept.token, row.num_vectors, row.width)
         return row
@@ -117,7 +118,7 @@ class ConceptRegistry:
         log.info("deleted concept %s", token)
         return row
 
-    def _write(self, concept: Concept, job_id: str) -> ConceptRow:
+    def _write(self, concept: Concept, job_id: str, previous: ConceptRow | None) -> ConceptRow:
         """File first (atomic), then the row: a crash between leaves an unused file, no lost row."""
         data = concept_to_bytes(concept, ConceptFormat.DIFFUSERS)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -132,7 +133,6 @@ class ConceptRegistry:
             created_at=time.time(),
             job_id=job_id,
         )
-        previous = self.store.get_concept(concept.token)
         self.store.put_concept(row)
         replaced = previous is not None and previous.sha256 != sha256
         if replaced and previous and not self.store.sha256_in_use(previous.sha256):

@@ -4,6 +4,7 @@ concept registry, the job manager and the limits. Built once at start-up by ``bu
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -138,7 +139,9 @@ def build_service(config: ServerConfig) -> Service:
     return Service(config, pipeline, registry, jobs, batcher, store, device)
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a caller may care about (read once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions: dict[str, str] = {}
