@@ -12,22 +12,31 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-install: $(BIN)/python
+# buf (the protobuf linter) ships as a binary inside this npm package.
+BUF_VERSION ?= 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+install: $(BIN)/python $(BUF)
 	$(BIN)/pip install $(TORCH_PIN)
-	$(BIN)/pip install -e '.[dev]'
+	# The thin client is its own distribution (client/); the full one depends on it.
+	$(BIN)/pip install -e ./client -e '.[dev]'
+
+$(BUF):
+	npm install --no-save --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 protos:
-	$(BIN)/python -m proto.build
+	$(BIN)/python scripts/protos.py
 
 check-protos:
-	$(BIN)/python -m proto.build --check
+	$(BIN)/python scripts/protos.py --check
 
 lint:
+	$(BUF) lint proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy textinv export server client proto tests
+	$(BIN)/mypy
 
 unit:
 	$(BIN)/python -m pytest -q

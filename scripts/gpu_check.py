@@ -6,7 +6,7 @@ On ``sd15-shape`` (SD 1.5's exact configs, random weights) with CUDA:
    example, step for step): ``textinv.bench_invert.measure_invert``;
 2. generation at 512×512, 50 steps, on the ``torch`` backend (bf16 weights, channels-last, SDPA),
    eager, ``torch.compile`` and CUDA graphs, with per-stage times, against diffusers' pipeline
-   over the same modules: ``server.bench_generate.measure_generate``; and the ``tensorrt``
+   over the same modules: ``textinv_server.bench_generate.measure_generate``; and the ``tensorrt``
    backend too where TensorRT is installed (engines built here, if the time budget allows);
 3. ``pytest tests/gpu``.
 
@@ -101,7 +101,7 @@ def _plan(dry_run: bool, scratch: Path) -> CheckPlan:
 def run_check(
     plan: CheckPlan, args: argparse.Namespace, started: float, scratch: Path
 ) -> dict[str, Any]:
-    from server.bench_report import machine_info, versions
+    from textinv_server.bench_report import machine_info, versions
 
     results: dict[str, Any] = {
         "dry_run": args.dry_run,
@@ -167,8 +167,8 @@ def check_invert(plan: CheckPlan) -> dict[str, Any]:
 
 
 def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, Any]:
-    from server.backends import TorchOptions, WeightDtype
-    from server.bench_generate import GenerateBenchSettings, TorchVariant, measure_generate
+    from textinv_server.backends import TorchOptions, WeightDtype
+    from textinv_server.bench_generate import GenerateBenchSettings, TorchVariant, measure_generate
 
     variants = [
         TorchVariant("torch"),
@@ -205,17 +205,17 @@ def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, An
 
 def check_tensorrt(plan: CheckPlan, scratch: Path, left_s: float) -> dict[str, Any]:
     """Engines for this GPU, then the tensorrt backend against torch and diffusers."""
-    from export.tensorrt import tensorrt_missing
+    from textinv_export.tensorrt import tensorrt_missing
 
     missing = tensorrt_missing()
     if missing is not None:
         return {"status": "skipped", "reason": missing}
     if left_s < TENSORRT_MIN_LEFT_S:
         return {"status": "skipped", "reason": f"{left_s:.0f} s left; an engine build needs more"}
-    from export.exporter import ExportConfig, export_model
-    from export.manifest import Target
-    from export.specs import Component, Precision, Range, ShapeRanges
-    from server.bench_generate import _load_model
+    from textinv_export.exporter import ExportConfig, export_model
+    from textinv_export.manifest import Target
+    from textinv_export.specs import Component, Precision, Range, ShapeRanges
+    from textinv_server.bench_generate import _load_model
 
     started = time.perf_counter()
     out = scratch / "engines"

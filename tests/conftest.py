@@ -33,8 +33,8 @@ def tiny_engines_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     Profile: 1 to 4 images per call, 32 to 64 px sides (the tiny model's own side is 64).
     """
-    from export.exporter import ExportConfig, export_model
-    from export.specs import Component, Range, ShapeRanges
+    from textinv_export.exporter import ExportConfig, export_model
+    from textinv_export.specs import Component, Range, ShapeRanges
 
     folder = tmp_path_factory.mktemp("engines")
     ranges = ShapeRanges(batch=Range(1, 1, 4), resolution=Range(32, 32, 64))

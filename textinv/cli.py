@@ -19,15 +19,15 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    from client.cli import add_remote_subcommands
-    from export.cli import add_export_subcommand
-    from server.cli import add_generate_subcommand
-    from server.demo import add_demo_subcommand
-    from server.serve_cli import add_serve_subcommand
     from textinv.commands import add_concept_subcommands
     from textinv.invert_cli import add_invert_subcommand
     from textinv.toy.evaluate import add_eval_subcommand
     from textinv.toy.train import add_toy_subcommands
+    from textinv_client.cli import add_remote_subcommands
+    from textinv_export.cli import add_export_subcommand
+    from textinv_server.cli import add_generate_subcommand
+    from textinv_server.demo import add_demo_subcommand
+    from textinv_server.serve_cli import add_serve_subcommand
 
     return [
         add_serve_subcommand,
@@ -44,11 +44,11 @@ def _registrars() -> list[Registrar]:
 
 def _bench_registrars() -> list[Registrar]:
     """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
-    from export.bench import add_export_bench
-    from server.bench_generate import add_generate_bench
-    from server.bench_report import add_report_bench
-    from server.bench_serve import add_serve_bench
     from textinv.bench_invert import add_invert_bench
+    from textinv_export.bench import add_export_bench
+    from textinv_server.bench_generate import add_generate_bench
+    from textinv_server.bench_report import add_report_bench
+    from textinv_server.bench_serve import add_serve_bench
 
     return [
         add_invert_bench,

@@ -11,15 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.exporter import ExportConfig, export_model
-from export.manifest import ManifestError, Target
-from export.specs import Component, Precision, Range, ShapeRanges
-from export.tensorrt import tensorrt_missing
-from server.backends.tensorrt_backend import TensorRTBackend
-from server.backends.torch_backend import TorchBackend
-from server.host_model import HostModel
-from server.pipeline import GenerationJob, GenerationPipeline
-from server.requests import GenerationRequest, Scheduler
 from tests.unit.generation_reference import (
     max_pixel_difference,
     pixels,
@@ -27,6 +18,15 @@ from tests.unit.generation_reference import (
     reference_pipeline,
 )
 from textinv.model import load_base_model
+from textinv_export.exporter import ExportConfig, export_model
+from textinv_export.manifest import ManifestError, Target
+from textinv_export.specs import Component, Precision, Range, ShapeRanges
+from textinv_export.tensorrt import tensorrt_missing
+from textinv_server.backends.tensorrt_backend import TensorRTBackend
+from textinv_server.backends.torch_backend import TorchBackend
+from textinv_server.host_model import HostModel
+from textinv_server.pipeline import GenerationJob, GenerationPipeline
+from textinv_server.requests import GenerationRequest, Scheduler
 
 MISSING = tensorrt_missing()
 pytestmark = [

@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.exporter import ExportConfig, export_model
-from export.manifest import Target, load_manifest
-from export.parity import compare
-from export.specs import Component, Precision, Range, ShapeRanges, export_module, sample_inputs
-from export.tensorrt import TIMING_CACHE_NAME, TensorRTEngine, tensorrt_missing
+from textinv_export.exporter import ExportConfig, export_model
+from textinv_export.manifest import Target, load_manifest
+from textinv_export.parity import compare
+from textinv_export.specs import (
+    Component,
+    Precision,
+    Range,
+    ShapeRanges,
+    export_module,
+    sample_inputs,
+)
+from textinv_export.tensorrt import TIMING_CACHE_NAME, TensorRTEngine, tensorrt_missing
 
 MISSING = tensorrt_missing()
 pytestmark = [

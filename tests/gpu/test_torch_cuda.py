@@ -11,10 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
-from server.backends.torch_backend import CudaGraphUNet, TorchBackend
-from server.pipeline import GenerationPipeline, load_generation_pipeline
-from server.requests import GenerationRequest, Scheduler
 from tests.unit.generation_reference import (
     max_pixel_difference,
     pixels,
@@ -22,6 +18,10 @@ from tests.unit.generation_reference import (
     reference_pipeline,
 )
 from textinv.model import load_base_model
+from textinv_server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
+from textinv_server.backends.torch_backend import CudaGraphUNet, TorchBackend
+from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
+from textinv_server.requests import GenerationRequest, Scheduler
 
 pytestmark = [
     pytest.mark.gpu,

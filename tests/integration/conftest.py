@@ -1,7 +1,7 @@
 """A real textinv server on a free port, with the tiny model, for the integration tests.
 
-The server runs in this process on its own event loop thread (``server.background``, the same
-start-up code ``textinv serve`` runs); tests talk to it through the real client over TCP.
+The server runs in this process on its own event loop thread (``textinv_server.background``, the
+same start-up code ``textinv serve`` runs); tests talk to it through the real client over TCP.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from server.background import BackgroundServer
-from server.config import BatchingConfig, Limits, ServerConfig
+from textinv_server.background import BackgroundServer
+from textinv_server.config import BatchingConfig, Limits, ServerConfig
 
 ServerThread = BackgroundServer
 

@@ -12,7 +12,9 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from client import (
+from tests.integration.conftest import ServerThread
+from textinv.concepts import parse_concept
+from textinv_client import (
     InversionParams,
     JobInfo,
     JobProgress,
@@ -21,8 +23,6 @@ from client import (
     TextInvClient,
     TrainingImage,
 )
-from tests.integration.conftest import ServerThread
-from textinv.concepts import parse_concept
 
 
 def training_images(count: int = 2) -> list[TrainingImage]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import InversionParams, JobState, TextInvClient, TrainingImage
+from textinv_client import InversionParams, JobState, TextInvClient, TrainingImage
 
 REPO = Path(__file__).resolve().parents[2]
 

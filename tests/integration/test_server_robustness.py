@@ -14,22 +14,22 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import (
+from tests.integration.conftest import ServerThread
+from tests.pki import write_test_pki
+from textinv.concepts import Concept, concept_to_bytes
+from textinv_client import (
     DeadlineExceeded,
     GenerateRequest,
     TextInvClient,
     TextInvError,
     Unauthenticated,
 )
-from proto.textinv.v1 import (
+from textinv_client.pb.v1 import (
     concepts_pb2,
     generate_pb2,
     jobs_pb2,
     textinv_pb2_grpc,
 )
-from tests.integration.conftest import ServerThread
-from tests.pki import write_test_pki
-from textinv.concepts import Concept, concept_to_bytes
 
 WIDTH = 32
 Code = grpc.StatusCode
@@ -198,7 +198,7 @@ def test_api_keys(start_textinv: Callable[..., ServerThread]) -> None:
 
 
 def test_mutual_tls(start_textinv: Callable[..., ServerThread], tmp_path: Path) -> None:
-    from server.config import TlsConfig
+    from textinv_server.config import TlsConfig
 
     pki = write_test_pki(tmp_path / "pki")
     tls = TlsConfig(pki["server.pem"], pki["server.key"], pki["ca.pem"])
@@ -271,7 +271,7 @@ def test_restart_keeps_registered_concepts(start_textinv: Callable[..., ServerTh
 
 
 def test_queue_limit_refuses_at_once(start_textinv: Callable[..., ServerThread]) -> None:
-    from server.config import BatchingConfig
+    from textinv_server.config import BatchingConfig
 
     server = start_textinv(batching=BatchingConfig(max_batch=1, batch_wait_ms=0, max_queue=1))
     release = threading.Event()
@@ -284,7 +284,7 @@ def test_queue_limit_refuses_at_once(start_textinv: Callable[..., ServerThread])
 
     pipeline.run_batch = held  # type: ignore[method-assign]
     request = GenerateRequest("a star", steps=1, seed=1, width=32, height=32)
-    from client import ResourceExhausted
+    from textinv_client import ResourceExhausted
 
     batcher = server.running.service.batcher
 

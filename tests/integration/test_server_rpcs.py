@@ -11,9 +11,15 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from client import GenerateProgress, GenerateRequest, GenerateResult, NotFound, TextInvClient
-from client.types import Scheduler
 from textinv.concepts import Concept, concept_to_bytes, parse_concept
+from textinv_client import (
+    GenerateProgress,
+    GenerateRequest,
+    GenerateResult,
+    NotFound,
+    TextInvClient,
+)
+from textinv_client.types import Scheduler
 
 WIDTH = 32
 

@@ -17,12 +17,12 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
-from server.pipeline import decode_png
-from server.requests import GenerationRequest, GenerationResult, Scheduler
 from textinv.concepts import Concept, save_concept
+from textinv_server.pipeline import decode_png
+from textinv_server.requests import GenerationRequest, GenerationResult, Scheduler
 
-# Built here from diffusers' classes directly, not through server.schedulers, so a wrong mapping
-# there shows up as a parity failure.
+# Built here from diffusers' classes directly, not through textinv_server.schedulers, so a wrong
+# mapping there shows up as a parity failure.
 REFERENCE_SCHEDULERS: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
     Scheduler.DDIM: (DDIMScheduler, {}),
     Scheduler.EULER: (EulerDiscreteScheduler, {}),

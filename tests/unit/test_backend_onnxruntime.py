@@ -9,12 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.manifest import MANIFEST_NAME, ManifestError
-from server.backends import BackendName
-from server.backends.onnxruntime_backend import OnnxRuntimeBackend, Provider
-from server.host_model import HostModel
-from server.pipeline import GenerationJob, GenerationPipeline
-from server.requests import GenerationRequest, Scheduler
 from tests.unit.generation_reference import (
     max_pixel_difference,
     pixels,
@@ -22,6 +16,12 @@ from tests.unit.generation_reference import (
     reference_pipeline,
 )
 from textinv.errors import InvalidInputError
+from textinv_export.manifest import MANIFEST_NAME, ManifestError
+from textinv_server.backends import BackendName
+from textinv_server.backends.onnxruntime_backend import OnnxRuntimeBackend, Provider
+from textinv_server.host_model import HostModel
+from textinv_server.pipeline import GenerationJob, GenerationPipeline
+from textinv_server.requests import GenerationRequest, Scheduler
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,14 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
-from server.backends.torch_backend import TorchBackend, use_sdpa
-from server.pipeline import GenerationPipeline, StepClock, load_generation_pipeline
-from server.requests import GenerationRequest, Scheduler
 from tests.unit.generation_reference import max_pixel_difference, pixels
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel, load_base_model
+from textinv_client.choices import UnknownChoiceError
+from textinv_server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
+from textinv_server.backends.torch_backend import TorchBackend, use_sdpa
+from textinv_server.pipeline import GenerationPipeline, StepClock, load_generation_pipeline
+from textinv_server.requests import GenerationRequest, Scheduler
 
 REQUEST = GenerationRequest(
     "a photo of a red toy", steps=2, seed=7, width=32, height=32, scheduler=Scheduler.DDIM
@@ -79,7 +80,7 @@ def test_attention_runs_through_sdpa(tiny_model_dir) -> None:
 
 
 def test_unknown_weight_dtype_names_the_value() -> None:
-    with pytest.raises(InvalidInputError, match="'fp8'"):
+    with pytest.raises(UnknownChoiceError, match="'fp8'"):
         WeightDtype.parse("fp8")
 
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from server.batching import BatchItem, MicroBatcher
 from textinv.errors import OverloadedError
+from textinv_server.batching import BatchItem, MicroBatcher
 
 
 class Recorder:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from client import cli
-from client.channel import ConnectionSettings
-from client.types import Scheduler
+from textinv_client import cli
+from textinv_client.channel import ConnectionSettings
+from textinv_client.types import Scheduler
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -6,8 +6,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from client import convert
-from client.types import (
+from textinv_client import convert
+from textinv_client.pb.v1 import generate_pb2, jobs_pb2
+from textinv_client.types import (
     ConceptInfo,
     ConceptProperty,
     EngineProfile,
@@ -28,7 +29,6 @@ from client.types import (
     TensorProfile,
     TrainingImage,
 )
-from proto.textinv.v1 import generate_pb2, jobs_pb2
 
 WHEN = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
 

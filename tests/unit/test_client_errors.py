@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from client import errors
+from textinv_client import errors
 
 TABLE = [
     (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import (
+from textinv_client import (
     AsyncTextInvClient,
     ConceptInfo,
     GenerateProgress,
@@ -35,7 +35,7 @@ from client import (
     cli,
     convert,
 )
-from proto.textinv.v1 import (
+from textinv_client.pb.v1 import (
     concepts_pb2,
     generate_pb2,
     jobs_pb2,

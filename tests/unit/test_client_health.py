@@ -1,4 +1,4 @@
-"""``python -m client.health``: the container's health probe, against a real server."""
+"""``python -m textinv_client.health``: the container's health probe, against a real server."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from client.health import main
-from server.background import BackgroundServer
-from server.config import ServerConfig
+from textinv_client.health import main
+from textinv_server.background import BackgroundServer
+from textinv_server.config import ServerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_a_bad_target_is_refused_naming_it(capsys) -> None:
 
 
 def test_the_probe_imports_without_torch() -> None:
-    code = "import sys, client.health; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    code = "import sys, textinv_client.health; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )

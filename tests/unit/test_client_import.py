@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_client_imports_without_torch() -> None:
     code = (
-        "import sys, client, client.cli\n"
+        "import sys, textinv_client, textinv_client.cli\n"
         "heavy = sorted({'torch', 'diffusers', 'transformers', 'numpy'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
     )

@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from client import TextInvClient, Unavailable
-from proto.textinv.v1 import server_info_pb2, textinv_pb2_grpc
 from tests.pki import write_test_pki
+from textinv_client import TextInvClient, Unavailable
+from textinv_client.pb.v1 import server_info_pb2, textinv_pb2_grpc
 
 
 class InfoOnly(textinv_pb2_grpc.TextInvServicer):

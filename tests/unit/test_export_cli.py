@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from export.manifest import load_manifest
-from export.tensorrt import tensorrt_missing
 from textinv.cli import main
+from textinv_export.manifest import load_manifest
+from textinv_export.tensorrt import tensorrt_missing
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

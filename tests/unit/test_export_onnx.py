@@ -12,11 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from export.exporter import ExportConfig, export_model
-from export.manifest import MANIFEST_NAME, ManifestError, load_manifest
-from export.optimize import optimize_graph
-from export.parity import Case, ParityError, check_parity
-from export.specs import Component, ComponentSpec, Precision, Range, ShapeRanges, export_module
+from textinv_export.exporter import ExportConfig, export_model
+from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from textinv_export.optimize import optimize_graph
+from textinv_export.parity import Case, ParityError, check_parity
+from textinv_export.specs import (
+    Component,
+    ComponentSpec,
+    Precision,
+    Range,
+    ShapeRanges,
+    export_module,
+)
 
 # The tiny model's side is 64 px; its graphs take multiples of 4 px (2 px per latent × 2 levels).
 RANGES = ShapeRanges(batch=Range(1, 2, 3), resolution=Range(32, 64, 96))
@@ -134,12 +141,12 @@ def test_rerun_reuses_and_force_rebuilds(tiny_model, tmp_path: Path) -> None:
 def test_interrupted_export_leaves_no_manifest(
     tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import export.exporter
+    import textinv_export.exporter
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.exporter, "optimize_graph", interrupted)
+    monkeypatch.setattr(textinv_export.exporter, "optimize_graph", interrupted)
     config = ExportConfig(out=tmp_path, ranges=RANGES, components=(Component.VAE_ENCODER,))
     with pytest.raises(KeyboardInterrupt):
         export_model(tiny_model, config, progress=lambda _: None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.specs import (
+from textinv.errors import InvalidInputError
+from textinv_export.specs import (
     Component,
     ComponentSpec,
     ModelDims,
@@ -15,7 +16,6 @@ from export.specs import (
     export_module,
     sample_inputs,
 )
-from textinv.errors import InvalidInputError
 
 SD15 = ModelDims(
     text_width=768,

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from export.specs import Component, ModelDims, Precision, Range, ShapeRanges, component_specs
-from export.tensorrt import (
+from textinv_export.specs import (
+    Component,
+    ModelDims,
+    Precision,
+    Range,
+    ShapeRanges,
+    component_specs,
+)
+from textinv_export.tensorrt import (
     GpuIdentity,
     TensorRTUnavailableError,
     engine_cache_key,

@@ -10,11 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from server.backends import ShapeLimits
-from server.backends.torch_backend import TorchBackend
-from server.host_model import HostModel, load_host_model
-from server.pipeline import GenerationJob, GenerationPipeline
-from server.requests import GenerationRequest, Scheduler, StepProgress
 from tests.unit.generation_reference import (
     max_pixel_difference,
     pixels,
@@ -22,6 +17,11 @@ from tests.unit.generation_reference import (
     reference_pipeline,
 )
 from textinv.errors import CancelledError, ConceptFileError, InvalidInputError, UnknownConceptError
+from textinv_server.backends import ShapeLimits
+from textinv_server.backends.torch_backend import TorchBackend
+from textinv_server.host_model import HostModel, load_host_model
+from textinv_server.pipeline import GenerationJob, GenerationPipeline
+from textinv_server.requests import GenerationRequest, Scheduler, StepProgress
 
 SIZE = 32  # pixels; the tiny VAE's factor is 2, so latents are 16 × 16
 PROMPT = "a photo of <cat-toy> on the beach"

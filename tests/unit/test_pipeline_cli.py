@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from server.backends.torch_backend import TorchBackend
-from server.host_model import HostModel
-from server.pipeline import GenerationPipeline, decode_png
-from server.requests import GenerationRequest, Scheduler
 from textinv.cli import main
 from textinv.concepts import Concept, load_concept, save_concept
+from textinv_server.backends.torch_backend import TorchBackend
+from textinv_server.host_model import HostModel
+from textinv_server.pipeline import GenerationPipeline, decode_png
+from textinv_server.requests import GenerationRequest, Scheduler
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.registry import ConceptRegistry
-from server.store import Store
 from textinv.concepts import Concept, concept_to_bytes
 from textinv.errors import AlreadyExistsError, ConceptFileError, InvalidInputError, NotFoundError
+from textinv_server.registry import ConceptRegistry
+from textinv_server.store import Store
 
 WIDTH = 32
 

@@ -1,0 +1,253 @@
+"""The export stage end to end: specs → ONNX → optimized graphs → (engines) → manifest.
+
+Layout of the output folder (paths in the manifest are relative to it)::
+
+    DIR/manifest.json
+    DIR/onnx/<component>.onnx[.data]                raw fp32 export (TensorRT parses this)
+    DIR/onnx/<component>.<precision>.opt.onnx[.data]  optimized for onnxruntime
+    DIR/engines/<component>.<precision>.trt<version>.<key>.plan
+    DIR/engines/timing_cache.trt
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textinv.errors import InvalidInputError
+from textinv.model import BaseModel
+from textinv_export.manifest import (
+    ComponentEntry,
+    EngineEntry,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    ModelFacts,
+    Target,
+    load_manifest,
+    write_manifest,
+)
+from textinv_export.onnx_export import OPSET, data_path, export_onnx, graph_size
+from textinv_export.optimize import optimize_graph
+from textinv_export.specs import (
+    Component,
+    ComponentSpec,
+    ModelDims,
+    Precision,
+    ShapeRanges,
+    export_module,
+)
+from textinv_export.specs import component_specs as build_specs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out: Path
+    target: Target = Target.ONNX
+    precision: Precision = Precision.FP32
+    ranges: ShapeRanges = field(default_factory=ShapeRanges)
+    opset: int = OPSET
+    force: bool = False
+    components: tuple[Component, ...] = tuple(Component)
+
+
+@dataclass(frozen=True)
+class ComponentReport:
+    """What one component cost: seconds per stage and bytes before/after optimization."""
+
+    component: Component
+    reused: bool
+    export_seconds: float
+    optimize_seconds: float
+    engine_seconds: float
+    source_bytes: int
+    graph_bytes: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    manifest: Manifest
+    reports: tuple[ComponentReport, ...]
+
+
+Progress = Callable[[str], None]
+
+
+def export_model(
+    model: BaseModel, config: ExportConfig, progress: Progress | None = None
+) -> ExportResult:
+    """Export ``config.components`` of ``model``; reuse what a matching manifest lists."""
+    say = progress or log.info
+    # 1. Fail before any work: TensorRT missing, the output folder not writable, bad ranges.
+    if config.target is Target.TENSORRT:
+        from textinv_export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    check_writable(config.out)
+    specs = build_specs(ModelDims.of(model), config.ranges)
+    # 2. What an earlier run with the same inputs left, unless --force.
+    previous = None if config.force else reusable_manifest(model, config)
+    manifest = Manifest(
+        model=model_facts(model),
+        precision=config.precision,
+        target=config.target,
+        opset=config.opset,
+        ranges=config.ranges,
+        components={},
+    )
+    reports = []
+    # 3. Each component: export, optimize, build its engine (or reuse them).
+    for component in config.components:
+        spec = specs[component]
+        old = None if previous is None else previous.components.get(component)
+        entry, report = export_component(model, spec, config, old, say)
+        manifest = manifest.with_component(entry)
+        reports.append(report)
+    # 4. The manifest last, atomically: an interrupted export leaves the old one or none.
+    write_manifest(config.out, manifest)
+    return ExportResult(manifest, tuple(reports))
+
+
+def export_component(
+    model: BaseModel,
+    spec: ComponentSpec,
+    config: ExportConfig,
+    old: ComponentEntry | None,
+    say: Progress,
+) -> tuple[ComponentEntry, ComponentReport]:
+    out = Path(config.out)
+    onnx_dir = out / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    export_s = optimize_s = engine_s = 0.0
+    if old is not None and old.spec == spec:
+        say(f"{spec.name}: reusing {old.graph.path}")
+        entry = old
+    else:
+        # a. Raw fp32 graph in standard ONNX operators.
+        started = time.perf_counter()
+        source = export_onnx(
+            export_module(spec.component, model),
+            spec,
+            onnx_dir / f"{spec.name}.onnx",
+            opset=config.opset,
+        )
+        export_s = time.perf_counter() - started
+        say(
+            f"{spec.name}: exported {source.name} ({graph_size(source) / 1e6:.1f} MB) "
+            f"in {export_s:.1f} s"
+        )
+        # b. Optimized (and fp16) graph for onnxruntime.
+        started = time.perf_counter()
+        graph = onnx_dir / f"{spec.name}.{config.precision.value}.opt.onnx"
+        optimize_graph(source, graph, spec.component, config.precision)
+        optimize_s = time.perf_counter() - started
+        say(
+            f"{spec.name}: optimized to {graph.name} ({graph_size(graph) / 1e6:.1f} MB) "
+            f"in {optimize_s:.1f} s"
+        )
+        entry = ComponentEntry(
+            spec=spec,
+            source=FileEntry.of(out, source),
+            graph=FileEntry.of(out, graph),
+            source_data=_data_entry(out, source),
+            graph_data=_data_entry(out, graph),
+        )
+    if config.target is Target.TENSORRT:
+        started = time.perf_counter()
+        entry = with_engine(entry, out, config.precision)
+        engine_s = time.perf_counter() - started
+        assert entry.engine is not None
+        say(f"{spec.name}: engine {entry.engine.file.path} in {engine_s:.1f} s")
+    report = ComponentReport(
+        component=spec.component,
+        reused=entry is old,
+        export_seconds=export_s,
+        optimize_seconds=optimize_s,
+        engine_seconds=engine_s,
+        source_bytes=entry.source.size + (entry.source_data.size if entry.source_data else 0),
+        graph_bytes=entry.graph.size + (entry.graph_data.size if entry.graph_data else 0),
+    )
+    return entry, report
+
+
+def with_engine(entry: ComponentEntry, out: Path, precision: Precision) -> ComponentEntry:
+    """``entry`` with a TensorRT engine built (or reused) from its raw graph."""
+    from dataclasses import replace
+
+    from textinv_export.tensorrt import build_engine
+
+    engines = out / "engines"
+    built = build_engine(
+        out / entry.source.path, entry.source.sha256, entry.spec, engines, precision
+    )
+    engine = EngineEntry(
+        file=FileEntry.of(out, built.path),
+        cache_key=built.cache_key,
+        tensorrt_version=built.tensorrt_version,
+        gpu_name=built.gpu.name,
+        compute_capability=built.gpu.compute_capability,
+        precision=precision,
+        bf16=built.bf16,
+    )
+    return replace(entry, engine=engine)
+
+
+def _data_entry(out: Path, graph: Path) -> FileEntry | None:
+    data = data_path(graph)
+    return FileEntry.of(out, data) if data.is_file() else None
+
+
+def model_facts(model: BaseModel) -> ModelFacts:
+    return ModelFacts(
+        model_hash=model.model_hash,
+        model_path=str(model.path),
+        text_width=model.text_width,
+        vae_scale_factor=model.vae_scale_factor,
+        latent_scaling=model.latent_scaling,
+        prediction_type=model.prediction_type,
+    )
+
+
+def reusable_manifest(model: BaseModel, config: ExportConfig) -> Manifest | None:
+    """The manifest already in ``config.out`` if it was written from the same model with the
+    same precision, opset and ranges and all its files verify; else ``None``."""
+    if not (Path(config.out) / "manifest.json").is_file():
+        return None
+    try:
+        manifest = load_manifest(config.out, expected_model_hash=model.model_hash)
+    except ManifestError as error:
+        log.info("not reusing the earlier export: %s", error)
+        return None
+    same = (manifest.precision, manifest.opset, manifest.ranges) == (
+        config.precision,
+        config.opset,
+        config.ranges,
+    )
+    return manifest if same else None
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove we can write in it, or raise naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise InvalidInputError(
+            f"output folder {str(folder)!r} is not writable: {error.strerror or error}"
+        ) from error
+
+
+def parse_components(names: Sequence[str]) -> tuple[Component, ...]:
+    known = [c.value for c in Component]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidInputError(f"unknown components {unknown}; choose from {known}")
+    return tuple(Component(n) for n in names)

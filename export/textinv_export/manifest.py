@@ -1,0 +1,363 @@
+"""``DIR/manifest.json``: what an export wrote, for whoever loads it (DESIGN decision 7).
+
+It records the base model's identity (``BaseModel.model_hash``), each component's spec (names,
+dtypes, dynamic axes, ``(min, opt, max)`` profile), every file with its sha256 and size, the
+precision and opset, the tool versions and the creation time. ``load_manifest`` validates a
+manifest and its files; a missing or altered file, or a manifest for another model, raises a
+``ManifestError`` that names the file and why. The manifest is written atomically (temporary name,
+then rename), so an interrupted export never leaves half of one.
+
+Files per component, paths relative to the manifest's folder:
+
+- ``source``: the raw fp32 export in standard ONNX operators (what TensorRT parses);
+- ``graph``: the graph optimized for onnxruntime at the manifest's precision (what the
+  ``onnxruntime`` backend loads);
+- ``*_data``: their external weights, present when a graph is over 2 GB;
+- ``engine``: a TensorRT engine, when the target was ``tensorrt``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib.metadata
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from textinv.errors import InvalidInputError
+from textinv.fileio import atomic_write_text
+from textinv_export.specs import Component, ComponentSpec, Precision, ShapeRanges
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ManifestError(InvalidInputError):
+    """A manifest or one of its files is missing, malformed, altered, or for another model."""
+
+
+class Target(str, enum.Enum):
+    ONNX = "onnx"
+    TENSORRT = "tensorrt"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One written file: its path relative to the manifest's folder, sha256 and size."""
+
+    path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, root: Path, path: Path) -> FileEntry:
+        return cls(str(path.relative_to(root)), sha256_file(path), path.stat().st_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FileEntry:
+        return cls(str(data["path"]), str(data["sha256"]), int(data["size"]))
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """A TensorRT engine and what it was built for; ``cache_key`` names every input of a build."""
+
+    file: FileEntry
+    cache_key: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "9.0"
+    precision: Precision
+    bf16: bool  # the BF16 builder flag was set too (GPUs of compute capability ≥ 8.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file.to_dict(),
+            "cache_key": self.cache_key,
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": self.compute_capability,
+            "precision": self.precision.value,
+            "bf16": self.bf16,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineEntry:
+        return cls(
+            file=FileEntry.from_dict(data["file"]),
+            cache_key=str(data["cache_key"]),
+            tensorrt_version=str(data["tensorrt_version"]),
+            gpu_name=str(data["gpu_name"]),
+            compute_capability=str(data["compute_capability"]),
+            precision=Precision(data["precision"]),
+            bf16=bool(data["bf16"]),
+        )
+
+
+def _optional(entry: FileEntry | None) -> dict[str, Any] | None:
+    return None if entry is None else entry.to_dict()
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """One exported component: its contract and its files."""
+
+    spec: ComponentSpec
+    source: FileEntry  # fp32, standard ONNX operators
+    graph: FileEntry  # optimized for onnxruntime at the manifest's precision
+    source_data: FileEntry | None = None
+    graph_data: FileEntry | None = None
+    engine: EngineEntry | None = None
+
+    @property
+    def files(self) -> Iterator[FileEntry]:
+        yield self.source
+        yield self.graph
+        for extra in (self.source_data, self.graph_data):
+            if extra is not None:
+                yield extra
+        if self.engine is not None:
+            yield self.engine.file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "source": self.source.to_dict(),
+            "source_data": _optional(self.source_data),
+            "graph": self.graph.to_dict(),
+            "graph_data": _optional(self.graph_data),
+            "engine": None if self.engine is None else self.engine.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ComponentEntry:
+        def optional(key: str) -> FileEntry | None:
+            return None if data.get(key) is None else FileEntry.from_dict(data[key])
+
+        engine = data.get("engine")
+        return cls(
+            spec=ComponentSpec.from_dict(data["spec"]),
+            source=FileEntry.from_dict(data["source"]),
+            graph=FileEntry.from_dict(data["graph"]),
+            source_data=optional("source_data"),
+            graph_data=optional("graph_data"),
+            engine=None if engine is None else EngineEntry.from_dict(engine),
+        )
+
+
+@dataclass(frozen=True)
+class ToolVersions:
+    """Versions of the tools that wrote the files; ``None`` where a tool is not installed."""
+
+    torch: str | None
+    onnx: str | None
+    onnxruntime: str | None
+    tensorrt: str | None
+
+    @classmethod
+    def installed(cls) -> ToolVersions:
+        return cls(
+            torch=package_version("torch"),
+            onnx=package_version("onnx"),
+            onnxruntime=package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+            tensorrt=package_version("tensorrt"),
+        )
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "torch": self.torch,
+            "onnx": self.onnx,
+            "onnxruntime": self.onnxruntime,
+            "tensorrt": self.tensorrt,
+        }
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a runtime needs to know about the base model besides its graphs."""
+
+    model_hash: str
+    model_path: str
+    text_width: int  # D
+    vae_scale_factor: int  # pixels per latent cell
+    latent_scaling: float  # divide UNet latents by this before ``vae_decoder``
+    prediction_type: str  # "epsilon" or "v_prediction"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_hash": self.model_hash,
+            "model_path": self.model_path,
+            "text_width": self.text_width,
+            "vae_scale_factor": self.vae_scale_factor,
+            "latent_scaling": self.latent_scaling,
+            "prediction_type": self.prediction_type,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelFacts:
+        return cls(
+            model_hash=str(data["model_hash"]),
+            model_path=str(data["model_path"]),
+            text_width=int(data["text_width"]),
+            vae_scale_factor=int(data["vae_scale_factor"]),
+            latent_scaling=float(data["latent_scaling"]),
+            prediction_type=str(data["prediction_type"]),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything one export wrote. ``components`` is keyed by ``Component``."""
+
+    model: ModelFacts
+    precision: Precision
+    target: Target
+    opset: int
+    ranges: ShapeRanges
+    components: Mapping[Component, ComponentEntry]
+    versions: ToolVersions = field(default_factory=ToolVersions.installed)
+    created_at: str = field(default_factory=lambda: utc_now())
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_hash(self) -> str:
+        return self.model.model_hash
+
+    def component(self, component: Component | str) -> ComponentEntry:
+        key = Component(component)
+        if key not in self.components:
+            raise ManifestError(f"the manifest has no component {key.value!r}")
+        return self.components[key]
+
+    def with_component(self, entry: ComponentEntry) -> Manifest:
+        return replace(self, components={**self.components, entry.spec.component: entry})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "created_at": self.created_at,
+            "model": self.model.to_dict(),
+            "precision": self.precision.value,
+            "target": self.target.value,
+            "opset": self.opset,
+            "ranges": self.ranges.to_dict(),
+            "versions": self.versions.to_dict(),
+            "components": {c.value: e.to_dict() for c, e in self.components.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        return cls(
+            model=ModelFacts.from_dict(data["model"]),
+            precision=Precision(data["precision"]),
+            target=Target(data["target"]),
+            opset=int(data["opset"]),
+            ranges=ShapeRanges.from_dict(data["ranges"]),
+            components={
+                Component(name): ComponentEntry.from_dict(entry)
+                for name, entry in data["components"].items()
+            },
+            versions=ToolVersions(**data["versions"]),
+            created_at=str(data["created_at"]),
+            format_version=int(data["format_version"]),
+        )
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write ``DIR/manifest.json`` atomically: a reader sees the old manifest or the new one."""
+    return atomic_write_text(Path(directory) / MANIFEST_NAME, manifest.to_json())
+
+
+def load_manifest(
+    directory: str | Path,
+    expected_model_hash: str | None = None,
+    *,
+    verify_checksums: bool = True,
+) -> Manifest:
+    """Read and validate ``DIR/manifest.json`` and every file it lists.
+
+    Raises ``ManifestError`` naming the file and why: the manifest missing or malformed, written
+    for another model than ``expected_model_hash``, or a listed file missing, of another size, or
+    (with ``verify_checksums``) of another sha256. Hashing reads every byte (seconds for SD 1.5);
+    a server that trusts its disk may pass ``verify_checksums=False`` to check sizes only.
+    """
+    folder = Path(directory)
+    manifest = read_manifest(folder)
+    if expected_model_hash is not None and manifest.model_hash != expected_model_hash:
+        raise ManifestError(
+            f"{folder / MANIFEST_NAME}: exported from model {manifest.model_hash[:16]}…, "
+            f"not the expected model {expected_model_hash[:16]}…; export this model first"
+        )
+    for entry in manifest.components.values():
+        for file in entry.files:
+            check_file(folder, file, verify_checksums=verify_checksums)
+    return manifest
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Parse ``folder/manifest.json`` without looking at the files it lists."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"no export manifest at {str(path)!r}: run `textinv export` first")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{path}: not a readable JSON manifest: {error}") from error
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: format_version {version!r} is not {FORMAT_VERSION}; re-export with --force"
+        )
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ManifestError(f"{path}: malformed manifest ({type(error).__name__}: {error})") from (
+            error
+        )
+
+
+def check_file(folder: Path, entry: FileEntry, *, verify_checksums: bool = True) -> None:
+    path = folder / entry.path
+    if not path.is_file():
+        raise ManifestError(f"{str(path)!r} is listed in the manifest but missing")
+    size = path.stat().st_size
+    if size != entry.size:
+        raise ManifestError(
+            f"{str(path)!r} has {size} bytes, the manifest says {entry.size}: altered or truncated"
+        )
+    if verify_checksums:
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise ManifestError(
+                f"{str(path)!r} has sha256 {digest[:16]}…, the manifest says "
+                f"{entry.sha256[:16]}…: the file was altered"
+            )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,57 @@
+"""Thin ``nn.Module`` wrappers whose ``forward`` matches a spec: positional inputs in spec order,
+plain tensors out (no diffusers output classes, no ``return_dict``), so ``torch.onnx.export``
+traces exactly the contract in ``textinv_export.specs``.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from textinv.model import BaseModel
+from textinv.text_encoder import EmbeddingsTextEncoder
+
+
+def text_encoder_module(model: BaseModel) -> nn.Module:
+    """``(inputs_embeds [B, 77, D], eos_positions [B]) → (last_hidden_state, pooled_output)``."""
+    return EmbeddingsTextEncoder(model.text_encoder)
+
+
+class UNetModule(nn.Module):
+    """``(sample [B, 4, h, w], timestep float [B], encoder_hidden_states [B, 77, D])`` →
+    ``noise_pred [B, 4, h, w]`` (ε or v, as the model was trained)."""
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)
+        return out[0]
+
+
+class VaeDecoderModule(nn.Module):
+    """``latents [B, 4, h, w]`` (already divided by the scaling factor) → ``image [B, 3, 8h, 8w]``
+    in about ``[-1, 1]``."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+class VaeEncoderModule(nn.Module):
+    """``image [B, 3, H, W]`` in ``[-1, 1]`` → ``latent_parameters [B, 8, H/8, W/8]``: the mean
+    and log-variance of the latent distribution, concatenated on channels (unscaled)."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(image).latent_dist.parameters

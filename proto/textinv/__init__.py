@@ -1,1 +1,0 @@
-"""The textinv gRPC API, by version."""

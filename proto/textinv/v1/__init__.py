@@ -1,1 +1,0 @@
-"""textinv.v1: the .proto files and their generated Python stubs (regenerate: make protos)."""

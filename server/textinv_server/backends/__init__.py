@@ -1,0 +1,132 @@
+"""The small interface the generation pipeline runs over, and the factory for its three backends.
+
+A backend owns the three compute graphs (text encoder on embeddings, UNet, VAE decoder) and where
+they run. Everything else (tokenizing, the concept splice, schedulers, noise, guidance, PNG) is
+the pipeline's, written once. Tensors cross the interface as ``torch.Tensor`` in float32 on
+``backend.device``; a backend casts to its own precision inside (so fp16 engines change nothing
+here) and may keep the latents on its device between calls (no host copy inside the loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from textinv.errors import InvalidInputError
+from textinv_client.choices import Choice
+from textinv_export.specs import Precision
+
+
+class BackendName(Choice):
+    __choice_name__ = "backend"
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """What one backend call can take: image sides in pixels, and images per UNet call.
+
+    ``max_images`` counts images, not UNet rows: under classifier-free guidance each image takes
+    two rows, which is how the export profile's UNet batch is sized.
+    """
+
+    min_size: int = 8
+    max_size: int = 2048
+    size_multiple: int = 8
+    max_images: int = 64
+
+    def check(self, width: int, height: int, images: int) -> None:
+        for axis, size in (("width", width), ("height", height)):
+            if not self.min_size <= size <= self.max_size or size % self.size_multiple:
+                raise InvalidInputError(
+                    f"{axis} {size} is outside this backend's profile: multiples of "
+                    f"{self.size_multiple} from {self.min_size} to {self.max_size}"
+                )
+        if images > self.max_images:
+            raise InvalidInputError(
+                f"{images} images in one batch exceed this backend's profile "
+                f"(at most {self.max_images})"
+            )
+
+
+class Backend(Protocol):
+    """Three compute graphs on one device. Shapes: B rows, T = 77 tokens, D text width,
+    C latent channels, h × w latent cells, H × W pixels."""
+
+    name: BackendName
+    device: torch.device
+    limits: ShapeLimits
+    model_hash: str
+
+    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+        """``inputs_embeds [B, T, D]``, ``eos_positions [B]`` → ``last_hidden_state [B, T, D]``."""
+        ...
+
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """``sample [B, C, h, w]``, ``timestep float32 [B]``, ``[B, T, D]`` → ``[B, C, h, w]``."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled ``latents [B, C, h, w]`` → ``images [B, 3, H, W]`` in about [-1, 1]."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (stage timings only; a no-op on the CPU)."""
+        ...
+
+
+class WeightDtype(Choice):
+    """The torch backend's weight precision: bf16/fp16 on CUDA, fp32 on the CPU (no fast half
+    path there)."""
+
+    __choice_name__ = "weight dtype"
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """The torch backend's speed options. All off by default; each is correct on the CPU too,
+    except ``cuda_graph``, which needs CUDA and is refused elsewhere."""
+
+    # None keeps the model's own dtype; otherwise the modules are cast in place at load.
+    weights: WeightDtype | None = None
+    # NHWC convolutions (cuDNN's tensor-core layout) for the UNet.
+    channels_last: bool = False
+    # torch.compile the UNet; "inductor" on CUDA, "eager" (dynamo tracing only) for dry runs.
+    compile: bool = False
+    compile_backend: str = "inductor"
+    # Capture the UNet as a CUDA graph per static input shape and replay it every step.
+    cuda_graph: bool = False
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to load a backend. ``engines`` is the export stage's folder (its manifest inside)."""
+
+    engines: Path | None = None
+    device: str = "cpu"
+    # onnxruntime: "cpu", "cuda" or "tensorrt" execution provider.
+    provider: str = "cpu"
+    # CPU threads per session (onnxruntime) or per process (torch); 0 = the library's default.
+    threads: int = 0
+    # torch: the weights' precision (fp16 for CUDA; the CPU has no fast half path).
+    precision: Precision = Precision.FP32
+    # Hash every engine file against the manifest at load (seconds for SD 1.5), or sizes only.
+    verify_checksums: bool = True
+    # torch backend only: weights dtype, channels-last, torch.compile, CUDA graphs.
+    torch_options: TorchOptions = TorchOptions()

@@ -1,0 +1,77 @@
+"""The ``tensorrt`` backend: the export stage's engines through its ``TensorRTEngine`` wrapper.
+
+Needs an NVIDIA GPU, CUDA and the ``tensorrt`` package; without them loading raises
+``TensorRTUnavailableError`` naming what is missing. The manifest (checked against the model's
+hash by ``load_manifest``) names each component's engine file and its spec's tensor names. The
+latents stay on the GPU for the whole loop: the engine binds torch CUDA tensors by address and
+runs on its own stream, so no host copy or sync happens inside a step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from textinv_export.manifest import ComponentEntry, ManifestError, load_manifest
+from textinv_export.specs import Component
+from textinv_export.tensorrt import TensorRTEngine, require_tensorrt
+from textinv_server.backends import BackendName
+from textinv_server.backends.onnxruntime_backend import shape_limits
+
+
+class _Engine:
+    """One engine with its spec's input and output names."""
+
+    def __init__(self, folder: Path, entry: ComponentEntry, device: int) -> None:
+        if entry.engine is None:
+            raise ManifestError(
+                f"{folder}: the manifest has no TensorRT engine for {entry.spec.name!r}; "
+                "export with --target tensorrt on this GPU"
+            )
+        self.engine = TensorRTEngine(folder / entry.engine.file.path, device)
+        self.inputs = entry.spec.input_names
+        self.output = entry.spec.output_names[0]
+
+    def run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        outputs = self.engine.infer(dict(zip(self.inputs, tensors, strict=True)))
+        return outputs[self.output].float()
+
+
+class TensorRTBackend:
+    name = BackendName.TENSORRT
+
+    def __init__(
+        self,
+        engines: str | Path,
+        model_hash: str,
+        *,
+        device: int = 0,
+        verify_checksums: bool = True,
+    ) -> None:
+        require_tensorrt()
+        self.folder = Path(engines)
+        self.manifest = load_manifest(self.folder, model_hash, verify_checksums=verify_checksums)
+        self.model_hash = model_hash
+        self.device = torch.device("cuda", device)
+        self.limits = shape_limits(self.manifest)
+        self.text_encoder = self._engine(Component.TEXT_ENCODER, device)
+        self.unet = self._engine(Component.UNET, device)
+        self.vae_decoder = self._engine(Component.VAE_DECODER, device)
+
+    def _engine(self, component: Component, device: int) -> _Engine:
+        return _Engine(self.folder, self.manifest.component(component), device)
+
+    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder.run(inputs_embeds, eos_positions)  # [B, T, D]
+
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet.run(sample, timestep, encoder_hidden_states)  # [B, C, h, w]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae_decoder.run(latents)  # [B, 3, H, W]
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)

@@ -1,0 +1,185 @@
+"""The ``torch`` backend: the base model's own modules, on the CPU or a CUDA device.
+
+The text encoder runs through ``EmbeddingsTextEncoder`` (embeddings in, never token ids). The
+interface stays float32 and the backend casts at the boundary. The fast CUDA path
+(``TorchOptions``), as stable-fast and the TensorRT demo take it:
+
+- bf16/fp16 weights, cast in place at load (the model's modules are the backend's from then on);
+- SDPA attention: diffusers' default ``AttnProcessor2_0`` (``F.scaled_dot_product_attention``,
+  flash or memory-efficient kernels on CUDA); checked at load and set wherever it is missing;
+- channels-last UNet (NHWC convolutions, the layout tensor cores want);
+- ``torch.compile`` of the UNet;
+- the UNet captured as a CUDA graph per static input shape and replayed every step: one launch
+  instead of about a thousand kernels, and no Python on the step's critical path.
+
+Classifier-free guidance's two halves arrive as one batch (the pipeline's one UNet call).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from textinv.errors import InvalidInputError
+from textinv.model import BaseModel
+from textinv.text_encoder import EmbeddingsTextEncoder
+from textinv_server.backends import BackendName, ShapeLimits, TorchOptions
+
+log = logging.getLogger(__name__)
+
+# (sample [B, C, h, w], timestep [B], encoder_hidden_states [B, T, D]) -> noise [B, C, h, w]
+UNetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+SDPA_PROCESSOR = "AttnProcessor2_0"
+
+
+class TorchBackend:
+    name = BackendName.TORCH
+
+    def __init__(
+        self,
+        model: BaseModel,
+        *,
+        options: TorchOptions | None = None,
+        channels_last: bool = False,
+        limits: ShapeLimits | None = None,
+    ) -> None:
+        options = options or TorchOptions()
+        if channels_last:
+            options = replace(options, channels_last=True)
+        self.options = options
+        self.model_hash = model.model_hash
+        self.device = model.unet.device
+        if options.cuda_graph and self.device.type != "cuda":
+            raise InvalidInputError(
+                f"cuda_graph needs the model on a CUDA device; it is on {self.device}"
+            )
+        if options.weights is not None:
+            for module in (model.text_encoder, model.unet, model.vae):
+                module.to(options.weights.torch_dtype)
+        self.dtype = model.unet.dtype
+        self.limits = limits or ShapeLimits()
+        self.attention = use_sdpa(model.unet, model.vae)
+        self.text_encoder = EmbeddingsTextEncoder(model.text_encoder).eval()
+        self.unet = model.unet
+        self.vae = model.vae
+        self.memory_format = torch.contiguous_format
+        if options.channels_last:
+            self.memory_format = torch.channels_last
+            self.unet.to(memory_format=torch.channels_last)
+        self._unet_forward = self._build_unet_forward()
+
+    def _build_unet_forward(self) -> UNetForward:
+        module: Callable[..., tuple[torch.Tensor, ...]] = self.unet
+        if self.options.compile:
+            module = torch.compile(self.unet, backend=self.options.compile_backend)
+
+        def forward(sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+            return module(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
+
+        return CudaGraphUNet(forward) if self.options.cuda_graph else forward
+
+    @torch.inference_mode()
+    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.text_encoder(
+            inputs_embeds.to(self.device, self.dtype), eos_positions.to(self.device)
+        )
+        return hidden.float()  # [B, T, D]
+
+    @torch.inference_mode()
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        sample = sample.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        noise = self._unet_forward(
+            sample, timestep.to(self.device), encoder_hidden_states.to(self.device, self.dtype)
+        )
+        # A copy, always: a CUDA graph's output buffer is overwritten by the next replay.
+        return noise.to(torch.float32, copy=True).contiguous()  # [B, C, h, w]
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
+        return images.float()  # [B, 3, H, W]
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def use_sdpa(*modules: torch.nn.Module) -> tuple[str, ...]:
+    """Make every attention layer use SDPA (``AttnProcessor2_0``); returns the processor names
+    found before (diffusers picks it by default where ``F.scaled_dot_product_attention`` exists,
+    so this normally changes nothing and only checks)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    found: set[str] = set()
+    for module in modules:
+        processors = getattr(module, "attn_processors", None)
+        if not processors:
+            continue
+        names = {type(p).__name__ for p in processors.values()}
+        found |= names
+        if names != {SDPA_PROCESSOR}:
+            log.info("%s: attention %s replaced by SDPA", type(module).__name__, sorted(names))
+            module.set_attn_processor(AttnProcessor2_0())  # type: ignore[operator]
+    return tuple(sorted(found))
+
+
+@dataclass
+class _Captured:
+    """One captured graph and its static tensors (inputs are copied in, output read out)."""
+
+    graph: torch.cuda.CUDAGraph
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    hidden: torch.Tensor
+    output: torch.Tensor
+
+
+class CudaGraphUNet:
+    """A UNet forward captured once per static input shape, then replayed (CUDA only).
+
+    Shapes are fixed per batch (size, images, guidance), so a server sees a handful of them; the
+    graphs share one memory pool. Beyond ``max_graphs`` shapes it runs eagerly.
+    """
+
+    def __init__(self, forward: UNetForward, *, warmup: int = 2, max_graphs: int = 8) -> None:
+        self.forward = forward
+        self.warmup = warmup
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple[object, ...], _Captured] = {}
+        self._pool: Any = None  # the first graph's memory pool, shared by the others
+
+    def __call__(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        key = (tuple(sample.shape), tuple(hidden.shape), sample.dtype, sample.is_contiguous())
+        captured = self.graphs.get(key)
+        if captured is None:
+            if len(self.graphs) >= self.max_graphs:
+                return self.forward(sample, t, hidden)
+            captured = self.graphs[key] = self._capture(sample, t, hidden)
+        captured.sample.copy_(sample)
+        captured.timestep.copy_(t)
+        captured.hidden.copy_(hidden)
+        captured.graph.replay()
+        return captured.output
+
+    def _capture(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> _Captured:
+        # clone() keeps the memory format (channels-last stays channels-last).
+        static = (sample.clone(), t.clone(), hidden.clone())
+        # Warm up on a side stream (cuDNN/cuBLAS pick algorithms, lazy init happens) first.
+        side = torch.cuda.Stream(sample.device)
+        side.wait_stream(torch.cuda.current_stream(sample.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.forward(*static)
+        torch.cuda.current_stream(sample.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self.forward(*static)
+        if self._pool is None:
+            self._pool = graph.pool()
+        return _Captured(graph, *static, output)

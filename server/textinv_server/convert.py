@@ -1,0 +1,269 @@
+"""Protobuf ↔ the server's plain dataclasses. The only module of the server that reads or builds
+protobuf messages besides the servicer's signatures (STYLE: convert at the edge).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from textinv.errors import InvalidInputError
+from textinv_client.pb.v1 import (
+    concepts_pb2,
+    generate_pb2,
+    jobs_pb2,
+    server_info_pb2,
+)
+from textinv_server.jobs import JobProgress, JobState, UploadedImage
+from textinv_server.requests import GenerationRequest, GenerationResult, Scheduler
+from textinv_server.store import ConceptRow, JobRow
+
+SCHEDULERS = {
+    generate_pb2.SCHEDULER_UNSPECIFIED: Scheduler.DDIM,
+    generate_pb2.SCHEDULER_DDIM: Scheduler.DDIM,
+    generate_pb2.SCHEDULER_EULER: Scheduler.EULER,
+    generate_pb2.SCHEDULER_EULER_ANCESTRAL: Scheduler.EULER_ANCESTRAL,
+    generate_pb2.SCHEDULER_DPM_SOLVER_PP_2M: Scheduler.DPM_SOLVER_PP_2M,
+    generate_pb2.SCHEDULER_PNDM: Scheduler.PNDM,
+}
+SCHEDULER_TO_PB = {
+    scheduler: value
+    for value, scheduler in SCHEDULERS.items()
+    if value != generate_pb2.SCHEDULER_UNSPECIFIED
+}
+JOB_STATES = {
+    JobState.QUEUED: jobs_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: jobs_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: jobs_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: jobs_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: jobs_pb2.JOB_STATE_CANCELLED,
+}
+PROPERTIES = {
+    jobs_pb2.CONCEPT_PROPERTY_UNSPECIFIED: "object",
+    jobs_pb2.CONCEPT_PROPERTY_OBJECT: "object",
+    jobs_pb2.CONCEPT_PROPERTY_STYLE: "style",
+}
+LR_SCHEDULES = {
+    jobs_pb2.LR_SCHEDULE_UNSPECIFIED: "constant",
+    jobs_pb2.LR_SCHEDULE_CONSTANT: "constant",
+    jobs_pb2.LR_SCHEDULE_COSINE: "cosine",
+}
+PRECISIONS = {
+    jobs_pb2.PRECISION_UNSPECIFIED: "fp32",
+    jobs_pb2.PRECISION_FP32: "fp32",
+    jobs_pb2.PRECISION_BF16: "bf16",
+    jobs_pb2.PRECISION_FP16: "fp16",
+}
+# Trainer defaults for server jobs: shorter than the CLI's 3000 steps, checkpointed often.
+JOB_DEFAULTS: dict[str, Any] = {
+    "steps": 500,
+    "batch_size": 1,
+    "grad_accum": 1,
+    "lr": 5e-3,
+    "checkpoint_every": 50,
+}
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _enum(table: Mapping[Any, Any], value: int, field: str) -> Any:
+    if value not in table:
+        raise InvalidInputError(f"{field} {value} is not a known value")
+    return table[value]
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def generation_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerationRequest:
+    # Unset fields (0 or absent) keep GenerationRequest's defaults.
+    given: dict[str, Any] = {}
+    if message.steps:
+        given["steps"] = message.steps
+    if message.HasField("guidance_scale"):
+        given["guidance_scale"] = message.guidance_scale
+    return GenerationRequest(
+        prompt=message.prompt,
+        negative_prompt=message.negative_prompt,
+        seed=message.seed if message.HasField("seed") else None,
+        width=message.width or None,
+        height=message.height or None,
+        num_images=message.num_images or 1,
+        scheduler=_enum(SCHEDULERS, message.scheduler, "scheduler"),
+        **given,
+    )
+
+
+def generate_response_to_pb(
+    result: GenerationResult, queue_wait_ms: float
+) -> generate_pb2.GenerateResponse:
+    request, timings = result.request, result.timings
+    images = [
+        generate_pb2.GeneratedImage(
+            png=png, seed=seed, width=request.width or 0, height=request.height or 0
+        )
+        for png, seed in zip(result.images, result.seeds, strict=True)
+    ]
+    return generate_pb2.GenerateResponse(
+        images=images,
+        seed=request.seed or 0,
+        timings=generate_pb2.StageTimings(
+            queue_wait_ms=queue_wait_ms,
+            text_encoder_ms=timings.text_encoder_ms,
+            unet_total_ms=timings.unet_total_ms,
+            unet_step_mean_ms=timings.unet_step_mean_ms,
+            vae_decode_ms=timings.vae_decode_ms,
+            total_ms=timings.total_ms + queue_wait_ms,
+            batch_size=timings.batch_size,
+        ),
+        warnings=list(result.warnings),
+    )
+
+
+# --- concepts ---------------------------------------------------------------------------------
+
+
+def concept_info_to_pb(row: ConceptRow) -> concepts_pb2.ConceptInfo:
+    return concepts_pb2.ConceptInfo(
+        token=row.token,
+        num_vectors=row.num_vectors,
+        embedding_dim=row.width,
+        source_format=row.source_format,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        created_at=timestamp(row.created_at),
+        job_id=row.job_id,
+    )
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def uploaded_images_from_pb(images: Any) -> list[UploadedImage]:
+    return [
+        UploadedImage(
+            data=image.data,
+            filename=image.filename,
+            caption=image.caption if image.HasField("caption") else None,
+        )
+        for image in images
+    ]
+
+
+def trainer_params_from_pb(message: jobs_pb2.InversionParams) -> dict[str, Any]:
+    """The trainer's keyword arguments (``InvertConfig`` fields), every default resolved."""
+    if not message.token:
+        raise InvalidInputError("params.token is required, e.g. '<cat-toy>'")
+    if not message.init_text.strip():
+        raise InvalidInputError("params.init_text is required, e.g. 'toy'")
+    return {
+        "token": message.token,
+        "init": message.init_text,
+        "vectors": message.num_vectors or 1,
+        "learnable_property": _enum(PROPERTIES, message.property, "params.property"),
+        "steps": message.steps or JOB_DEFAULTS["steps"],
+        "batch_size": message.batch_size or JOB_DEFAULTS["batch_size"],
+        "grad_accum": message.grad_accum or JOB_DEFAULTS["grad_accum"],
+        "lr": message.learning_rate if message.HasField("learning_rate") else JOB_DEFAULTS["lr"],
+        "scale_lr": message.scale_lr,
+        "lr_schedule": _enum(LR_SCHEDULES, message.lr_schedule, "params.lr_schedule"),
+        "warmup": message.warmup_steps,
+        "resolution": message.resolution or None,
+        "precision": _enum(PRECISIONS, message.precision, "params.precision"),
+        "seed": message.seed if message.HasField("seed") else secrets.randbelow(2**31),
+        "checkpoint_every": message.checkpoint_every or JOB_DEFAULTS["checkpoint_every"],
+    }
+
+
+def _params_to_pb(params: dict[str, Any]) -> jobs_pb2.InversionParams:
+    return jobs_pb2.InversionParams(
+        token=params["token"],
+        init_text=params["init"],
+        num_vectors=params["vectors"],
+        property=_reverse(PROPERTIES, params["learnable_property"]),
+        steps=params["steps"],
+        batch_size=params["batch_size"],
+        grad_accum=params["grad_accum"],
+        learning_rate=params["lr"],
+        scale_lr=params["scale_lr"],
+        lr_schedule=_reverse(LR_SCHEDULES, params["lr_schedule"]),
+        warmup_steps=params["warmup"],
+        resolution=params["resolution"] or 0,
+        precision=_reverse(PRECISIONS, params["precision"]),
+        seed=params["seed"],
+        checkpoint_every=params["checkpoint_every"],
+    )
+
+
+def _reverse(table: Mapping[Any, str], value: str) -> Any:
+    """The last (most specific) enum value that maps to ``value``."""
+    return [key for key, name in table.items() if name == value][-1]
+
+
+def job_info_to_pb(row: JobRow) -> jobs_pb2.JobInfo:
+    info = jobs_pb2.JobInfo(
+        job_id=row.job_id,
+        state=JOB_STATES[JobState(row.state)],
+        params=_params_to_pb(row.params),
+        num_images=row.num_images,
+        skip_register=row.skip_register,
+        step=row.step,
+        total_steps=row.total_steps,
+        created_at=timestamp(row.created_at),
+        started_at=timestamp(row.started_at),
+        finished_at=timestamp(row.finished_at),
+        error=row.error,
+        registered_token=row.registered_token,
+    )
+    if row.loss is not None:
+        info.loss = row.loss
+    return info
+
+
+def job_progress_to_pb(progress: JobProgress) -> jobs_pb2.JobProgress:
+    return jobs_pb2.JobProgress(
+        step=progress.step,
+        total_steps=progress.total_steps,
+        loss=progress.loss,
+        learning_rate=progress.learning_rate,
+        steps_per_second=progress.steps_per_second,
+        eta_seconds=progress.eta_seconds if progress.eta_seconds < 1e12 else 0.0,
+    )
+
+
+def job_state_from_pb(value: int) -> JobState:
+    for state, number in JOB_STATES.items():
+        if number == value:
+            return state
+    raise InvalidInputError(f"job state {value} is not a known value")
+
+
+# --- server info ------------------------------------------------------------------------------
+
+
+def engine_profiles_to_pb(manifest: Any) -> list[server_info_pb2.EngineProfile]:
+    """Each exported component's precision and input profiles; none for the torch backend."""
+    if manifest is None:
+        return []
+    return [
+        server_info_pb2.EngineProfile(
+            component=component.value,
+            precision=manifest.precision.value,
+            inputs=[
+                server_info_pb2.TensorProfile(
+                    name=name, min_shape=profile.min, opt_shape=profile.opt, max_shape=profile.max
+                )
+                for name, profile in entry.spec.profile.items()
+            ],
+        )
+        for component, entry in manifest.components.items()
+    ]

@@ -1,0 +1,197 @@
+"""The two server interceptors: API keys, and the one place where errors become status codes.
+
+Every RPC passes through ``StatusInterceptor``: it gives the call a request id (logged, and sent
+back as ``x-request-id`` trailing metadata), times it for the metrics, and maps what the handler
+raised to a status code. Only messages written for callers reach them: an unexpected exception is
+logged with its traceback and answered ``INTERNAL`` with the request id, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from textinv.errors import (
+    AlreadyExistsError,
+    CancelledError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+)
+from textinv_client.choices import UnknownChoiceError
+from textinv_server import metrics
+
+log = logging.getLogger(__name__)
+
+# Each caller-facing error type, and its status code; first match wins.
+STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownChoiceError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (CancelledError, grpc.StatusCode.CANCELLED),
+)
+# Health checks must work without a key (load balancers and orchestrators have none).
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status code and caller-facing message for ``error``; ``None`` if it is a bug."""
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code, str(error)
+    return None
+
+
+Behavior = Callable[[Any, aio.ServicerContext], Any]
+
+
+class StatusInterceptor(aio.ServerInterceptor):
+    """Request ids, latency metrics, and the error → status code mapping, for every RPC."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # this service has no client-streaming RPCs
+
+
+def _guard_unary(behavior: Behavior, method: str) -> Behavior:
+    async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+        request_id = _start(context)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await behavior(request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
+            raise
+        except Exception as error:
+            code, message = _answer(error, method, request_id)
+            await context.abort(code, message)
+        finally:
+            _finish(method, code, started, request_id)
+
+    return guarded
+
+
+def _guard_stream(behavior: Behavior, method: str) -> Behavior:
+    async def guarded(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        request_id = _start(context)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            code, message = _answer(error, method, request_id)
+            await context.abort(code, message)
+        finally:
+            _finish(method, code, started, request_id)
+
+    return guarded
+
+
+def _finish(method: str, code: grpc.StatusCode, started: float, request_id: str) -> None:
+    """One structured line per call, and its latency in the metrics."""
+    seconds = time.perf_counter() - started
+    metrics.observe_request(method, code, seconds)
+    log.info("rpc=%s code=%s ms=%.1f request_id=%s", method, code.name, seconds * 1000, request_id)
+
+
+def _start(context: aio.ServicerContext) -> str:
+    request_id = uuid.uuid4().hex[:16]
+    context.set_trailing_metadata((("x-request-id", request_id),))
+    return request_id
+
+
+def _answer(error: Exception, method: str, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message for ``error``; an unexpected one is logged with its traceback."""
+    if isinstance(error, aio.AbortError):
+        raise error  # an abort already under way passes through
+    mapped = status_for(error)
+    if mapped is None:
+        log.exception("request %s: %s failed", request_id, method)
+        return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+    log.info("request %s: %s → %s: %s", request_id, method, mapped[0].name, mapped[1])
+    return mapped
+
+
+class ApiKeyInterceptor(aio.ServerInterceptor):
+    """``authorization: Bearer KEY`` on every RPC but health checks, compared in constant time."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._keys = [key.encode() for key in keys]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith(UNAUTHENTICATED_PREFIXES) or self._authorized(details):
+            return await continuation(details)
+        handler = await continuation(details)
+        return _refusal(handler)
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        metadata = dict(details.invocation_metadata or ())
+        value = metadata.get("authorization", "")
+        presented = (value.decode() if isinstance(value, bytes) else value).encode()
+        if not presented.startswith(b"Bearer "):
+            return False
+        key = presented[len(b"Bearer ") :]
+        # Compare with every key, so the time taken says nothing about which one nearly matched.
+        matches = [hmac.compare_digest(key, candidate) for candidate in self._keys]
+        return any(matches)
+
+
+def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    message = "missing or invalid API key: send 'authorization: Bearer <key>' metadata"
+
+    async def refuse_unary(request: Any, context: aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # makes this an async generator, as streaming handlers are
+
+    if handler is not None and handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        refuse_unary,
+        request_deserializer=None if handler is None else handler.request_deserializer,
+        response_serializer=None if handler is None else handler.response_serializer,
+    )

@@ -1,0 +1,58 @@
+"""diffusers' scheduler classes for each ``Scheduler`` name, built from the model's config.
+
+Schedulers are stateful (multistep solvers keep past model outputs), so each request gets its own
+instance; they run elementwise on the latents' device beside any backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+
+from textinv_server.requests import Scheduler
+
+_CLASSES: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
+    Scheduler.DDIM: (DDIMScheduler, {}),
+    Scheduler.EULER: (EulerDiscreteScheduler, {}),
+    Scheduler.EULER_ANCESTRAL: (EulerAncestralDiscreteScheduler, {}),
+    Scheduler.DPM_SOLVER_PP_2M: (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    Scheduler.PNDM: (PNDMScheduler, {}),
+}
+
+
+def make_scheduler(
+    name: Scheduler, config: Mapping[str, Any], steps: int, device: torch.device
+) -> Any:
+    """A fresh scheduler of kind ``name`` from the model's scheduler config, timesteps set."""
+    scheduler_class, overrides = _CLASSES[Scheduler.parse(name)]
+    scheduler = scheduler_class.from_config(dict(config), **overrides)
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
+def step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+    """What diffusers' ``prepare_extra_step_kwargs`` passes: ``eta=0`` and the generators.
+
+    Ancestral schedulers draw fresh noise in ``step`` from these generators, one per image, so
+    parity with diffusers holds and no image depends on its batch.
+    """
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    return kwargs
