@@ -19,15 +19,14 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    from textinv.commands import add_concept_subcommands
-    from textinv.invert_cli import add_invert_subcommand
-    from textinv.toy.evaluate import add_eval_subcommand
-    from textinv.toy.train import add_toy_subcommands
+    from textinv.concept_commands import add_concept_subcommands
+    from textinv.invert_command import add_invert_subcommand
+    from textinv.toy.commands import add_toy_subcommands
     from textinv_client.cli import add_remote_subcommands
-    from textinv_export.cli import add_export_subcommand
-    from textinv_server.cli import add_generate_subcommand
+    from textinv_export.export_command import add_export_subcommand
     from textinv_server.demo import add_demo_subcommand
-    from textinv_server.serve_cli import add_serve_subcommand
+    from textinv_server.generate_command import add_generate_subcommand
+    from textinv_server.serve_command import add_serve_subcommand
 
     return [
         add_serve_subcommand,
@@ -38,7 +37,6 @@ def _registrars() -> list[Registrar]:
         add_invert_subcommand,
         add_export_subcommand,
         add_toy_subcommands,
-        add_eval_subcommand,
     ]
 
 

@@ -1,4 +1,4 @@
-"""``textinv eval``: its edits, its table, and clear errors for bad input."""
+"""``textinv toy eval``: its edits, its table, and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -38,5 +38,5 @@ def test_the_table_has_one_line_per_row_and_only_measured_columns() -> None:
 def test_bad_values_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="images_per_prompt must be at least 1, got 0"):
         EvalConfig(concept=tmp_path / "c.safetensors", images_per_prompt=0)
-    assert main(["eval", "--concept", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["toy", "eval", "--concept", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err

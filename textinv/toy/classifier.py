@@ -3,8 +3,8 @@
 It is trained on the renderer's images (held-out shapes and fills included, with blur and noise
 so that generated images read as well as rendered ones) and shipped beside the model. It reads
 the main object's shape, its fill pattern (solid or striped), its colours (a set: a striped object
-has two), its size and position, and the background's colour and texture. ``textinv eval`` uses it
-to measure reconstruction and editability exactly.
+has two), its size and position, and the background's colour and texture. ``textinv toy eval`` uses
+it to measure reconstruction and editability exactly.
 
 The shipped weights came from three runs of ``python -m textinv.toy.classifier`` (seed 1234):
 ``--steps 2000`` on renders, then ``--steps 600 --lr 1e-3`` and ``--steps 1200 --lr 1e-3``, each

@@ -1,4 +1,4 @@
-"""``textinv eval``: measure a learned concept the way the paper does, exactly, on a CPU.
+"""``textinv toy eval``: measure a learned concept the way the paper does, exactly, on a CPU.
 
 Generation here goes through diffusers' own ``StableDiffusionPipeline`` with
 ``load_textual_inversion`` (the reference runtime; the service's runtime is measured against it).
@@ -457,9 +457,9 @@ def image_grid(report: EvalReport, scale: int = 3) -> Image.Image:
 # 5. Command line
 
 
-def add_eval_subcommand(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="measure a learned concept: reconstruction and editability"
+def add_eval_subcommand(toy_subparsers: argparse._SubParsersAction) -> None:
+    parser = toy_subparsers.add_parser(
+        "eval", help="measure a learned concept on the embedded model: reconstruction, editability"
     )
     parser.add_argument("--concept", type=Path, required=True, help="a learned concept file")
     parser.add_argument("--model", type=Path, help="a diffusers folder (default: embedded model)")

@@ -489,10 +489,8 @@ def _config_json(config: ToyTrainConfig) -> dict[str, Any]:
 # 8. Command line
 
 
-def add_toy_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    toy = subparsers.add_parser("toy", help="the embedded shapes-world model")
-    toy_sub = toy.add_subparsers(dest="toy_command", required=True, metavar="WHAT")
-    parser = toy_sub.add_parser("train", help="train the shapes-world model from scratch")
+def add_train_subcommand(toy_subparsers: argparse._SubParsersAction) -> None:
+    parser = toy_subparsers.add_parser("train", help="train the shapes-world model from scratch")
     add_train_arguments(parser)
     parser.set_defaults(func=run_train)
 

@@ -7,7 +7,7 @@ pure function of it, so the same seed gives the same pixels on every machine.
 
 Held-out concepts (``HELD_OUT``) are things no single word of the vocabulary names: a particular
 two-colour stripe fill, and a shape that has no word. ``sample_scene`` never draws them; the demo
-and ``textinv eval`` learn them by inversion from ``concept_images``.
+and ``textinv toy eval`` learn them by inversion from ``concept_images``.
 """
 
 from __future__ import annotations
