@@ -3,10 +3,10 @@
 On ``sd15-shape`` (SD 1.5's exact configs, random weights) with CUDA:
 
 1. the trainer's steps/s at 512 px, bf16, batch 4, against the reference method (diffusers'
-   example, step for step): ``textinv.bench_invert.measure_invert``;
+   example, step for step): ``textinv.cli.bench.invert.measure_invert``;
 2. generation at 512×512, 50 steps, on the ``torch`` backend (bf16 weights, channels-last, SDPA),
    eager, ``torch.compile`` and CUDA graphs, with per-stage times, against diffusers' pipeline
-   over the same modules: ``textinv_server.bench_generate.measure_generate``; and the ``tensorrt``
+   over the same modules: ``textinv.cli.bench.generate.measure_generate``; and the ``tensorrt``
    backend too where TensorRT is installed (engines built here, if the time budget allows);
 3. ``pytest tests/gpu``.
 
@@ -46,7 +46,7 @@ class CheckPlan:
     invert_batch: int
     invert_steps: int
     invert_warmup: int
-    precision: str
+    precision: str  # a Precision as the command line spells it: fp32, bf16
     steps: int
     resolution: int
     repeats: int
@@ -101,7 +101,7 @@ def _plan(dry_run: bool, scratch: Path) -> CheckPlan:
 def run_check(
     plan: CheckPlan, args: argparse.Namespace, started: float, scratch: Path
 ) -> dict[str, Any]:
-    from textinv_server.bench_report import machine_info, versions
+    from textinv.cli.bench.report_machine import machine_info, versions
 
     results: dict[str, Any] = {
         "dry_run": args.dry_run,
@@ -151,7 +151,8 @@ def _run_phase(phase: Callable[[], Any]) -> dict[str, Any]:
 
 
 def check_invert(plan: CheckPlan) -> dict[str, Any]:
-    from textinv.bench_invert import InvertBenchSettings, measure_invert
+    from textinv.cli.bench.invert import InvertBenchSettings, measure_invert
+    from textinv_client.choices import Precision
 
     settings = InvertBenchSettings(
         model=plan.model,
@@ -160,15 +161,16 @@ def check_invert(plan: CheckPlan) -> dict[str, Any]:
         steps=plan.invert_steps,
         warmup=plan.invert_warmup,
         device=plan.device,
-        precision=plan.precision,
+        precision=Precision.parse(plan.precision),
         threads=plan.threads,
     )
     return measure_invert(settings)
 
 
 def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, Any]:
-    from textinv_server.backends import TorchOptions, WeightDtype
-    from textinv_server.bench_generate import GenerateBenchSettings, TorchVariant, measure_generate
+    from textinv.cli.bench.generate import GenerateBenchSettings, TorchVariant, measure_generate
+    from textinv_client.choices import Precision
+    from textinv_server.backends import TorchOptions
 
     variants = [
         TorchVariant("torch"),
@@ -188,7 +190,7 @@ def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, An
         repeats=plan.repeats,
         threads=plan.threads,
         device=plan.device,
-        weights=WeightDtype.BF16 if plan.precision == "bf16" else None,
+        weights=Precision.BF16 if Precision.parse(plan.precision) is Precision.BF16 else None,
         channels_last=True,
         torch_variants=tuple(variants),
         concepts=False,
@@ -212,10 +214,10 @@ def check_tensorrt(plan: CheckPlan, scratch: Path, left_s: float) -> dict[str, A
         return {"status": "skipped", "reason": missing}
     if left_s < TENSORRT_MIN_LEFT_S:
         return {"status": "skipped", "reason": f"{left_s:.0f} s left; an engine build needs more"}
+    from textinv.testing import load_benchmark_model
     from textinv_export.exporter import ExportConfig, export_model
     from textinv_export.manifest import Target
     from textinv_export.specs import Component, Precision, Range, ShapeRanges
-    from textinv_server.bench_generate import _load_model
 
     started = time.perf_counter()
     out = scratch / "engines"
@@ -228,7 +230,7 @@ def check_tensorrt(plan: CheckPlan, scratch: Path, left_s: float) -> dict[str, A
         ),
         components=(Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER),
     )
-    export_model(_load_model(plan.model), config, progress=lambda _: None)
+    export_model(load_benchmark_model(plan.model), config, progress=lambda _: None)
     build_s = time.perf_counter() - started
     report = check_generate(replace(plan, cuda_graphs=False), engines=out)
     return {"export_and_build_s": build_s, "generate": report}

@@ -21,13 +21,22 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from textinv.errors import InvalidInputError
+from textinv_client.choices import Choice
 
 MIN_IMAGE_SIDE = 64
 DEFAULT_MAX_IMAGES = 64
 CAPTION_SUFFIX = ".txt"
 # Files in an image folder that are not images and are not refused.
 _IGNORED_SUFFIXES = (CAPTION_SUFFIX,)
-CROP_MODES = ("center", "random")
+
+
+class CropMode(Choice):
+    """How the pool's squares are cut: the largest centred one, or ``num_crops`` random ones."""
+
+    __choice_name__ = "crop mode"
+
+    CENTER = "center"
+    RANDOM = "random"
 
 
 @dataclass(frozen=True)

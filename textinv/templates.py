@@ -7,6 +7,8 @@ styles the "a painting in the style of {}" list (``imagenet_templates_small`` an
 
 from __future__ import annotations
 
+from textinv_client.choices import ConceptProperty
+
 OBJECT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}",
     "a rendering of a {}",
@@ -59,13 +61,9 @@ STYLE_TEMPLATES: tuple[str, ...] = (
     "a large painting in the style of {}",
 )
 
-PROPERTIES = ("object", "style")
+_TEMPLATES = {ConceptProperty.OBJECT: OBJECT_TEMPLATES, ConceptProperty.STYLE: STYLE_TEMPLATES}
 
 
-def templates_for(learnable_property: str) -> tuple[str, ...]:
-    """The template list for ``object`` or ``style``."""
-    if learnable_property == "object":
-        return OBJECT_TEMPLATES
-    if learnable_property == "style":
-        return STYLE_TEMPLATES
-    raise ValueError(f"property must be one of {', '.join(PROPERTIES)}, got {learnable_property!r}")
+def templates_for(learnable_property: ConceptProperty | str) -> tuple[str, ...]:
+    """The template list for ``object`` or ``style`` (another value raises, naming it)."""
+    return _TEMPLATES[ConceptProperty.parse(learnable_property)]

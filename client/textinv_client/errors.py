@@ -81,20 +81,9 @@ class Internal(TextInvError):
     status = grpc.StatusCode.INTERNAL
 
 
+# Every subclass above stands for its own status code.
 ERROR_BY_CODE: dict[grpc.StatusCode, type[TextInvError]] = {
-    cls.status: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        ResourceExhausted,
-        Unauthenticated,
-        PermissionDenied,
-        DeadlineExceeded,
-        Cancelled,
-        Unavailable,
-        Internal,
-    )
+    cls.status: cls for cls in TextInvError.__subclasses__()
 }
 
 

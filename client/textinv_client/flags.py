@@ -14,8 +14,11 @@ A config field opts in with ``metadata=flag("help text")``; its type decides the
 ``int``, ``float``, ``str`` and ``Path`` fields take one value (``X | None`` too, default None); a
 :class:`~textinv_client.choices.Choice` takes one of its spellings and shows them; ``bool`` is a
 switch (``--x`` sets True, or ``name="--no-x"`` on a field that defaults to True sets False);
-``tuple[X, X]`` takes two values and ``tuple[X, ...]`` is repeatable. The flag's dest is always
-the field's name. Torch-free, like the rest of the client distribution, so every package uses it.
+``tuple[X, X]`` takes two values and ``tuple[X, ...]`` is repeatable. ``parse=`` replaces the
+type's parser with one that also checks the value (``parse=positive_int``; it raises
+``argparse.ArgumentTypeError`` naming the value). The flag's dest is always the field's name; a
+``group`` title the parser already has is that group, so flags can join hand-made ones.
+Torch-free, like the rest of the client distribution, so every package uses it.
 """
 
 from __future__ import annotations
@@ -40,19 +43,21 @@ class Flag:
 
     help: str | None
     name: str | None = None  # "--vectors"; default: "--" + the field's name, dashed
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None  # a tuple names each of nargs values
     group: str | None = None  # an argument group's title, for --help
+    parse: Callable[[str], Any] | None = None  # checks and converts one value; default: the type
 
 
 def flag(
     help: str | None = None,
     *,
     name: str | None = None,
-    metavar: str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
     group: str | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> dict[str, Flag]:
     """Field metadata that makes the field a flag: ``field(default=..., metadata=flag(...))``."""
-    return {_KEY: Flag(help, name, metavar, group)}
+    return {_KEY: Flag(help, name, metavar, group, parse)}
 
 
 def flag_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Flag, Any]]:
@@ -79,15 +84,10 @@ def add_flags(
 ) -> None:
     """Add one flag per flagged field of ``cls``; ``defaults`` override the fields' own."""
     required, skip, defaults = set(required), set(skip), dict(defaults or {})
-    groups: dict[str, argparse._ArgumentGroup] = {}
     for item, spec, hint in flag_fields(cls):
         if item.name in skip:
             continue
-        target: Any = parser
-        if spec.group is not None:
-            if spec.group not in groups:
-                groups[spec.group] = parser.add_argument_group(spec.group)
-            target = groups[spec.group]
+        target: Any = parser if spec.group is None else _argument_group(parser, spec.group)
         default = defaults.get(item.name, _field_default(item))
         options = _argument_options(hint, default, spec, flag_name(item, spec))
         if item.name in required:
@@ -111,6 +111,14 @@ def from_flags(cls: Callable[..., T], args: argparse.Namespace, **overrides: Any
     return cls(**{**flag_values(typing.cast(type, cls), args), **overrides})
 
 
+def _argument_group(parser: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The parser's group titled ``title``, made on first use."""
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
 def _field_default(item: dataclasses.Field[Any]) -> Any:
     if item.default is not dataclasses.MISSING:
         return item.default
@@ -131,14 +139,14 @@ def _argument_options(hint: Any, default: Any, spec: Flag, name: str) -> dict[st
         return options
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple and len(arguments) == 2 and arguments[1] is Ellipsis:
-        options.update(action="append", type=_parser_for(arguments[0]))
+        options.update(action="append", type=spec.parse or _parser_for(arguments[0]))
         options["default"] = list(default or ())
         return options
     if origin is tuple:
-        options.update(nargs=len(arguments), type=_parser_for(arguments[0]))
+        options.update(nargs=len(arguments), type=spec.parse or _parser_for(arguments[0]))
         options["default"] = None if default is None else list(default)
         return options
-    options["type"] = _parser_for(hint)
+    options["type"] = spec.parse or _parser_for(hint)
     if isinstance(hint, type) and issubclass(hint, Choice):
         options.setdefault("metavar", "{" + ",".join(member.value for member in hint) + "}")
     return options
@@ -164,8 +172,9 @@ def _choice_parser(choice: type[Choice]) -> Callable[[str], Choice]:
         try:
             return choice.parse(text)
         except ValueError as error:
-            # argparse prints an ArgumentTypeError's message as it is, after the flag's name.
-            raise argparse.ArgumentTypeError(str(error)) from None
+            # argparse prints an ArgumentTypeError's message as it is, after the flag's name;
+            # "invalid choice" is argparse's own wording for every other closed choice.
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({error})") from None
 
     parse.__name__ = choice.__choice_name__
     return parse

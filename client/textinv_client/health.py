@@ -11,14 +11,41 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from textinv_client.channel import ConnectionSettings, open_sync_channel, read_pem
+from textinv_client.flags import add_flags, flag, from_flags
 
 # The whole server (""), or one service, e.g. "textinv.v1.TextInv".
 DEFAULT_SERVICE = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What to ask and how to connect; every field but ``target`` is a flag."""
+
+    target: str
+    service: str = field(default=DEFAULT_SERVICE, metadata=flag("one service (default: all)"))
+    timeout: float = field(default=3.0, metadata=flag("seconds (3)"))
+    tls: bool = field(default=False, metadata=flag("connect with TLS"))
+    ca: Path | None = field(default=None, metadata=flag("trusted root certificate (PEM) for --tls"))
+    server_name: str | None = field(
+        default=None, metadata=flag("name to check in the server's certificate")
+    )
+
+    def settings(self) -> ConnectionSettings:
+        """ValueError names a bad target or a missing --ca file."""
+        return ConnectionSettings(
+            self.target,
+            tls=self.tls,
+            root_certificates=read_pem(self.ca, "--ca"),
+            tls_server_name=self.server_name,
+            timeout=self.timeout,
+        )
 
 
 def check(
@@ -35,30 +62,21 @@ def check(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m textinv_client.health", description=__doc__)
     parser.add_argument("target", help="HOST:PORT of a textinv server")
-    parser.add_argument("--service", default=DEFAULT_SERVICE, help="one service (default: all)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds (3)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--ca", help="trusted root certificate (PEM) for --tls")
-    parser.add_argument("--server-name", help="name to check in the server's certificate")
+    add_flags(parser, Probe)
     args = parser.parse_args(argv)
+    probe = from_flags(Probe, args, target=args.target)  # flags has no positionals
     try:
-        settings = ConnectionSettings(
-            args.target,
-            tls=args.tls,
-            root_certificates=read_pem(args.ca, "--ca"),
-            tls_server_name=args.server_name,
-            timeout=args.timeout,
-        )
+        settings = probe.settings()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        status = check(settings, args.service)
+        status = check(settings, probe.service)
     except grpc.RpcError as error:
-        print(f"{args.target}: unhealthy ({error.code().name}: {error.details()})")
+        print(f"{probe.target}: unhealthy ({error.code().name}: {error.details()})")
         return 1
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-    print(f"{args.target}: {name}")
+    print(f"{probe.target}: {name}")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 

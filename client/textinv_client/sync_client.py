@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from textinv_client.types import (
 )
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class TextInvClient(ClientBase):
@@ -82,6 +84,23 @@ class TextInvClient(ClientBase):
             # A consumer that stops early (break, exception) must not leave the call running.
             call.cancel()
 
+    def _all_pages(
+        self,
+        method: Callable[..., Any],
+        request: Callable[..., Any],
+        items: Callable[[Any], Iterable[T]],
+        timeout: float | None,
+    ) -> list[T]:
+        """Call a List RPC page after page (``request(page_token=...)``) until the last one."""
+        found: list[T] = []
+        page_token = ""
+        while True:
+            response = self._unary(method, request(page_token=page_token), timeout)
+            found.extend(items(response))
+            page_token = response.next_page_token
+            if not page_token:
+                return found
+
     # -- generation -----------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, *, timeout: float | None = None) -> GenerateResult:
@@ -122,15 +141,12 @@ class TextInvClient(ClientBase):
         self, *, page_size: int = 0, timeout: float | None = None
     ) -> list[ConceptInfo]:
         """Every registered concept, ordered by token (follows the server's pages)."""
-        concepts: list[ConceptInfo] = []
-        page_token = ""
-        while True:
-            request = concepts_pb2.ListConceptsRequest(page_size=page_size, page_token=page_token)
-            response = self._unary(self._stub.ListConcepts, request, timeout)
-            concepts.extend(convert.concept_info_from_pb(c) for c in response.concepts)
-            page_token = response.next_page_token
-            if not page_token:
-                return concepts
+        return self._all_pages(
+            self._stub.ListConcepts,
+            functools.partial(concepts_pb2.ListConceptsRequest, page_size=page_size),
+            lambda response: map(convert.concept_info_from_pb, response.concepts),
+            timeout,
+        )
 
     def get_concept(self, token: str, *, timeout: float | None = None) -> ConceptInfo:
         """One concept's metadata; NotFound for an unknown token."""
@@ -187,20 +203,15 @@ class TextInvClient(ClientBase):
         timeout: float | None = None,
     ) -> list[JobInfo]:
         """Every job (or those in ``states``), newest first (follows the server's pages)."""
-        jobs: list[JobInfo] = []
-        page_token = ""
-        state_numbers = convert.job_states_to_pb(states)
-        while True:
-            request = jobs_pb2.ListJobsRequest(
-                states=state_numbers,
-                page_size=page_size,
-                page_token=page_token,
-            )
-            response = self._unary(self._stub.ListJobs, request, timeout)
-            jobs.extend(convert.job_info_from_pb(job) for job in response.jobs)
-            page_token = response.next_page_token
-            if not page_token:
-                return jobs
+        request = functools.partial(
+            jobs_pb2.ListJobsRequest, states=convert.job_states_to_pb(states), page_size=page_size
+        )
+        return self._all_pages(
+            self._stub.ListJobs,
+            request,
+            lambda response: map(convert.job_info_from_pb, response.jobs),
+            timeout,
+        )
 
     def cancel_job(self, job_id: str, *, timeout: float | None = None) -> JobInfo:
         """Cancel a job; a finished job is returned unchanged."""

@@ -1,110 +1,96 @@
 """Plain, frozen request and result types of the textinv client.
 
-These are what callers of :mod:`client` pass and get back; protobuf never leaks past the client
-module (see ``client/convert.py``). Fields left ``None`` mean "the server's default", and the
-server reports what it resolved (for example the seed it picked).
+These are what callers of :mod:`textinv_client` pass and get back; protobuf never leaks past the
+client (see ``textinv_client.convert``). Fields left ``None`` mean "the server's default", and the
+server reports what it resolved (for example the seed it picked). The fields of
+:class:`GenerateRequest` and :class:`InversionParams` are also the command line's flags
+(``textinv_client.flags``), so each flag's help lives beside its field. The closed choices are
+``textinv_client.choices``' and are re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 
-# A seed is a uint64 on the wire.
-MAX_SEED = 2**64 - 1
-# K, the number of vectors per concept, as the trainer allows it (issue 3).
-MAX_VECTORS = 16
+from textinv_client.checks import MAX_SEED as MAX_SEED
+from textinv_client.checks import MAX_VECTORS as MAX_VECTORS
+from textinv_client.checks import (
+    check_multiple_of_8,
+    check_not_blank,
+    check_positive,
+    check_seed,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    size_int,
+)
 
+# One home per closed choice; re-exported (``X as X``) so ``textinv_client.types.Scheduler`` stays.
+from textinv_client.choices import ConceptProperty as ConceptProperty
+from textinv_client.choices import JobState as JobState
+from textinv_client.choices import LrSchedule as LrSchedule
+from textinv_client.choices import Precision as Precision
+from textinv_client.choices import Scheduler as Scheduler
+from textinv_client.flags import flag
 
-class Scheduler(str, Enum):
-    """Noise schedulers; the values are the command line's spellings."""
-
-    DDIM = "ddim"
-    EULER = "euler"
-    EULER_ANCESTRAL = "euler-ancestral"
-    DPM_SOLVER_PP_2M = "dpmpp-2m"
-    PNDM = "pndm"
-
-
-class ConceptProperty(str, Enum):
-    """What a concept depicts; selects the trainer's prompt templates."""
-
-    OBJECT = "object"
-    STYLE = "style"
-
-
-class LrSchedule(str, Enum):
-    """Learning-rate schedule of an inversion job."""
-
-    CONSTANT = "constant"
-    COSINE = "cosine"
-
-
-class Precision(str, Enum):
-    """Precision of the frozen model while training."""
-
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
-
-
-class JobState(str, Enum):
-    """Lifecycle of an inversion job."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be at least 1 (or None for the default), got {value}")
-
-
-def _check_multiple_of_8(name: str, value: int | None) -> None:
-    if value is not None and (value < 8 or value % 8 != 0):
-        raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
-
-
-def _check_seed(seed: int | None) -> None:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+_SIZE_HELP = "multiple of 8 (default: model's native)"
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
     """One generation. ``None`` means the server's default (native size, a random seed)."""
 
-    prompt: str
-    negative_prompt: str = ""
-    steps: int | None = None
-    guidance_scale: float | None = None
+    # The help texts' defaults are the command line's (GENERATE_FLAG_DEFAULTS), not None.
+    prompt: str = field(metadata=flag('e.g. "a photo of <cat-toy> on a beach"'))
+    negative_prompt: str = field(default="", metadata=flag("what to steer away from"))
+    steps: int | None = field(
+        default=None, metadata=flag("denoising steps (30)", parse=positive_int)
+    )
+    guidance_scale: float | None = field(
+        default=None,
+        metadata=flag(
+            "classifier-free guidance scale; 1 turns guidance off (7.5)",
+            name="--guidance",
+            metavar="GUIDANCE",
+            parse=non_negative_float,
+        ),
+    )
     # Image i of the request uses seed + i; None lets the server pick and report the seed.
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    num_images: int = 1
+    seed: int | None = field(
+        default=None,
+        metadata=flag(
+            "seed of the first image; image i uses SEED+i (default: random, and printed)",
+            parse=seed_int,
+        ),
+    )
+    width: int | None = field(default=None, metadata=flag(_SIZE_HELP, parse=size_int))
+    height: int | None = field(default=None, metadata=flag(_SIZE_HELP, parse=size_int))
+    num_images: int = field(default=1, metadata=flag("images to draw (1)", parse=positive_int))
     # None means the server's default scheduler (DDIM).
-    scheduler: Scheduler | None = None
+    scheduler: Scheduler | None = field(
+        default=None,
+        metadata=flag(
+            "noise scheduler (ddim: deterministic and good at 30 steps on every backend)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         # Cheap checks that save a round trip; the server validates everything again.
-        if not self.prompt.strip():
-            raise ValueError(f"prompt must not be empty, got {self.prompt!r}")
-        _check_positive("steps", self.steps)
-        _check_positive("num_images", self.num_images)
+        check_not_blank("prompt", self.prompt)
+        check_positive("steps", self.steps)
+        check_positive("num_images", self.num_images)
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        _check_multiple_of_8("width", self.width)
-        _check_multiple_of_8("height", self.height)
-        _check_seed(self.seed)
+        check_multiple_of_8("width", self.width)
+        check_multiple_of_8("height", self.height)
+        check_seed(self.seed)
+
+
+# What the command line sends where the request leaves a field to the server.
+GENERATE_FLAG_DEFAULTS = {"steps": 30, "guidance_scale": 7.5, "scheduler": Scheduler.DDIM}
 
 
 @dataclass(frozen=True)
@@ -181,37 +167,65 @@ class TrainingImage:
 class InversionParams:
     """The trainer's parameters for an inversion job; ``None`` means the trainer's default."""
 
-    token: str
-    init_text: str
-    num_vectors: int = 1
-    property: ConceptProperty = ConceptProperty.OBJECT
-    steps: int | None = None
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    learning_rate: float | None = None
-    scale_lr: bool = False
-    lr_schedule: LrSchedule | None = None
-    warmup_steps: int | None = None
-    resolution: int | None = None
-    precision: Precision | None = None
-    seed: int | None = None
-    checkpoint_every: int | None = None
+    # The flags are named as `textinv invert` names them; unset means the trainer's default.
+    token: str = field(metadata=flag('the new pseudo-word, e.g. "<cat-toy>"'))
+    init_text: str = field(
+        metadata=flag('initializer text, e.g. "toy"', name="--init", metavar="INIT")
+    )
+    num_vectors: int = field(
+        default=1,
+        metadata=flag("vectors K, 1..16 (1)", name="--vectors", metavar="K", parse=positive_int),
+    )
+    property: ConceptProperty = field(
+        default=ConceptProperty.OBJECT, metadata=flag("what the concept depicts (object)")
+    )
+    steps: int | None = field(default=None, metadata=flag("optimizer steps", parse=positive_int))
+    batch_size: int | None = field(
+        default=None, metadata=flag("images per micro-batch", parse=positive_int)
+    )
+    grad_accum: int | None = field(
+        default=None, metadata=flag("micro-batches per step", parse=positive_int)
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata=flag("learning rate", name="--lr", metavar="LR", parse=positive_float),
+    )
+    scale_lr: bool = field(default=False, metadata=flag("multiply --lr by batch size x grad accum"))
+    lr_schedule: LrSchedule | None = field(
+        default=None, metadata=flag("learning-rate schedule (default: the trainer's)")
+    )
+    warmup_steps: int | None = field(
+        default=None,
+        metadata=flag(
+            "learning-rate warm-up steps", name="--warmup", metavar="STEPS", parse=non_negative_int
+        ),
+    )
+    resolution: int | None = field(
+        default=None, metadata=flag("training resolution, multiple of 8", parse=size_int)
+    )
+    precision: Precision | None = field(
+        default=None, metadata=flag("precision of the frozen model (default: the trainer's)")
+    )
+    seed: int | None = field(
+        default=None, metadata=flag("seed of the run (default: server picks)", parse=seed_int)
+    )
+    checkpoint_every: int | None = field(
+        default=None, metadata=flag("checkpoint every N steps", parse=positive_int)
+    )
 
     def __post_init__(self) -> None:
-        if not self.token.strip():
-            raise ValueError(f"token must not be empty, got {self.token!r}")
-        if not self.init_text.strip():
-            raise ValueError(f"init_text must not be empty, got {self.init_text!r}")
+        check_not_blank("token", self.token)
+        check_not_blank("init_text", self.init_text)
         if not 1 <= self.num_vectors <= MAX_VECTORS:
             raise ValueError(f"num_vectors must be in 1..{MAX_VECTORS}, got {self.num_vectors}")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        _check_multiple_of_8("resolution", self.resolution)
-        _check_seed(self.seed)
+        check_multiple_of_8("resolution", self.resolution)
+        check_seed(self.seed)
 
 
 @dataclass(frozen=True)

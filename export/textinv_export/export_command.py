@@ -2,15 +2,26 @@
 
 textinv export --model PATH --out DIR [--target onnx|tensorrt] [--precision fp32|fp16]
     [--batch-sizes MIN:OPT:MAX] [--resolutions MIN:OPT:MAX] [--check] [--force]
+
+``--out``, ``--target``, ``--precision`` and ``--force`` are ``ExportConfig``'s own fields
+(``textinv_client.flags``); the ranges, the components and the model are read here.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from textinv_export.manifest import Target
-from textinv_export.specs import Component, Precision, Range, ShapeRanges
+from textinv_client.flags import add_flags, from_flags
+from textinv_export.choices import Target
+from textinv_export.config import ExportConfig
+from textinv_export.specs import Range, ShapeRanges
+
+if TYPE_CHECKING:
+    from textinv.model import BaseModel
+    from textinv_export.manifest import Manifest
 
 
 def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +31,7 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", help="a diffusers-layout SD 1.x/2.x folder (default: the embedded model)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="folder for graphs and manifest")
-    parser.add_argument("--target", choices=[t.value for t in Target], default=Target.ONNX.value)
-    parser.add_argument(
-        "--precision", choices=[p.value for p in Precision], default=Precision.FP32.value
-    )
+    add_flags(parser, ExportConfig, required=["out"])
     parser.add_argument(
         "--batch-sizes", default="1:1:4", metavar="MIN:OPT:MAX", help="images per call"
     )
@@ -44,17 +51,15 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--check", action="store_true", help="compare each graph with PyTorch in onnxruntime"
     )
-    parser.add_argument("--force", action="store_true", help="redo work an earlier run left")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from textinv.model import load_base_model
-    from textinv_export.exporter import ExportConfig, check_writable, export_model, parse_components
+    from textinv_export.exporter import check_writable, export_model, parse_components
 
     # 1. Everything that can be wrong with the arguments fails before the model loads.
-    target = Target(args.target)
-    if target is Target.TENSORRT:
+    if args.target is Target.TENSORRT:
         from textinv_export.tensorrt import require_tensorrt
 
         require_tensorrt()
@@ -62,21 +67,20 @@ def run_export(args: argparse.Namespace) -> int:
     resolution = (
         None if args.resolutions is None else Range.parse(args.resolutions, "--resolutions")
     )
-    if resolution is not None:
-        ShapeRanges(batch, resolution)  # checks multiples of 8
-    components = tuple(Component) if args.components is None else parse_components(args.components)
-    check_writable(args.out)
+    # Checks the precision and the multiples of 8; without --resolutions the model's own
+    # resolutions replace the default ones once it is loaded.
+    config = from_flags(
+        ExportConfig,
+        args,
+        ranges=ShapeRanges(batch) if resolution is None else ShapeRanges(batch, resolution),
+        components=parse_components(args.components),
+    )
+    check_writable(config.out)
     # 2. Load, export, report.
     model = load_base_model(args.model)
-    ranges = ShapeRanges(batch, resolution or default_resolutions(model.default_resolution))
-    config = ExportConfig(
-        out=args.out,
-        target=target,
-        precision=Precision(args.precision),
-        ranges=ranges,
-        force=args.force,
-        components=components,
-    )
+    if resolution is None:
+        native = default_resolutions(model.default_resolution)
+        config = replace(config, ranges=ShapeRanges(batch, native))
     result = export_model(model, config, progress=print)
     for report in result.reports:
         state = "reused" if report.reused else "written"
@@ -84,14 +88,14 @@ def run_export(args: argparse.Namespace) -> int:
             f"{report.component.value}: {state}; raw {report.source_bytes / 1e6:.1f} MB, "
             f"optimized {report.graph_bytes / 1e6:.1f} MB"
         )
-    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+    print(f"manifest: {config.out / 'manifest.json'}")
     # 3. Parity, if asked: exit 1 when any component is outside its tolerance.
-    return run_checks(model, result.manifest, Path(args.out)) if args.check else 0
+    return run_checks(model, result.manifest, config.out) if args.check else 0
 
 
-def run_checks(model, manifest, out: Path) -> int:  # (BaseModel, Manifest, Path) -> int
+def run_checks(model: BaseModel, manifest: Manifest, out: Path) -> int:
+    from textinv_export.modules import export_module
     from textinv_export.parity import check_parity, parity_cases
-    from textinv_export.specs import export_module
 
     failed = []
     for component, entry in manifest.components.items():

@@ -15,11 +15,13 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel
+from textinv_export.choices import Component, Precision, Target
+from textinv_export.config import ExportConfig
 from textinv_export.manifest import (
     ComponentEntry,
     EngineEntry,
@@ -27,34 +29,16 @@ from textinv_export.manifest import (
     Manifest,
     ManifestError,
     ModelFacts,
-    Target,
     load_manifest,
     write_manifest,
 )
-from textinv_export.onnx_export import OPSET, data_path, export_onnx, graph_size
+from textinv_export.modules import export_module
+from textinv_export.onnx_export import data_path, export_onnx, graph_size
 from textinv_export.optimize import optimize_graph
-from textinv_export.specs import (
-    Component,
-    ComponentSpec,
-    ModelDims,
-    Precision,
-    ShapeRanges,
-    export_module,
-)
+from textinv_export.specs import ComponentSpec, ModelDims
 from textinv_export.specs import component_specs as build_specs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    out: Path
-    target: Target = Target.ONNX
-    precision: Precision = Precision.FP32
-    ranges: ShapeRanges = field(default_factory=ShapeRanges)
-    opset: int = OPSET
-    force: bool = False
-    components: tuple[Component, ...] = tuple(Component)
 
 
 @dataclass(frozen=True)
@@ -121,46 +105,16 @@ def export_component(
     old: ComponentEntry | None,
     say: Progress,
 ) -> tuple[ComponentEntry, ComponentReport]:
-    out = Path(config.out)
-    onnx_dir = out / "onnx"
-    onnx_dir.mkdir(parents=True, exist_ok=True)
+    """One component's graphs (or ``old``'s, when its spec is unchanged) and its engine."""
     export_s = optimize_s = engine_s = 0.0
     if old is not None and old.spec == spec:
         say(f"{spec.name}: reusing {old.graph.path}")
         entry = old
     else:
-        # a. Raw fp32 graph in standard ONNX operators.
-        started = time.perf_counter()
-        source = export_onnx(
-            export_module(spec.component, model),
-            spec,
-            onnx_dir / f"{spec.name}.onnx",
-            opset=config.opset,
-        )
-        export_s = time.perf_counter() - started
-        say(
-            f"{spec.name}: exported {source.name} ({graph_size(source) / 1e6:.1f} MB) "
-            f"in {export_s:.1f} s"
-        )
-        # b. Optimized (and fp16) graph for onnxruntime.
-        started = time.perf_counter()
-        graph = onnx_dir / f"{spec.name}.{config.precision.value}.opt.onnx"
-        optimize_graph(source, graph, spec.component, config.precision)
-        optimize_s = time.perf_counter() - started
-        say(
-            f"{spec.name}: optimized to {graph.name} ({graph_size(graph) / 1e6:.1f} MB) "
-            f"in {optimize_s:.1f} s"
-        )
-        entry = ComponentEntry(
-            spec=spec,
-            source=FileEntry.of(out, source),
-            graph=FileEntry.of(out, graph),
-            source_data=_data_entry(out, source),
-            graph_data=_data_entry(out, graph),
-        )
+        entry, export_s, optimize_s = export_graphs(model, spec, config, say)
     if config.target is Target.TENSORRT:
         started = time.perf_counter()
-        entry = with_engine(entry, out, config.precision)
+        entry = with_engine(entry, Path(config.out), config.precision)
         engine_s = time.perf_counter() - started
         assert entry.engine is not None
         say(f"{spec.name}: engine {entry.engine.file.path} in {engine_s:.1f} s")
@@ -170,10 +124,50 @@ def export_component(
         export_seconds=export_s,
         optimize_seconds=optimize_s,
         engine_seconds=engine_s,
-        source_bytes=entry.source.size + (entry.source_data.size if entry.source_data else 0),
-        graph_bytes=entry.graph.size + (entry.graph_data.size if entry.graph_data else 0),
+        source_bytes=_bytes(entry.source, entry.source_data),
+        graph_bytes=_bytes(entry.graph, entry.graph_data),
     )
     return entry, report
+
+
+def export_graphs(
+    model: BaseModel, spec: ComponentSpec, config: ExportConfig, say: Progress
+) -> tuple[ComponentEntry, float, float]:
+    """Export ``spec``'s raw graph, then optimize it: the entry and each stage's seconds."""
+    out = Path(config.out)
+    onnx_dir = out / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    # a. Raw fp32 graph in standard ONNX operators.
+    started = time.perf_counter()
+    module = export_module(spec.component, model)
+    source = export_onnx(module, spec, onnx_dir / f"{spec.name}.onnx", opset=config.opset)
+    export_s = time.perf_counter() - started
+    say(
+        f"{spec.name}: exported {source.name} ({graph_size(source) / 1e6:.1f} MB) "
+        f"in {export_s:.1f} s"
+    )
+    # b. Optimized (and fp16) graph for onnxruntime.
+    started = time.perf_counter()
+    graph = onnx_dir / f"{spec.name}.{config.precision.value}.opt.onnx"
+    optimize_graph(source, graph, spec.component, config.precision)
+    optimize_s = time.perf_counter() - started
+    say(
+        f"{spec.name}: optimized to {graph.name} ({graph_size(graph) / 1e6:.1f} MB) "
+        f"in {optimize_s:.1f} s"
+    )
+    entry = ComponentEntry(
+        spec=spec,
+        source=FileEntry.of(out, source),
+        graph=FileEntry.of(out, graph),
+        source_data=_data_entry(out, source),
+        graph_data=_data_entry(out, graph),
+    )
+    return entry, export_s, optimize_s
+
+
+def _bytes(graph: FileEntry, data: FileEntry | None) -> int:
+    """A graph's bytes on disk, with its external weights."""
+    return graph.size + (data.size if data is not None else 0)
 
 
 def with_engine(entry: ComponentEntry, out: Path, precision: Precision) -> ComponentEntry:
@@ -245,9 +239,8 @@ def check_writable(folder: Path) -> None:
         ) from error
 
 
-def parse_components(names: Sequence[str]) -> tuple[Component, ...]:
-    known = [c.value for c in Component]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InvalidInputError(f"unknown components {unknown}; choose from {known}")
-    return tuple(Component(n) for n in names)
+def parse_components(names: Sequence[str] | None) -> tuple[Component, ...]:
+    """``--components`` as given, or every component when it was not."""
+    if names is None:
+        return tuple(Component)
+    return tuple(Component.parse(name) for name in names)

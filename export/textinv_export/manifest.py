@@ -18,7 +18,6 @@ Files per component, paths relative to the manifest's folder:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import importlib.metadata
 import json
@@ -30,7 +29,24 @@ from typing import Any
 
 from textinv.errors import InvalidInputError
 from textinv.fileio import atomic_write_text
-from textinv_export.specs import Component, ComponentSpec, Precision, ShapeRanges
+from textinv_export.choices import Component, Precision, Target, export_precision
+from textinv_export.records import Record, coerce
+from textinv_export.specs import ComponentSpec, ShapeRanges
+
+__all__ = [
+    "MANIFEST_NAME",
+    "ComponentEntry",
+    "EngineEntry",
+    "FileEntry",
+    "Manifest",
+    "ManifestError",
+    "ModelFacts",
+    "Target",  # re-exported: the exporter's closed choice lives in textinv_export.choices
+    "ToolVersions",
+    "load_manifest",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -40,13 +56,8 @@ class ManifestError(InvalidInputError):
     """A manifest or one of its files is missing, malformed, altered, or for another model."""
 
 
-class Target(str, enum.Enum):
-    ONNX = "onnx"
-    TENSORRT = "tensorrt"
-
-
 @dataclass(frozen=True)
-class FileEntry:
+class FileEntry(Record):
     """One written file: its path relative to the manifest's folder, sha256 and size."""
 
     path: str
@@ -57,16 +68,9 @@ class FileEntry:
     def of(cls, root: Path, path: Path) -> FileEntry:
         return cls(str(path.relative_to(root)), sha256_file(path), path.stat().st_size)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "size": self.size}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FileEntry:
-        return cls(str(data["path"]), str(data["sha256"]), int(data["size"]))
-
 
 @dataclass(frozen=True)
-class EngineEntry:
+class EngineEntry(Record):
     """A TensorRT engine and what it was built for; ``cache_key`` names every input of a build."""
 
     file: FileEntry
@@ -77,36 +81,12 @@ class EngineEntry:
     precision: Precision
     bf16: bool  # the BF16 builder flag was set too (GPUs of compute capability ≥ 8.0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file.to_dict(),
-            "cache_key": self.cache_key,
-            "tensorrt_version": self.tensorrt_version,
-            "gpu_name": self.gpu_name,
-            "compute_capability": self.compute_capability,
-            "precision": self.precision.value,
-            "bf16": self.bf16,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EngineEntry:
-        return cls(
-            file=FileEntry.from_dict(data["file"]),
-            cache_key=str(data["cache_key"]),
-            tensorrt_version=str(data["tensorrt_version"]),
-            gpu_name=str(data["gpu_name"]),
-            compute_capability=str(data["compute_capability"]),
-            precision=Precision(data["precision"]),
-            bf16=bool(data["bf16"]),
-        )
-
-
-def _optional(entry: FileEntry | None) -> dict[str, Any] | None:
-    return None if entry is None else entry.to_dict()
+    def __post_init__(self) -> None:
+        coerce(self, precision=export_precision)
 
 
 @dataclass(frozen=True)
-class ComponentEntry:
+class ComponentEntry(Record):
     """One exported component: its contract and its files."""
 
     spec: ComponentSpec
@@ -126,34 +106,9 @@ class ComponentEntry:
         if self.engine is not None:
             yield self.engine.file
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.to_dict(),
-            "source": self.source.to_dict(),
-            "source_data": _optional(self.source_data),
-            "graph": self.graph.to_dict(),
-            "graph_data": _optional(self.graph_data),
-            "engine": None if self.engine is None else self.engine.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ComponentEntry:
-        def optional(key: str) -> FileEntry | None:
-            return None if data.get(key) is None else FileEntry.from_dict(data[key])
-
-        engine = data.get("engine")
-        return cls(
-            spec=ComponentSpec.from_dict(data["spec"]),
-            source=FileEntry.from_dict(data["source"]),
-            graph=FileEntry.from_dict(data["graph"]),
-            source_data=optional("source_data"),
-            graph_data=optional("graph_data"),
-            engine=None if engine is None else EngineEntry.from_dict(engine),
-        )
-
 
 @dataclass(frozen=True)
-class ToolVersions:
+class ToolVersions(Record):
     """Versions of the tools that wrote the files; ``None`` where a tool is not installed."""
 
     torch: str | None
@@ -170,17 +125,9 @@ class ToolVersions:
             tensorrt=package_version("tensorrt"),
         )
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {
-            "torch": self.torch,
-            "onnx": self.onnx,
-            "onnxruntime": self.onnxruntime,
-            "tensorrt": self.tensorrt,
-        }
-
 
 @dataclass(frozen=True)
-class ModelFacts:
+class ModelFacts(Record):
     """What a runtime needs to know about the base model besides its graphs."""
 
     model_hash: str
@@ -189,27 +136,6 @@ class ModelFacts:
     vae_scale_factor: int  # pixels per latent cell
     latent_scaling: float  # divide UNet latents by this before ``vae_decoder``
     prediction_type: str  # "epsilon" or "v_prediction"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_hash": self.model_hash,
-            "model_path": self.model_path,
-            "text_width": self.text_width,
-            "vae_scale_factor": self.vae_scale_factor,
-            "latent_scaling": self.latent_scaling,
-            "prediction_type": self.prediction_type,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelFacts:
-        return cls(
-            model_hash=str(data["model_hash"]),
-            model_path=str(data["model_path"]),
-            text_width=int(data["text_width"]),
-            vae_scale_factor=int(data["vae_scale_factor"]),
-            latent_scaling=float(data["latent_scaling"]),
-            prediction_type=str(data["prediction_type"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -226,12 +152,15 @@ class Manifest:
     created_at: str = field(default_factory=lambda: utc_now())
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        coerce(self, precision=export_precision, target=Target.parse)
+
     @property
     def model_hash(self) -> str:
         return self.model.model_hash
 
     def component(self, component: Component | str) -> ComponentEntry:
-        key = Component(component)
+        key = Component.parse(component)
         if key not in self.components:
             raise ManifestError(f"the manifest has no component {key.value!r}")
         return self.components[key]
@@ -259,15 +188,15 @@ class Manifest:
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         return cls(
             model=ModelFacts.from_dict(data["model"]),
-            precision=Precision(data["precision"]),
-            target=Target(data["target"]),
+            precision=export_precision(data["precision"]),
+            target=Target.parse(data["target"]),
             opset=int(data["opset"]),
             ranges=ShapeRanges.from_dict(data["ranges"]),
             components={
-                Component(name): ComponentEntry.from_dict(entry)
+                Component.parse(name): ComponentEntry.from_dict(entry)
                 for name, entry in data["components"].items()
             },
-            versions=ToolVersions(**data["versions"]),
+            versions=ToolVersions.from_dict(data["versions"]),
             created_at=str(data["created_at"]),
             format_version=int(data["format_version"]),
         )

@@ -1,9 +1,11 @@
 """Thin ``nn.Module`` wrappers whose ``forward`` matches a spec: positional inputs in spec order,
 plain tensors out (no diffusers output classes, no ``return_dict``), so ``torch.onnx.export``
-traces exactly the contract in ``textinv_export.specs``.
+traces exactly the contract in ``textinv_export.specs``. ``export_module`` picks a component's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -11,6 +13,18 @@ from torch import nn
 
 from textinv.model import BaseModel
 from textinv.text_encoder import EmbeddingsTextEncoder
+from textinv_export.choices import Component
+
+
+def export_module(component: Component, model: BaseModel) -> nn.Module:
+    """The ``nn.Module`` whose ``forward(*inputs in spec order)`` returns the spec's outputs."""
+    builders: dict[Component, Callable[[BaseModel], nn.Module]] = {
+        Component.TEXT_ENCODER: text_encoder_module,
+        Component.UNET: lambda m: UNetModule(m.unet),
+        Component.VAE_DECODER: lambda m: VaeDecoderModule(m.vae),
+        Component.VAE_ENCODER: lambda m: VaeEncoderModule(m.vae),
+    }
+    return builders[Component.parse(component)](model).eval()
 
 
 def text_encoder_module(model: BaseModel) -> nn.Module:

@@ -1,9 +1,10 @@
 """PyTorch module → ONNX graph, as its spec declares it.
 
-We use the TorchScript-based exporter (``dynamo=False``) at opset 17, which both onnxruntime and
-TensorRT 10 take: it exports the tiny UNet in about 1 s where ``dynamo=True`` took 45 s
-(DESIGN: facts checked). Graphs whose weights exceed protobuf's 2 GB limit (an SD 1.5 UNet is
-3.4 GB in fp32) keep their weights in one external file, ``<name>.onnx.data``, beside the graph.
+We use the TorchScript-based exporter (``dynamo=False``) at opset 17 (``config.OPSET``), which
+both onnxruntime and TensorRT 10 take: it exports the tiny UNet in about 1 s where
+``dynamo=True`` took 45 s (DESIGN: facts checked). Graphs whose weights exceed protobuf's 2 GB
+limit (an SD 1.5 UNet is 3.4 GB in fp32) keep their weights in one external file,
+``<name>.onnx.data``, beside the graph.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import onnx
 import torch
 from torch import nn
 
-from textinv_export.specs import ComponentSpec, sample_inputs
+from textinv_export.config import OPSET
+from textinv_export.samples import sample_inputs
+from textinv_export.specs import ComponentSpec
 
-OPSET = 17
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: a serialized ONNX model above this needs external data
 # The TorchScript exporter pins an axis whose example size is 1, so trace with batch 2.
 TRACE_BATCH = 2

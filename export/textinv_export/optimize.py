@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from textinv_export.choices import Component, Precision
 from textinv_export.onnx_export import save_graph
-from textinv_export.specs import Component, Precision
 
 # The optimizer's model_type per component: which fusion patterns to look for.
 MODEL_TYPES = {

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from textinv.errors import TextInvError
-from textinv_export.specs import ComponentSpec, Precision, sample_inputs
+from textinv_export.choices import Precision
+from textinv_export.samples import sample_inputs
+from textinv_export.specs import ComponentSpec
 
 
 class ParityError(TextInvError):

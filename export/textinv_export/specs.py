@@ -4,7 +4,9 @@ Each ``ComponentSpec`` declares, once, its input and output names, dtypes, symbo
 axes are dynamic) and the ``(min, opt, max)`` shape profile that follows from the deployment's
 batch-size and resolution ranges. ONNX export, TensorRT engine building, parity checks and the
 server's backends all read it; the manifest stores it as JSON, so a backend needs no torch to
-learn a graph's contract.
+learn a graph's contract. The shapes and ranges it is made of live in ``textinv_export.shapes``
+(re-exported here); the torch side, in ``textinv_export.modules`` (the module each spec exports)
+and ``textinv_export.samples`` (seeded inputs to drive it).
 
 Conventions, decided here for every reader:
 
@@ -28,143 +30,46 @@ Conventions, decided here for every reader:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from textinv.errors import InvalidInputError
+from textinv_export.choices import Component, Precision
+from textinv_export.shapes import (
+    RESOLUTION_MULTIPLE,
+    Dim,
+    Range,
+    Shape,
+    ShapeProfile,
+    ShapeRanges,
+    TensorSpec,
+    check_sides,
+)
 
-if TYPE_CHECKING:  # torch is needed only by the builders below, never by the data classes.
-    import torch
-    from torch import nn
-
+if TYPE_CHECKING:  # the specs never need torch; ``ModelDims.of`` reads a loaded model's configs.
     from textinv.model import BaseModel
 
+# Re-exported: the server, the benchmarks and the tests import these names from here.
+__all__ = [
+    "RESOLUTION_MULTIPLE",
+    "TEXT_LENGTH",
+    "Component",
+    "ComponentSpec",
+    "Dim",
+    "ModelDims",
+    "Precision",
+    "Range",
+    "Shape",
+    "ShapeProfile",
+    "ShapeRanges",
+    "TensorSpec",
+    "check_resolutions",
+    "component_specs",
+]
+
 TEXT_LENGTH = 77  # CLIP's context: every SD 1.x/2.x prompt is padded to 77 tokens.
-RESOLUTION_MULTIPLE = 8  # every image side a deployment declares is a multiple of 8
-
-
-class Component(str, enum.Enum):
-    TEXT_ENCODER = "text_encoder"
-    UNET = "unet"
-    VAE_DECODER = "vae_decoder"
-    VAE_ENCODER = "vae_encoder"
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-
-
-# A symbolic shape: ints are fixed sizes, strings name dynamic axes ("batch", "height", ...).
-Dim = int | str
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Range:
-    """An inclusive ``(min, opt, max)`` range of one size; ``opt`` is what engines tune for."""
-
-    min: int
-    opt: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if self.min < 1:
-            raise InvalidInputError(f"range {self} must start at 1 or more, not {self.min}")
-        if not self.min <= self.opt <= self.max:
-            raise InvalidInputError(f"range {self} must satisfy MIN ≤ OPT ≤ MAX")
-
-    def __str__(self) -> str:
-        return f"{self.min}:{self.opt}:{self.max}"
-
-    @classmethod
-    def parse(cls, text: str, what: str = "range") -> Range:
-        """``"1:2:4"`` → ``Range(1, 2, 4)``; ``"4"`` → ``Range(4, 4, 4)``."""
-        parts = text.split(":")
-        if len(parts) == 1:
-            parts = parts * 3
-        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-            raise InvalidInputError(f"{what} {text!r} is not MIN:OPT:MAX (three whole numbers)")
-        low, opt, high = (int(p) for p in parts)
-        if low > high:
-            raise InvalidInputError(f"{what} {text!r} has MIN {low} > MAX {high}")
-        if not low <= opt <= high:
-            raise InvalidInputError(f"{what} {text!r} has OPT {opt} outside [{low}, {high}]")
-        return cls(low, opt, high)
-
-    def scaled(self, min_factor: int, factor: int) -> Range:
-        return Range(self.min * min_factor, self.opt * factor, self.max * factor)
-
-    def divided(self, divisor: int) -> Range:
-        return Range(self.min // divisor, self.opt // divisor, self.max // divisor)
-
-
-@dataclass(frozen=True)
-class ShapeRanges:
-    """What a deployment must serve: images per call and the image side in pixels."""
-
-    batch: Range = Range(1, 1, 4)
-    resolution: Range = Range(512, 512, 768)
-
-    def __post_init__(self) -> None:
-        for value in (self.resolution.min, self.resolution.opt, self.resolution.max):
-            if value % RESOLUTION_MULTIPLE:
-                raise InvalidInputError(
-                    f"resolution {value} in {self.resolution} is not a multiple of "
-                    f"{RESOLUTION_MULTIPLE}"
-                )
-
-    def to_dict(self) -> dict[str, str]:
-        return {"batch": str(self.batch), "resolution": str(self.resolution)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, str]) -> ShapeRanges:
-        return cls(
-            batch=Range.parse(data["batch"], "batch sizes"),
-            resolution=Range.parse(data["resolution"], "resolutions"),
-        )
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: its name, dtype and symbolic shape."""
-
-    name: str
-    dtype: str  # a numpy dtype name: "float32" or "int64"
-    shape: tuple[Dim, ...]
-
-    @property
-    def dynamic_axes(self) -> dict[int, str]:
-        return {axis: dim for axis, dim in enumerate(self.shape) if isinstance(dim, str)}
-
-    def concrete(self, sizes: Mapping[str, int]) -> Shape:
-        """The shape with each dynamic axis replaced by ``sizes[name]``."""
-        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """The ``(min, opt, max)`` concrete shapes of one input, as a TensorRT profile takes them."""
-
-    min: Shape
-    opt: Shape
-    max: Shape
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ShapeProfile:
-        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
+F32, I64 = "float32", "int64"  # graph I/O dtypes, as numpy names them
 
 
 @dataclass(frozen=True)
@@ -253,7 +158,7 @@ class ComponentSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ComponentSpec:
         return cls(
-            component=Component(data["component"]),
+            component=Component.parse(data["component"]),
             inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
             axes={name: Range.parse(text, name) for name, text in data["axes"].items()},
@@ -303,127 +208,84 @@ class ModelDims:
 def component_specs(dims: ModelDims, ranges: ShapeRanges) -> dict[Component, ComponentSpec]:
     """Every component's spec for a model of ``dims`` deployed over ``ranges``."""
     check_resolutions(ranges, dims.pixel_multiple)
-    images = ranges.batch
+    images, pixels = ranges.batch, ranges.resolution
     guided = ranges.batch.scaled(1, 2)  # cond + uncond halves of classifier-free guidance
     latent = ranges.resolution.divided(dims.vae_scale_factor)
-    pixels = ranges.resolution
-    c_lat, c_img, d_text = dims.latent_channels, dims.image_channels, dims.text_width
-    factor, multiple = dims.vae_scale_factor, dims.pixel_multiple
-    f32, i64 = "float32", "int64"
+    axes = {
+        Component.TEXT_ENCODER: {"batch": guided},
+        Component.UNET: {"batch": guided, "height": latent, "width": latent},
+        Component.VAE_DECODER: {"batch": images, "height": latent, "width": latent},
+        Component.VAE_ENCODER: {"batch": images, "height": pixels, "width": pixels},
+    }
     return {
-        Component.TEXT_ENCODER: ComponentSpec(
-            Component.TEXT_ENCODER,
-            inputs=(
-                TensorSpec("inputs_embeds", f32, ("batch", TEXT_LENGTH, d_text)),
-                TensorSpec("eos_positions", i64, ("batch",)),
-            ),
-            outputs=(
-                TensorSpec("last_hidden_state", f32, ("batch", TEXT_LENGTH, d_text)),
-                TensorSpec("pooled_output", f32, ("batch", d_text)),
-            ),
-            axes={"batch": guided},
-            latent_factor=factor,
-            pixel_multiple=multiple,
-        ),
-        Component.UNET: ComponentSpec(
-            Component.UNET,
-            inputs=(
-                TensorSpec("sample", f32, ("batch", dims.unet_in_channels, "height", "width")),
-                TensorSpec("timestep", f32, ("batch",)),
-                TensorSpec(
-                    "encoder_hidden_states", f32, ("batch", TEXT_LENGTH, dims.cross_attention_dim)
-                ),
-            ),
-            outputs=(
-                TensorSpec("noise_pred", f32, ("batch", dims.unet_out_channels, "height", "width")),
-            ),
-            axes={"batch": guided, "height": latent, "width": latent},
-            latent_factor=factor,
-            pixel_multiple=multiple,
-        ),
-        Component.VAE_DECODER: ComponentSpec(
-            Component.VAE_DECODER,
-            inputs=(TensorSpec("latents", f32, ("batch", c_lat, "height", "width")),),
-            outputs=(TensorSpec("image", f32, ("batch", c_img, "image_height", "image_width")),),
-            axes={"batch": images, "height": latent, "width": latent},
-            latent_factor=factor,
-            pixel_multiple=multiple,
-        ),
-        Component.VAE_ENCODER: ComponentSpec(
-            Component.VAE_ENCODER,
-            inputs=(TensorSpec("image", f32, ("batch", c_img, "height", "width")),),
-            outputs=(
-                TensorSpec(
-                    "latent_parameters", f32, ("batch", 2 * c_lat, "latent_height", "latent_width")
-                ),
-            ),
-            axes={"batch": images, "height": pixels, "width": pixels},
-            latent_factor=factor,
-            pixel_multiple=multiple,
-        ),
+        component: ComponentSpec(
+            component,
+            *_TENSORS[component](dims),
+            axes=axes[component],
+            latent_factor=dims.vae_scale_factor,
+            pixel_multiple=dims.pixel_multiple,
+        )
+        for component in Component
     }
 
 
 def check_resolutions(ranges: ShapeRanges, multiple: int) -> None:
     """Every image side in the range must be a multiple of the model's ``multiple``."""
-    for value in (ranges.resolution.min, ranges.resolution.opt, ranges.resolution.max):
-        if value % multiple:  # a traced UNet assumes sides it can halve without remainders
-            raise InvalidInputError(
-                f"resolution {value} in {ranges.resolution} is not a multiple of {multiple}, "
-                f"which this model's UNet needs (8 pixels per latent × 2^(levels-1))"
-            )
+    # A traced UNet assumes sides it can halve without remainders.
+    why = ", which this model's UNet needs (8 pixels per latent × 2^(levels-1))"
+    check_sides(ranges.resolution, multiple, why)
 
 
-# ---------------------------------------------------------------------------------------------
-# The torch side: the module each spec exports, and inputs to drive it
+# Each component's graph tensors: (inputs in call order, outputs), from the model's sizes.
+Tensors = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
 
 
-def sample_inputs(
-    spec: ComponentSpec,
-    batch: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    *,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Seeded inputs for one call in spec order; sizes default to the profile's opt.
-
-    ``height``/``width`` are in pixels. Values are in the ranges real calls use: unit-variance
-    latents and embeddings, images in ``[-1, 1]``, timesteps in ``[0, 1000)``, end-of-text
-    positions in ``[1, 77)``.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    sizes = spec.sizes(batch or spec.axes["batch"].opt, height, width)
-    spec.check_call(sizes)
-    tensors: dict[str, torch.Tensor] = {}
-    for tensor in spec.inputs:
-        shape = tensor.concrete(sizes)
-        tensors[tensor.name] = _draw(tensor.name, shape, generator)
-    return tensors
+def _text_encoder_tensors(dims: ModelDims) -> Tensors:
+    width = dims.text_width
+    return (
+        (
+            TensorSpec("inputs_embeds", F32, ("batch", TEXT_LENGTH, width)),
+            TensorSpec("eos_positions", I64, ("batch",)),
+        ),
+        (
+            TensorSpec("last_hidden_state", F32, ("batch", TEXT_LENGTH, width)),
+            TensorSpec("pooled_output", F32, ("batch", width)),
+        ),
+    )
 
 
-def _draw(name: str, shape: Shape, generator: torch.Generator) -> torch.Tensor:
-    import torch
+def _unet_tensors(dims: ModelDims) -> Tensors:
+    return (
+        (
+            TensorSpec("sample", F32, ("batch", dims.unet_in_channels, "height", "width")),
+            TensorSpec("timestep", F32, ("batch",)),
+            TensorSpec(
+                "encoder_hidden_states", F32, ("batch", TEXT_LENGTH, dims.cross_attention_dim)
+            ),
+        ),
+        (TensorSpec("noise_pred", F32, ("batch", dims.unet_out_channels, "height", "width")),),
+    )
 
-    if name == "eos_positions":
-        return torch.randint(1, TEXT_LENGTH, shape, generator=generator, dtype=torch.int64)
-    if name == "timestep":
-        return torch.randint(0, 1000, shape, generator=generator).to(torch.float32)
-    if name == "image":
-        return torch.rand(shape, generator=generator) * 2 - 1
-    return torch.randn(shape, generator=generator)
+
+def _vae_decoder_tensors(dims: ModelDims) -> Tensors:
+    return (
+        (TensorSpec("latents", F32, ("batch", dims.latent_channels, "height", "width")),),
+        (TensorSpec("image", F32, ("batch", dims.image_channels, "image_height", "image_width")),),
+    )
 
 
-def export_module(component: Component, model: BaseModel) -> nn.Module:
-    """The ``nn.Module`` whose ``forward(*inputs in spec order)`` returns the spec's outputs."""
-    from textinv_export import modules
+def _vae_encoder_tensors(dims: ModelDims) -> Tensors:
+    # mean and log-variance, concatenated on channels
+    latent_parameters = ("batch", 2 * dims.latent_channels, "latent_height", "latent_width")
+    return (
+        (TensorSpec("image", F32, ("batch", dims.image_channels, "height", "width")),),
+        (TensorSpec("latent_parameters", F32, latent_parameters),),
+    )
 
-    builders: dict[Component, Callable[[BaseModel], nn.Module]] = {
-        Component.TEXT_ENCODER: lambda m: modules.text_encoder_module(m),
-        Component.UNET: lambda m: modules.UNetModule(m.unet),
-        Component.VAE_DECODER: lambda m: modules.VaeDecoderModule(m.vae),
-        Component.VAE_ENCODER: lambda m: modules.VaeEncoderModule(m.vae),
-    }
-    return builders[component](model).eval()
+
+_TENSORS: dict[Component, Callable[[ModelDims], Tensors]] = {
+    Component.TEXT_ENCODER: _text_encoder_tensors,
+    Component.UNET: _unet_tensors,
+    Component.VAE_DECODER: _vae_decoder_tensors,
+    Component.VAE_ENCODER: _vae_encoder_tensors,
+}

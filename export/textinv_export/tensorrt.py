@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from textinv.errors import TextInvError
 from textinv.fileio import atomic_write_bytes
-from textinv_export.specs import ComponentSpec, Precision, ShapeProfile
+from textinv_export.choices import Precision
+from textinv_export.specs import ComponentSpec, ShapeProfile
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,8 @@
 """The server's configuration: where it listens, what it serves, and every limit it enforces.
 
 All limits are configurable from ``textinv serve`` and all are reported by ``GetServerInfo``.
+Each field that is a flag of ``textinv serve`` says so (``textinv_client.flags``): its name, its
+help and its default are written here once, and ``serve_command`` derives the flags from them.
 """
 
 from __future__ import annotations
@@ -8,58 +10,111 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textinv_client.choices import Precision
+from textinv_client.flags import Flag, flag
+from textinv_server.choices import BackendName, Provider, coerce_choices
+
 MIB = 1 << 20
+LIMITS_GROUP = "limits (all reported by GetServerInfo)"
+BATCHING_GROUP = "batching (requests of one shape share one UNet call per step)"
+TLS_GROUP = "TLS (--tls-cert and --tls-key together; off without them)"
+
+
+def _limit(default: int, help: str) -> int:
+    """A limit field: a flag of the limits group."""
+    return field(default=default, metadata=flag(help, group=LIMITS_GROUP))
 
 
 @dataclass(frozen=True)
 class Limits:
     # gRPC's default of 4 MiB is too small for a job's images; uploads are bounded here instead.
-    max_request_bytes: int = 64 * MIB
-    max_image_pixels: int = 1024 * 1024
-    max_images_per_request: int = 8
-    max_steps: int = 150
-    max_prompt_chars: int = 2000
-    max_concepts_per_prompt: int = 8
-    max_concept_file_bytes: int = 8 * MIB
-    max_images_per_job: int = 16
-    max_concurrent_jobs: int = 1
-    max_queued_jobs: int = 16
-    max_job_steps: int = 20000
+    max_request_bytes: int = _limit(64 * MIB, "largest request or reply, in bytes")
+    max_image_pixels: int = _limit(1024 * 1024, "largest width × height of a generated image")
+    max_images_per_request: int = _limit(8, "images one generate request may ask for")
+    max_steps: int = _limit(150, "denoising steps one generate request may ask for")
+    max_prompt_chars: int = _limit(2000, "longest prompt or negative prompt, in characters")
+    max_concepts_per_prompt: int = _limit(8, "concepts the prompts of one request may name")
+    max_concept_file_bytes: int = _limit(8 * MIB, "largest concept file to register, in bytes")
+    max_images_per_job: int = _limit(16, "training images one inversion job may upload")
+    max_concurrent_jobs: int = _limit(1, "inversion jobs that train at once")
+    max_queued_jobs: int = _limit(16, "inversion jobs that may wait; more are refused")
+    max_job_steps: int = _limit(20000, "training steps one inversion job may ask for")
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch: int = 4
-    batch_wait_ms: float = 10.0
-    max_queue: int = 64
+    max_batch: int = field(
+        default=4, metadata=flag("requests in one batch at most", group=BATCHING_GROUP)
+    )
+    batch_wait_ms: float = field(
+        default=10.0,
+        metadata=flag("how long a batch waits for more requests, in ms", group=BATCHING_GROUP),
+    )
+    max_queue: int = field(
+        default=64,
+        metadata=flag("requests that may wait; more are refused at once", group=BATCHING_GROUP),
+    )
+
+
+def _tls_flag(help: str, name: str) -> dict[str, Flag]:
+    return flag(help, name=name, metavar="PEM", group=TLS_GROUP)
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    cert: Path
-    key: Path
-    client_ca: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
+    cert: Path = field(metadata=_tls_flag("server certificate (PEM)", "--tls-cert"))
+    key: Path = field(metadata=_tls_flag("server private key (PEM)", "--tls-key"))
+    # set: clients must present a certificate signed by it (mTLS)
+    client_ca: Path | None = field(
+        default=None, metadata=_tls_flag("require client certificates (mTLS)", "--tls-client-ca")
+    )
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str | None  # a model folder or hub id; None: the embedded default model
-    data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 50051  # 0: the system picks a free port (tests)
-    backend: str = "torch"
-    engines: Path | None = None
-    device: str = "cpu"  # torch backend: cpu or cuda[:N]
-    provider: str = "cpu"  # onnxruntime backend: cpu, cuda or tensorrt
-    weights: str | None = None  # torch backend: fp32, fp16 or bf16 (None: as stored)
-    channels_last: bool = False
-    cuda_graph: bool = False
-    api_keys: tuple[str, ...] = ()
+    # a model folder or hub id; None: the embedded default model
+    model: str | None = field(
+        metadata=flag("a diffusers model folder or hub id (default: embedded)")
+    )
+    data_dir: Path = field(metadata=flag("state folder", name="--data", metavar="DIR"))
+    host: str = field(default="127.0.0.1", metadata=flag("address to listen on (0.0.0.0: all)"))
+    port: int = field(default=50051, metadata=flag("0 picks a free port"))  # 0 in tests
+    backend: BackendName = field(
+        default=BackendName.TORCH, metadata=flag("torch | onnxruntime | tensorrt")
+    )
+    engines: Path | None = field(
+        default=None, metadata=flag("the export stage's folder (manifest inside)", metavar="DIR")
+    )
+    device: str = field(default="cpu", metadata=flag("torch backend: cpu or cuda[:N]"))
+    provider: Provider = field(
+        default=Provider.CPU, metadata=flag("onnxruntime: cpu, cuda or tensorrt")
+    )
+    # None: the weights as stored
+    weights: Precision | None = field(default=None, metadata=flag("torch weights dtype"))
+    channels_last: bool = field(default=False, metadata=flag("torch: NHWC UNet"))
+    cuda_graph: bool = field(default=False, metadata=flag("torch on CUDA: graph replay"))
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata=flag(
+            "accept this key (repeatable; also $TEXTINV_API_KEYS, comma-separated)",
+            name="--api-key",
+            metavar="KEY",
+        ),
+    )
     tls: TlsConfig | None = None
-    metrics_port: int | None = None
+    metrics_port: int | None = field(
+        default=None, metadata=flag("serve Prometheus /metrics on this port")
+    )
     limits: Limits = field(default_factory=Limits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
-    grace_seconds: float = 10.0
-    warmup: bool = True
+    grace_seconds: float = field(
+        default=10.0, metadata=flag("shutdown grace in seconds", name="--grace", metavar="SECONDS")
+    )
+    warmup: bool = field(
+        default=True, metadata=flag("skip the warm-up generation", name="--no-warmup")
+    )
     # Torch threads for generation; inversion jobs get what is left (see textinv_server.jobs).
     generation_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)  # callers may write backend="onnxruntime"

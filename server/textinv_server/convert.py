@@ -6,57 +6,52 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from textinv.errors import InvalidInputError
+from textinv_client.choices import (
+    Choice,
+    ConceptProperty,
+    JobState,
+    LrSchedule,
+    Precision,
+    Scheduler,
+)
+from textinv_client.convert import (
+    JOB_STATE_FROM_PB,
+    JOB_STATE_TO_PB,
+    LR_SCHEDULE_FROM_PB,
+    LR_SCHEDULE_TO_PB,
+    PRECISION_FROM_PB,
+    PRECISION_TO_PB,
+    PROPERTY_FROM_PB,
+    PROPERTY_TO_PB,
+    SCHEDULER_FROM_PB,
+    SCHEDULER_TO_PB,
+)
 from textinv_client.pb.v1 import (
     concepts_pb2,
     generate_pb2,
     jobs_pb2,
     server_info_pb2,
 )
-from textinv_server.jobs import JobProgress, JobState, UploadedImage
-from textinv_server.requests import GenerationRequest, GenerationResult, Scheduler
+from textinv_server.jobs import JobProgress, UploadedImage
+from textinv_server.requests import GenerationRequest, GenerationResult
 from textinv_server.store import ConceptRow, JobRow
 
-SCHEDULERS = {
-    generate_pb2.SCHEDULER_UNSPECIFIED: Scheduler.DDIM,
-    generate_pb2.SCHEDULER_DDIM: Scheduler.DDIM,
-    generate_pb2.SCHEDULER_EULER: Scheduler.EULER,
-    generate_pb2.SCHEDULER_EULER_ANCESTRAL: Scheduler.EULER_ANCESTRAL,
-    generate_pb2.SCHEDULER_DPM_SOLVER_PP_2M: Scheduler.DPM_SOLVER_PP_2M,
-    generate_pb2.SCHEDULER_PNDM: Scheduler.PNDM,
-}
-SCHEDULER_TO_PB = {
-    scheduler: value
-    for value, scheduler in SCHEDULERS.items()
-    if value != generate_pb2.SCHEDULER_UNSPECIFIED
-}
-JOB_STATES = {
-    JobState.QUEUED: jobs_pb2.JOB_STATE_QUEUED,
-    JobState.RUNNING: jobs_pb2.JOB_STATE_RUNNING,
-    JobState.SUCCEEDED: jobs_pb2.JOB_STATE_SUCCEEDED,
-    JobState.FAILED: jobs_pb2.JOB_STATE_FAILED,
-    JobState.CANCELLED: jobs_pb2.JOB_STATE_CANCELLED,
-}
-PROPERTIES = {
-    jobs_pb2.CONCEPT_PROPERTY_UNSPECIFIED: "object",
-    jobs_pb2.CONCEPT_PROPERTY_OBJECT: "object",
-    jobs_pb2.CONCEPT_PROPERTY_STYLE: "style",
-}
-LR_SCHEDULES = {
-    jobs_pb2.LR_SCHEDULE_UNSPECIFIED: "constant",
-    jobs_pb2.LR_SCHEDULE_CONSTANT: "constant",
-    jobs_pb2.LR_SCHEDULE_COSINE: "cosine",
-}
-PRECISIONS = {
-    jobs_pb2.PRECISION_UNSPECIFIED: "fp32",
-    jobs_pb2.PRECISION_FP32: "fp32",
-    jobs_pb2.PRECISION_BF16: "bf16",
-    jobs_pb2.PRECISION_FP16: "fp16",
-}
+C = TypeVar("C", bound=Choice)
+
+# Each closed choice on the wire: proto enum value → member. The tables are the client's (one
+# home for each mapping); the server adds what an UNSPECIFIED value (0) means where the field has
+# a default, and refuses it where it has none (job states).
+SCHEDULERS = {generate_pb2.SCHEDULER_UNSPECIFIED: Scheduler.DDIM, **SCHEDULER_FROM_PB}
+JOB_STATES = JOB_STATE_FROM_PB
+PROPERTIES = {jobs_pb2.CONCEPT_PROPERTY_UNSPECIFIED: ConceptProperty.OBJECT, **PROPERTY_FROM_PB}
+LR_SCHEDULES = {jobs_pb2.LR_SCHEDULE_UNSPECIFIED: LrSchedule.CONSTANT, **LR_SCHEDULE_FROM_PB}
+PRECISIONS = {jobs_pb2.PRECISION_UNSPECIFIED: Precision.FP32, **PRECISION_FROM_PB}
+
 # Trainer defaults for server jobs: shorter than the CLI's 3000 steps, checkpointed often.
 JOB_DEFAULTS: dict[str, Any] = {
     "steps": 500,
@@ -75,7 +70,7 @@ def timestamp(seconds: float | None) -> Timestamp | None:
     return stamp
 
 
-def _enum(table: Mapping[Any, Any], value: int, field: str) -> Any:
+def _enum(table: Mapping[Any, C], value: int, field: str) -> C:
     if value not in table:
         raise InvalidInputError(f"{field} {value} is not a known value")
     return table[value]
@@ -189,30 +184,25 @@ def _params_to_pb(params: dict[str, Any]) -> jobs_pb2.InversionParams:
         token=params["token"],
         init_text=params["init"],
         num_vectors=params["vectors"],
-        property=_reverse(PROPERTIES, params["learnable_property"]),
+        property=PROPERTY_TO_PB[params["learnable_property"]],
         steps=params["steps"],
         batch_size=params["batch_size"],
         grad_accum=params["grad_accum"],
         learning_rate=params["lr"],
         scale_lr=params["scale_lr"],
-        lr_schedule=_reverse(LR_SCHEDULES, params["lr_schedule"]),
+        lr_schedule=LR_SCHEDULE_TO_PB[params["lr_schedule"]],
         warmup_steps=params["warmup"],
         resolution=params["resolution"] or 0,
-        precision=_reverse(PRECISIONS, params["precision"]),
+        precision=PRECISION_TO_PB[params["precision"]],
         seed=params["seed"],
         checkpoint_every=params["checkpoint_every"],
     )
 
 
-def _reverse(table: Mapping[Any, str], value: str) -> Any:
-    """The last (most specific) enum value that maps to ``value``."""
-    return [key for key, name in table.items() if name == value][-1]
-
-
 def job_info_to_pb(row: JobRow) -> jobs_pb2.JobInfo:
     info = jobs_pb2.JobInfo(
         job_id=row.job_id,
-        state=JOB_STATES[JobState(row.state)],
+        state=JOB_STATE_TO_PB[row.state],
         params=_params_to_pb(row.params),
         num_images=row.num_images,
         skip_register=row.skip_register,
@@ -241,13 +231,15 @@ def job_progress_to_pb(progress: JobProgress) -> jobs_pb2.JobProgress:
 
 
 def job_state_from_pb(value: int) -> JobState:
-    for state, number in JOB_STATES.items():
-        if number == value:
-            return state
-    raise InvalidInputError(f"job state {value} is not a known value")
+    return _enum(JOB_STATES, value, "job state")
 
 
 # --- server info ------------------------------------------------------------------------------
+
+
+def schedulers_to_pb() -> list[generate_pb2.Scheduler]:
+    """Every scheduler this server runs, as the wire's values."""
+    return sorted(SCHEDULER_TO_PB.values())
 
 
 def engine_profiles_to_pb(manifest: Any) -> list[server_info_pb2.EngineProfile]:

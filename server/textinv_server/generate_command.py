@@ -3,31 +3,74 @@
 The generation flags (prompt, steps, guidance, scheduler, seed, size, images, ``--out``) and the
 connection flags are the client's (``textinv_client.cli``), so local and remote ``generate`` take
 the same arguments. With ``--server`` the command runs on that server; without it, here, on the
-backend ``--backend`` names. Thin: parse, call the library, write files, print.
+backend ``--backend`` names (the fields of ``LocalGeneration``). Thin: parse, call the library,
+write files, print.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from textinv.concepts import load_concept
 from textinv_client.cli import (
     add_connection_arguments,
     add_generation_arguments,
+    generate_request_from_args,
     numbered_output_paths,
     run_remote_generate,
 )
-from textinv_server.backends import BackendName, BackendOptions
-from textinv_server.pipeline import load_generation_pipeline
-from textinv_server.requests import GenerationRequest, GenerationResult, Scheduler, StepProgress
+from textinv_client.flags import Flag, add_flags, flag, from_flags
+from textinv_server.backends import BackendName, BackendOptions, Provider
+from textinv_server.pipeline import Concepts, load_generation_pipeline
+from textinv_server.requests import GenerationRequest, GenerationResult, StepProgress
 
 EPILOG = (
     "Without --server this runs locally and needs --model. With --num-images N > 1 it writes "
     "numbered files PATH-0.png ... PATH-{N-1}.png beside --out (image i uses seed + i), never a "
     "grid."
 )
+LOCAL_GROUP = "local generation (without --server)"
+
+
+def _local(help: str, **options: Any) -> dict[str, Flag]:
+    """A flag of the local-generation group."""
+    return flag(help, group=LOCAL_GROUP, **options)
+
+
+@dataclass(frozen=True)
+class LocalGeneration:
+    """Where a local ``generate`` runs, and the concept files its prompt may name."""
+
+    model: str | None = field(
+        default=None, metadata=_local("a diffusers SD 1.x/2.x folder (default: the embedded model)")
+    )
+    engines: Path | None = field(
+        default=None, metadata=_local("the export folder (manifest.json) for onnxruntime/tensorrt")
+    )
+    backend: BackendName = field(
+        default=BackendName.TORCH, metadata=_local("where the model runs (torch)")
+    )
+    provider: Provider = field(
+        default=Provider.CPU, metadata=_local("onnxruntime's execution provider (cpu)")
+    )
+    device: str = field(default="cpu", metadata=_local("torch device: cpu or cuda[:N] (cpu)"))
+    concepts: tuple[Path, ...] = field(
+        default=(),
+        metadata=_local(
+            "a concept file to use in the prompt; repeatable", name="--concept", metavar="FILE"
+        ),
+    )
+    threads: int = field(default=0, metadata=_local("CPU threads (library default)"))
+
+    def backend_options(self) -> BackendOptions:
+        return BackendOptions(
+            engines=self.engines, device=self.device, provider=self.provider, threads=self.threads
+        )
 
 
 def add_generate_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -38,41 +81,9 @@ def add_generate_subcommand(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
     )
     add_generation_arguments(parser)
-    add_local_arguments(parser)
+    add_flags(parser, LocalGeneration)
     add_connection_arguments(parser, required=False)
     parser.set_defaults(func=run_generate)
-
-
-def add_local_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("local generation (without --server)")
-    group.add_argument(
-        "--model", help="a diffusers SD 1.x/2.x folder (default: the embedded model)"
-    )
-    group.add_argument(
-        "--engines", type=Path, help="the export folder (manifest.json) for onnxruntime/tensorrt"
-    )
-    group.add_argument(
-        "--backend",
-        choices=[b.value for b in BackendName],
-        default=BackendName.TORCH.value,
-        help="where the model runs (torch)",
-    )
-    group.add_argument(
-        "--provider",
-        choices=["cpu", "cuda", "tensorrt"],
-        default="cpu",
-        help="onnxruntime's execution provider (cpu)",
-    )
-    group.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (cpu)")
-    group.add_argument(
-        "--concept",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="FILE",
-        help="a concept file to use in the prompt; repeatable",
-    )
-    group.add_argument("--threads", type=int, default=0, help="CPU threads (library default)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -84,34 +95,25 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_local_generate(args: argparse.Namespace) -> int:
     """Generate on this machine and write PNGs to ``--out``; errors reach the composer."""
-    options = BackendOptions(
-        engines=args.engines, device=args.device, provider=args.provider, threads=args.threads
-    )
-    pipeline = load_generation_pipeline(args.model, args.backend, options)
-    concepts = {
-        concept.token: concept.vectors
-        for concept in (
-            load_concept(path, expected_width=pipeline.host.text_width) for path in args.concept
-        )
-    }
+    local = from_flags(LocalGeneration, args)
+    pipeline = load_generation_pipeline(local.model, local.backend, local.backend_options())
+    concepts = load_concepts(local.concepts, pipeline.host.text_width)
     result = pipeline(request_from_args(args), concepts, on_step=show_progress)
     print(file=sys.stderr)  # end the progress line
     write_result(result, args.out)
     return 0
 
 
+def load_concepts(paths: tuple[Path, ...], width: int) -> Concepts:
+    """``{token: vectors [K, D]}`` of each file, checked against the model's text width."""
+    loaded = (load_concept(path, expected_width=width) for path in paths)
+    return {concept.token: concept.vectors for concept in loaded}
+
+
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        num_images=args.num_images,
-        scheduler=Scheduler.parse(args.scheduler),
-    )
+    """The client's request from the shared flags, as the pipeline's request (None: default)."""
+    given = dataclasses.asdict(generate_request_from_args(args))
+    return GenerationRequest(**{name: value for name, value in given.items() if value is not None})
 
 
 def show_progress(progress: StepProgress) -> None:

@@ -84,41 +84,42 @@ class StatusInterceptor(aio.ServerInterceptor):
 
 def _guard_unary(behavior: Behavior, method: str) -> Behavior:
     async def guarded(request: Any, context: aio.ServicerContext) -> Any:
-        request_id = _start(context)
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _Call(context, method):
             return await behavior(request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
-            raise
-        except Exception as error:
-            code, message = _answer(error, method, request_id)
-            await context.abort(code, message)
-        finally:
-            _finish(method, code, started, request_id)
 
     return guarded
 
 
 def _guard_stream(behavior: Behavior, method: str) -> Behavior:
     async def guarded(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        request_id = _start(context)
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _Call(context, method):
             async for response in behavior(request, context):
                 yield response
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:
-            code, message = _answer(error, method, request_id)
-            await context.abort(code, message)
-        finally:
-            _finish(method, code, started, request_id)
 
     return guarded
+
+
+class _Call:
+    """What unary and streaming calls share: a request id, the latency, and the error answer."""
+
+    def __init__(self, context: aio.ServicerContext, method: str) -> None:
+        self.context, self.method = context, method
+        self.code = grpc.StatusCode.OK
+
+    async def __aenter__(self) -> _Call:
+        self.request_id = _start(self.context)
+        self.started = time.perf_counter()
+        return self
+
+    async def __aexit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                self.code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
+            elif isinstance(error, Exception):
+                self.code, message = _answer(error, self.method, self.request_id)
+                await self.context.abort(self.code, message)
+        finally:
+            _finish(self.method, self.code, self.started, self.request_id)
 
 
 def _finish(method: str, code: grpc.StatusCode, started: float, request_id: str) -> None:

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from textinv.data import load_training_image
 from textinv.errors import InvalidInputError, NotFoundError, OverloadedError
 from textinv.model import BaseModel
 from textinv.trainer import CHECKPOINT_DIR, CONCEPT_FILE
+from textinv_client.choices import JobState
 from textinv_server import metrics
 from textinv_server.registry import ConceptRegistry
 from textinv_server.store import JobRow, Store
@@ -43,18 +43,6 @@ from textinv_server.store import JobRow, Store
 log = logging.getLogger(__name__)
 
 JOB_NICENESS = 10
-
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -111,7 +99,7 @@ class JobManager:
 
     def start(self) -> None:
         """Queue again every job a previous run left unfinished, then start the workers."""
-        for row in reversed(self.store.list_jobs((JobState.QUEUED.value, JobState.RUNNING.value))):
+        for row in reversed(self.store.list_jobs((JobState.QUEUED, JobState.RUNNING))):
             log.info(
                 "job %s was %s when the server stopped; queued to resume", row.job_id, row.state
             )
@@ -146,7 +134,7 @@ class JobManager:
             raise
         row = JobRow(
             job_id=job_id,
-            state=JobState.QUEUED.value,
+            state=JobState.QUEUED,
             params=params,
             num_images=len(images),
             skip_register=skip_register,
@@ -165,22 +153,22 @@ class JobManager:
         return row
 
     def list(self, states: Sequence[JobState] = ()) -> list[JobRow]:
-        return self.store.list_jobs(tuple(s.value for s in states))
+        return self.store.list_jobs(tuple(states))
 
     def cancel(self, job_id: str) -> JobRow:
         row = self.get(job_id)
-        if JobState(row.state).is_terminal:
+        if row.state.is_terminal:
             return row
         with self._lock:
             self._cancel.setdefault(job_id, threading.Event()).set()
             row = self.get(job_id)
-            if row.state == JobState.QUEUED.value:  # not started: cancel right here
+            if row.state is JobState.QUEUED:  # not started: cancel right here
                 row = self._finish(row, JobState.CANCELLED)
         return row
 
     def concept_file(self, job_id: str) -> bytes:
         row = self.get(job_id)
-        if row.state != JobState.SUCCEEDED.value:
+        if row.state is not JobState.SUCCEEDED:
             raise InvalidInputError(
                 f"job {job_id!r} is {row.state}; its file exists once it succeeds"
             )
@@ -214,10 +202,10 @@ class JobManager:
 
     def _run(self, job_id: str) -> None:
         row = self.get(job_id)
-        if row.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+        if row.state not in (JobState.QUEUED, JobState.RUNNING):
             return  # cancelled while it waited
         row = self._save(
-            replace(row, state=JobState.RUNNING.value, started_at=row.started_at or time.time())
+            replace(row, state=JobState.RUNNING, started_at=row.started_at or time.time())
         )
         cancel = self._cancel.setdefault(job_id, threading.Event())
         folder = self._job_folder(job_id)
@@ -266,7 +254,7 @@ class JobManager:
         self._finish(replace(self.get(row.job_id), error=message), JobState.FAILED)
 
     def _finish(self, row: JobRow, state: JobState) -> JobRow:
-        row = self._save(replace(row, state=state.value, finished_at=time.time()))
+        row = self._save(replace(row, state=state, finished_at=time.time()))
         shutil.rmtree(self._job_folder(row.job_id) / "out" / CHECKPOINT_DIR, ignore_errors=True)
         return row
 
@@ -321,7 +309,7 @@ class JobManager:
     def _update_gauges(self) -> None:
         counts = {state: 0 for state in JobState}
         for row in self.store.list_jobs():
-            counts[JobState(row.state)] += 1
+            counts[row.state] += 1
         for state, count in counts.items():
             metrics.JOBS.labels(state=state.value).set(count)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from textinv.model import BaseModel, load_base_model
-from textinv_server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
+from textinv_client.choices import Precision
+from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 from textinv_server.config import ServerConfig
 from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
 
@@ -11,22 +12,21 @@ from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
 def load_pipeline(config: ServerConfig) -> tuple[GenerationPipeline, BaseModel | None]:
     """The pipeline, and the torch model when one was loaded (inversion jobs then share it;
     with an exported backend, a job loads the torch model itself when it starts)."""
-    backend = BackendName.parse(config.backend)
     options = BackendOptions(
         engines=config.engines,
         device=config.device,
         provider=config.provider,
         torch_options=TorchOptions(
-            weights=WeightDtype.parse(config.weights) if config.weights else None,
+            weights=config.weights,
             channels_last=config.channels_last,
             cuda_graph=config.cuda_graph,
         ),
     )
-    if backend is not BackendName.TORCH:
-        return load_generation_pipeline(config.model, backend, options), None
+    if config.backend is not BackendName.TORCH:
+        return load_generation_pipeline(config.model, config.backend, options), None
     model = load_base_model(config.model)
-    pipeline = load_generation_pipeline(model, backend, options)
+    pipeline = load_generation_pipeline(model, config.backend, options)
     # Jobs share the model only as the trainer expects it: fp32 on the CPU. Otherwise a job
     # loads its own copy when it starts.
-    shared = model if config.device == "cpu" and config.weights in (None, "fp32") else None
+    shared = model if config.device == "cpu" and config.weights in (None, Precision.FP32) else None
     return pipeline, shared

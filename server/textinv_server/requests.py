@@ -12,7 +12,8 @@ import secrets
 from dataclasses import dataclass, replace
 
 from textinv.errors import InvalidInputError
-from textinv_client.choices import Choice
+from textinv_client.choices import Scheduler
+from textinv_server.choices import coerce_choices
 
 # A seed is a uint64 on the wire; image i of a request uses seed + i, which must fit too.
 MAX_SEED = 2**64 - 1
@@ -21,18 +22,6 @@ MAX_GUIDANCE = 50.0
 MAX_IMAGES = 16
 # Pixel sizes are multiples of this (the UNet's latent grid is H/vae_scale_factor).
 SIZE_MULTIPLE = 8
-
-
-class Scheduler(Choice):
-    """The noise schedulers; values are the command line's and the wire's spellings."""
-
-    __choice_name__ = "scheduler"
-
-    DDIM = "ddim"
-    EULER = "euler"
-    EULER_ANCESTRAL = "euler-ancestral"
-    DPM_SOLVER_PP_2M = "dpmpp-2m"
-    PNDM = "pndm"
 
 
 @dataclass(frozen=True)
@@ -53,6 +42,9 @@ class GenerationRequest:
     num_images: int = 1
     scheduler: Scheduler = Scheduler.DDIM
 
+    def __post_init__(self) -> None:
+        coerce_choices(self)  # a caller's "euler" becomes Scheduler.EULER, or names the value
+
     @property
     def uses_guidance(self) -> bool:
         """Classifier-free guidance runs only above 1, exactly when diffusers runs it."""
@@ -72,18 +64,11 @@ class GenerationRequest:
             seed=seed,
             width=default_size if self.width is None else self.width,
             height=default_size if self.height is None else self.height,
-            scheduler=Scheduler.parse(self.scheduler),
         )
 
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batch (one UNet call per step)."""
-        return (
-            self.width,
-            self.height,
-            self.steps,
-            Scheduler.parse(self.scheduler),
-            self.uses_guidance,
-        )
+        return (self.width, self.height, self.steps, self.scheduler, self.uses_guidance)
 
 
 def check_request(request: GenerationRequest) -> None:
@@ -109,7 +94,6 @@ def check_request(request: GenerationRequest) -> None:
         raise InvalidInputError(
             f"seed must be in 0..2**64-1 with room for seed + num_images - 1, got {seed!r}"
         )
-    Scheduler.parse(request.scheduler)
 
 
 def _check_int_range(name: str, value: object, low: int, high: int) -> None:

@@ -19,7 +19,7 @@ from diffusers import (
     PNDMScheduler,
 )
 
-from textinv_server.requests import Scheduler
+from textinv_client.choices import Scheduler
 
 _CLASSES: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
     Scheduler.DDIM: (DDIMScheduler, {}),
@@ -37,7 +37,7 @@ def make_scheduler(
     name: Scheduler, config: Mapping[str, Any], steps: int, device: torch.device
 ) -> Any:
     """A fresh scheduler of kind ``name`` from the model's scheduler config, timesteps set."""
-    scheduler_class, overrides = _CLASSES[Scheduler.parse(name)]
+    scheduler_class, overrides = _CLASSES[name]
     scheduler = scheduler_class.from_config(dict(config), **overrides)
     scheduler.set_timesteps(steps, device=device)
     return scheduler

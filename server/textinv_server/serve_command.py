@@ -1,4 +1,9 @@
-"""``textinv serve``: flags → ``ServerConfig`` → ``textinv_server.app.serve``."""
+"""``textinv serve``: flags → ``ServerConfig`` → ``textinv_server.app.serve``.
+
+Every flag is a field of ``ServerConfig``, ``BatchingConfig``, ``TlsConfig`` or ``Limits``
+(``textinv_client.flags``); this module adds only what no single field says: API keys from the
+environment too, and the checks that span flags.
+"""
 
 from __future__ import annotations
 
@@ -8,77 +13,48 @@ import os
 from pathlib import Path
 
 from textinv.errors import InvalidInputError
+from textinv_client.flags import add_flags, flag_fields, flag_name, from_flags
 from textinv_server.config import BatchingConfig, Limits, ServerConfig, TlsConfig
+
+API_KEYS_ENV = "TEXTINV_API_KEYS"
+DEFAULT_DATA_DIR = Path("textinv-data")
 
 
 def add_serve_subcommand(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--model", help="a diffusers model folder or hub id (default: embedded)")
-    serve.add_argument("--engines", type=Path, help="the export stage's folder (manifest inside)")
-    serve.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt")
-    serve.add_argument("--device", default="cpu", help="torch backend: cpu or cuda[:N]")
-    serve.add_argument("--provider", default="cpu", help="onnxruntime: cpu, cuda or tensorrt")
-    serve.add_argument("--weights", choices=["fp32", "fp16", "bf16"], help="torch weights dtype")
-    serve.add_argument("--channels-last", action="store_true", help="torch: NHWC UNet")
-    serve.add_argument("--cuda-graph", action="store_true", help="torch on CUDA: graph replay")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
-    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    serve.add_argument("--data", type=Path, default=Path("textinv-data"), help="state folder")
-    serve.add_argument("--max-batch", type=int, default=BatchingConfig.max_batch)
-    serve.add_argument("--batch-wait-ms", type=float, default=BatchingConfig.batch_wait_ms)
-    serve.add_argument("--max-queue", type=int, default=BatchingConfig.max_queue)
-    serve.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help="accept this key (repeatable; also $TEXTINV_API_KEYS, comma-separated)",
-    )
-    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
-    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates (mTLS)")
-    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    serve.add_argument("--grace", type=float, default=10.0, help="shutdown grace in seconds")
-    serve.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
-    limits = serve.add_argument_group("limits (all reported by GetServerInfo)")
-    for name, default in vars(Limits()).items():
-        limits.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    add_flags(serve, ServerConfig, defaults={"data_dir": DEFAULT_DATA_DIR})
+    add_flags(serve, BatchingConfig)
+    add_flags(serve, TlsConfig)
+    add_flags(serve, Limits)
     serve.set_defaults(func=run_serve)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    if (args.tls_cert is None) != (args.tls_key is None):
+    """The configuration the flags describe; ``InvalidInputError`` names a bad flag."""
+    if (args.cert is None) != (args.key is None):
         raise InvalidInputError("--tls-cert and --tls-key go together; give both or neither")
-    if args.tls_client_ca is not None and args.tls_cert is None:
+    if args.client_ca is not None and args.cert is None:
         raise InvalidInputError("--tls-client-ca needs --tls-cert and --tls-key")
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port must be in 0..65535, got {args.port}")
-    keys = list(args.api_key) + [
-        key for key in os.environ.get("TEXTINV_API_KEYS", "").split(",") if key
-    ]
-    limits = Limits(**{name: getattr(args, name) for name in vars(Limits())})
-    for name, value in vars(limits).items():
+    limits = from_flags(Limits, args)
+    for item, spec, _hint in flag_fields(Limits):
+        value = getattr(limits, item.name)
         if value < 1:
-            raise InvalidInputError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-    return ServerConfig(
-        model=args.model,
-        data_dir=args.data,
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        engines=args.engines,
-        device=args.device,
-        provider=args.provider,
-        weights=args.weights,
-        channels_last=args.channels_last,
-        cuda_graph=args.cuda_graph,
-        api_keys=tuple(keys),
-        tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
-        metrics_port=args.metrics_port,
+            raise InvalidInputError(f"{flag_name(item, spec)} must be ≥ 1, got {value}")
+    return from_flags(
+        ServerConfig,
+        args,
+        api_keys=(*args.api_keys, *environment_api_keys()),
+        tls=from_flags(TlsConfig, args) if args.cert is not None else None,
         limits=limits,
-        batching=BatchingConfig(args.max_batch, args.batch_wait_ms, args.max_queue),
-        grace_seconds=args.grace,
-        warmup=not args.no_warmup,
+        batching=from_flags(BatchingConfig, args),
     )
+
+
+def environment_api_keys() -> list[str]:
+    """The keys in ``$TEXTINV_API_KEYS`` (comma-separated; empty entries skipped)."""
+    return [key for key in os.environ.get(API_KEYS_ENV, "").split(",") if key]
 
 
 def run_serve(args: argparse.Namespace) -> int:

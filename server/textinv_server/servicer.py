@@ -24,7 +24,7 @@ from textinv_client.pb.v1 import (
     textinv_pb2_grpc,
 )
 from textinv_server import convert
-from textinv_server.jobs import JobProgress, JobState
+from textinv_server.jobs import JobProgress
 from textinv_server.service import Service, library_versions
 from textinv_server.store import JobRow
 
@@ -142,12 +142,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
         states = [convert.job_state_from_pb(value) for value in request.states]
         rows = self.service.jobs.list(states)
         size = _page_size(request.page_size)
-        offset = _decode_page_token(request.page_token) or "0"
-        if not offset.isdigit():
-            raise InvalidInputError(
-                f"page_token {request.page_token!r} is not one this server issued"
-            )
-        start = int(offset)
+        start = _decode_page_offset(request.page_token)
         page = rows[start : start + size]
         more = start + size < len(rows)
         return jobs_pb2.ListJobsResponse(
@@ -170,7 +165,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
         try:
             row = jobs.get(request.job_id)
             yield jobs_pb2.WatchJobResponse(job=convert.job_info_to_pb(row))
-            while not _is_terminal(row):
+            while not row.state.is_terminal:
                 event = await events.get()
                 if isinstance(event, JobProgress):
                     yield jobs_pb2.WatchJobResponse(progress=convert.job_progress_to_pb(event))
@@ -218,15 +213,11 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
                 batch_wait_ms=int(batching.batch_wait_ms),
                 max_queue=batching.max_queue,
             ),
-            schedulers=sorted(convert.SCHEDULER_TO_PB.values()),
+            schedulers=convert.schedulers_to_pb(),
             server_version=__version__,
             api_version="textinv.v1",
             library_versions=library_versions(),
         )
-
-
-def _is_terminal(row: JobRow) -> bool:
-    return JobState(row.state).is_terminal
 
 
 def _page_size(requested: int) -> int:
@@ -243,4 +234,16 @@ def _decode_page_token(token: str) -> str:
     try:
         return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
-        raise InvalidInputError(f"page_token {token!r} is not one this server issued") from None
+        raise _foreign_page_token(token) from None
+
+
+def _decode_page_offset(token: str) -> int:
+    """The list offset a page token of ``ListJobs`` carries (0 without a token)."""
+    offset = _decode_page_token(token) or "0"
+    if not offset.isdigit():
+        raise _foreign_page_token(token)
+    return int(offset)
+
+
+def _foreign_page_token(token: str) -> InvalidInputError:
+    return InvalidInputError(f"page_token {token!r} is not one this server issued")

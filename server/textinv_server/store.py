@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from textinv_client.choices import JobState
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS concepts (
     token TEXT PRIMARY KEY,
@@ -62,7 +64,7 @@ class ConceptRow:
 @dataclass(frozen=True)
 class JobRow:
     job_id: str
-    state: str  # a textinv_server.jobs.JobState value
+    state: JobState
     params: dict[str, Any]  # the resolved trainer parameters, JSON-ready
     num_images: int
     skip_register: bool
@@ -141,6 +143,7 @@ class Store:
         values = asdict(row)
         values["params"] = json.dumps(row.params, sort_keys=True)
         values["skip_register"] = int(row.skip_register)
+        values["state"] = row.state.value
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._transaction() as db:
@@ -153,13 +156,14 @@ class Store:
             row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else _job_from_row(row)
 
-    def list_jobs(self, states: tuple[str, ...] = ()) -> list[JobRow]:
+    def list_jobs(self, states: tuple[JobState, ...] = ()) -> list[JobRow]:
         """Jobs newest first, optionally only those in ``states``."""
         query = "SELECT * FROM jobs"
         if states:
             query += f" WHERE state IN ({', '.join('?' for _ in states)})"
+        values = tuple(state.value for state in states)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at DESC, job_id", states).fetchall()
+            rows = self._db.execute(query + " ORDER BY created_at DESC, job_id", values).fetchall()
         return [_job_from_row(row) for row in rows]
 
 
@@ -167,4 +171,5 @@ def _job_from_row(row: sqlite3.Row) -> JobRow:
     values = dict(row)
     values["params"] = json.loads(values["params"])
     values["skip_register"] = bool(values["skip_register"])
+    values["state"] = JobState(values["state"])
     return JobRow(**values)

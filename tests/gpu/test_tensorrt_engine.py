@@ -12,14 +12,14 @@ import torch
 
 from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import Target, load_manifest
+from textinv_export.modules import export_module
 from textinv_export.parity import compare
+from textinv_export.samples import sample_inputs
 from textinv_export.specs import (
     Component,
     Precision,
     Range,
     ShapeRanges,
-    export_module,
-    sample_inputs,
 )
 from textinv_export.tensorrt import TIMING_CACHE_NAME, TensorRTEngine, tensorrt_missing
 

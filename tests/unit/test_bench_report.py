@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from textinv.cli import main
-from textinv_server.bench_report import peak_for
+from textinv.cli.bench.report_machine import peak_for
 
 
 @pytest.fixture(scope="module")

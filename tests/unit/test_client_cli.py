@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from textinv_client import cli
+from textinv_client import cli, concept_commands, job_commands
 from textinv_client.channel import ConnectionSettings
 from textinv_client.types import Scheduler
 
@@ -109,7 +109,7 @@ def test_trainer_flags_become_params() -> None:
     assert params.scale_lr and params.lr_schedule and params.lr_schedule.value == "cosine"
     assert params.precision and params.precision.value == "bf16"
     assert (params.resolution, params.warmup_steps, params.steps) == (256, 0, None)
-    assert args.no_register and args.func is cli.jobs_submit
+    assert args.no_register and args.func is job_commands.jobs_submit
 
 
 def test_remote_subcommands_compose_into_another_parser() -> None:
@@ -117,13 +117,13 @@ def test_remote_subcommands_compose_into_another_parser() -> None:
     parser = argparse.ArgumentParser(prog="textinv")
     cli.add_remote_subcommands(parser.add_subparsers(dest="command", required=True))
     handlers = {
-        ("concepts", "add", "f.pt"): cli.concepts_add,
-        ("concepts", "ls"): cli.concepts_ls,
-        ("concepts", "get", "<t>"): cli.concepts_get,
-        ("concepts", "rm", "<t>"): cli.concepts_rm,
-        ("jobs", "watch", "job-1"): cli.jobs_watch,
-        ("jobs", "ls"): cli.jobs_ls,
-        ("jobs", "cancel", "job-1"): cli.jobs_cancel,
+        ("concepts", "add", "f.pt"): concept_commands.concepts_add,
+        ("concepts", "ls"): concept_commands.concepts_ls,
+        ("concepts", "get", "<t>"): concept_commands.concepts_get,
+        ("concepts", "rm", "<t>"): concept_commands.concepts_rm,
+        ("jobs", "watch", "job-1"): job_commands.jobs_watch,
+        ("jobs", "ls"): job_commands.jobs_ls,
+        ("jobs", "cancel", "job-1"): job_commands.jobs_cancel,
     }
     for words, handler in handlers.items():
         args = parser.parse_args([*words, "--server", "h:1"])

@@ -14,6 +14,7 @@ from torch import nn
 
 from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from textinv_export.modules import export_module
 from textinv_export.optimize import optimize_graph
 from textinv_export.parity import Case, ParityError, check_parity
 from textinv_export.specs import (
@@ -22,7 +23,6 @@ from textinv_export.specs import (
     Precision,
     Range,
     ShapeRanges,
-    export_module,
 )
 
 # The tiny model's side is 64 px; its graphs take multiples of 4 px (2 px per latent × 2 levels).

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from textinv.errors import InvalidInputError
+from textinv_export.modules import export_module
+from textinv_export.samples import sample_inputs
 from textinv_export.specs import (
     Component,
     ComponentSpec,
@@ -13,8 +15,6 @@ from textinv_export.specs import (
     Range,
     ShapeRanges,
     component_specs,
-    export_module,
-    sample_inputs,
 )
 
 SD15 = ModelDims(

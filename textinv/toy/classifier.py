@@ -19,7 +19,7 @@ import argparse
 import itertools
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from textinv.toy import world
+from textinv_client.flags import add_flags, flag, from_flags
 
 WEIGHTS = Path(__file__).parent / "classifier.safetensors"
 PATTERNS = ("solid", "striped")
@@ -146,6 +147,21 @@ def render_batch(rng: random.Random, count: int) -> tuple[torch.Tensor, list[Rea
 # 2. Training
 
 
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """One run of ``python -m textinv.toy.classifier`` (see the module docstring for the recipe)."""
+
+    steps: int = field(default=1500, metadata=flag("training steps"))
+    batch: int = 64
+    seed: int = 1234
+    lr: float = field(default=2e-3, metadata=flag("peak learning rate (one-cycle schedule)"))
+    vae: Path | None = field(
+        default=None, metadata=flag("a model folder: read its VAE's decodes too")
+    )
+    init: Path | None = field(default=None, metadata=flag("continue from these weights"))
+    out: Path = field(default=WEIGHTS, metadata=flag("where the weights go (safetensors, fp16)"))
+
+
 def train_classifier(
     steps: int = 1500,
     batch: int = 64,
@@ -254,20 +270,18 @@ def accuracy(model: ShapesClassifier, count: int = 500, seed: int = 99) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m textinv.toy.classifier")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--vae", type=Path, help="a model folder: read its VAE's decodes too")
-    parser.add_argument("--init", type=Path, help="continue from these weights")
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    args = parser.parse_args()
+    add_flags(parser, ClassifierTrainConfig)
+    config = from_flags(ClassifierTrainConfig, parser.parse_args())
     torch.set_num_threads(1)
     model = train_classifier(
-        steps=args.steps,
-        lr=args.lr,
-        round_trip=vae_round_trip(args.vae) if args.vae else None,
-        init=load_classifier(args.init) if args.init else None,
+        steps=config.steps,
+        batch=config.batch,
+        seed=config.seed,
+        lr=config.lr,
+        round_trip=vae_round_trip(config.vae) if config.vae else None,
+        init=load_classifier(config.init) if config.init else None,
     )
-    print(f"saved {save_classifier(model, args.out)}")
+    print(f"saved {save_classifier(model, config.out)}")
     print(accuracy(model))
     return 0
 

@@ -16,16 +16,22 @@ from typing import Protocol
 import torch
 
 from textinv.errors import InvalidInputError
-from textinv_client.choices import Choice
-from textinv_export.specs import Precision
+from textinv_client.choices import Precision
+from textinv_server.choices import BackendName, Provider, coerce_choices
 
+__all__ = [
+    "Backend",
+    "BackendName",
+    "BackendOptions",
+    "Provider",
+    "ShapeLimits",
+    "TorchOptions",
+    "WeightDtype",
+]
 
-class BackendName(Choice):
-    __choice_name__ = "backend"
-
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-    TENSORRT = "tensorrt"
+# The torch backend's weight precision is the project's one ``Precision``; the old name stays
+# importable for callers written against it.
+WeightDtype = Precision
 
 
 @dataclass(frozen=True)
@@ -83,28 +89,14 @@ class Backend(Protocol):
         ...
 
 
-class WeightDtype(Choice):
-    """The torch backend's weight precision: bf16/fp16 on CUDA, fp32 on the CPU (no fast half
-    path there)."""
-
-    __choice_name__ = "weight dtype"
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.value]
-
-
 @dataclass(frozen=True)
 class TorchOptions:
     """The torch backend's speed options. All off by default; each is correct on the CPU too,
     except ``cuda_graph``, which needs CUDA and is refused elsewhere."""
 
-    # None keeps the model's own dtype; otherwise the modules are cast in place at load.
-    weights: WeightDtype | None = None
+    # None keeps the model's own dtype; otherwise the modules are cast in place at load
+    # (bf16/fp16 on CUDA; fp32 on the CPU, which has no fast half path).
+    weights: Precision | None = None
     # NHWC convolutions (cuDNN's tensor-core layout) for the UNet.
     channels_last: bool = False
     # torch.compile the UNet; "inductor" on CUDA, "eager" (dynamo tracing only) for dry runs.
@@ -113,6 +105,9 @@ class TorchOptions:
     # Capture the UNet as a CUDA graph per static input shape and replay it every step.
     cuda_graph: bool = False
 
+    def __post_init__(self) -> None:
+        coerce_choices(self)
+
 
 @dataclass(frozen=True)
 class BackendOptions:
@@ -120,8 +115,8 @@ class BackendOptions:
 
     engines: Path | None = None
     device: str = "cpu"
-    # onnxruntime: "cpu", "cuda" or "tensorrt" execution provider.
-    provider: str = "cpu"
+    # onnxruntime's execution provider.
+    provider: Provider = Provider.CPU
     # CPU threads per session (onnxruntime) or per process (torch); 0 = the library's default.
     threads: int = 0
     # torch: the weights' precision (fp16 for CUDA; the CPU has no fast half path).
@@ -130,3 +125,6 @@ class BackendOptions:
     verify_checksums: bool = True
     # torch backend only: weights dtype, channels-last, torch.compile, CUDA graphs.
     torch_options: TorchOptions = TorchOptions()
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)

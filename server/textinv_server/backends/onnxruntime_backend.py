@@ -18,19 +18,10 @@ import onnxruntime
 import torch
 
 from textinv.errors import InvalidInputError
-from textinv_client.choices import Choice
 from textinv_export.manifest import ComponentEntry, Manifest, load_manifest
 from textinv_export.specs import Component
 from textinv_server.backends import BackendName, ShapeLimits
-
-
-class Provider(Choice):
-    __choice_name__ = "onnxruntime provider"
-
-    CPU = "cpu"
-    CUDA = "cuda"
-    TENSORRT = "tensorrt"
-
+from textinv_server.choices import Provider, parse_input
 
 _PROVIDER_NAMES = {
     Provider.CPU: "CPUExecutionProvider",
@@ -76,7 +67,7 @@ class OnnxRuntimeBackend:
         threads: int = 0,
         verify_checksums: bool = True,
     ) -> None:
-        self.provider = Provider.parse(provider)
+        self.provider = parse_input(Provider, provider)
         self.manifest = load_manifest(engines, model_hash, verify_checksums=verify_checksums)
         self.folder = Path(engines)
         self.model_hash = model_hash

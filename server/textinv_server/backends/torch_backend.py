@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from textinv.dtypes import torch_dtype
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel
 from textinv.text_encoder import EmbeddingsTextEncoder
@@ -59,7 +60,7 @@ class TorchBackend:
             )
         if options.weights is not None:
             for module in (model.text_encoder, model.unet, model.vae):
-                module.to(options.weights.torch_dtype)
+                module.to(torch_dtype(options.weights))
         self.dtype = model.unet.dtype
         self.limits = limits or ShapeLimits()
         self.attention = use_sdpa(model.unet, model.vae)

@@ -16,11 +16,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from textinv_client import GenerateRequest, TextInvClient, TextInvError
+from textinv_client.flags import add_flags, flag, from_flags
 from textinv_server.background import BackgroundServer
 from textinv_server.config import BatchingConfig, ServerConfig
 from textinv_server.requests import GenerationRequest
@@ -43,13 +44,19 @@ class LoadResult:
 class ServeBenchSettings:
     """One ``bench serve`` run: the same request at each concurrency, batching on and off."""
 
-    model: str | None  # a model folder the server loads; None: the embedded model
-    concurrency: tuple[int, ...] = (1, 4, 8, 16)
-    requests: int = 32  # per measurement
-    steps: int = 10
-    resolution: int | None = None  # None: native
-    max_batch: int = 8
-    batch_wait_ms: float = 10.0
+    model: str | None = field(  # a model folder the server loads; None: the embedded model
+        metadata=flag("a diffusers model folder (default: the embedded model)")
+    )
+    concurrency: tuple[int, ...] = (1, 4, 8, 16)  # flag: --concurrency 1,4,8,16
+    requests: int = field(default=32, metadata=flag("requests per measurement"))
+    steps: int = field(default=10, metadata=flag("denoising steps per request"))
+    resolution: int | None = field(  # None: native
+        default=None, metadata=flag("pixels; default: native")
+    )
+    max_batch: int = field(default=8, metadata=flag("requests per batch, batching on"))
+    batch_wait_ms: float = field(
+        default=10.0, metadata=flag("how long a batch waits to fill, batching on")
+    )
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
@@ -60,26 +67,15 @@ class ServeBenchSettings:
 
 def add_serve_bench(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("serve", help="server latency and throughput under load")
-    bench.add_argument("--model", help="a diffusers model folder (default: the embedded model)")
+    add_flags(bench, ServeBenchSettings)
     bench.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client counts")
-    bench.add_argument("--requests", type=int, default=32, help="requests per measurement")
-    bench.add_argument("--steps", type=int, default=10)
-    bench.add_argument("--resolution", type=int, default=None, help="pixels; default: native")
-    bench.add_argument("--max-batch", type=int, default=8)
-    bench.add_argument("--batch-wait-ms", type=float, default=10.0)
     bench.add_argument("--json", type=Path, help="also write the results as JSON")
     bench.set_defaults(func=run_serve_bench)
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    settings = ServeBenchSettings(
-        model=args.model,
-        concurrency=tuple(_parse_levels(args.concurrency)),
-        requests=args.requests,
-        steps=args.steps,
-        resolution=args.resolution,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
+    settings = from_flags(
+        ServeBenchSettings, args, concurrency=tuple(_parse_levels(args.concurrency))
     )
     results = measure_serve(settings)
     _print(results, list(settings.concurrency))

@@ -8,9 +8,9 @@
 then measure fidelity (the paper's reconstruction and editability, read by the shipped
 classifier) and write an image grid and a short report.
 
-It lives in ``server/`` because it composes every stage (trainer, export, server, client); it is
-an entry point, thin over their libraries. ``--quick`` shortens every stage (fewer steps, fewer
-images) for CI, through the same code path.
+It lives in ``textinv/cli/`` because it composes every stage (trainer, export, server, client);
+it is an entry point, thin over their libraries. ``--quick`` shortens every stage (fewer steps,
+fewer images) for CI, through the same code path.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from textinv_server.background import BackgroundServer
 
 DEMO_PROMPTS = (
     "a photo of {}",
@@ -142,12 +145,13 @@ def _export(model: Path, folder: Path) -> Path:
     return folder
 
 
-def _start_server(model: Path, engines: Path, data: Path) -> Any:  # -> BackgroundServer
+def _start_server(model: Path, engines: Path, data: Path) -> BackgroundServer:
+    from textinv_server.backends import BackendName
     from textinv_server.background import BackgroundServer
     from textinv_server.config import ServerConfig
 
     config = ServerConfig(
-        model=str(model), data_dir=data, port=0, backend="onnxruntime", engines=engines
+        model=str(model), data_dir=data, port=0, backend=BackendName.ONNXRUNTIME, engines=engines
     )
     return BackgroundServer(config)
 

@@ -1,7 +1,7 @@
 """The benchmark report's plots (matplotlib, headless): stages, concurrency, training.
 
-Imported only by ``textinv_server.bench_report``; a missing matplotlib makes the report skip the
-plots.
+Imported only by ``textinv.cli.bench.report_markdown``; a missing matplotlib makes the report
+skip the plots.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The one ``textinv`` command, composed from each package's subcommands.
 
-This is the only module of ``textinv/`` that imports ``export/``, ``server/`` or ``client/``
-(DESIGN: layout). Each package contributes ``add_*_subcommands(subparsers)``; every handler returns
-an exit code. Known errors print one ``error:`` line; nothing prints a traceback to the user.
+This package is the only place in ``textinv/`` that imports ``export/``, ``server/`` or
+``client/`` (DESIGN: layout): this module gathers each package's subcommands, ``demo`` composes
+every stage, and ``bench/`` holds the benchmarks, entry points over every library. Each package
+contributes ``add_*_subcommands(subparsers)``; every handler returns an exit code. Known errors
+print one ``error:`` line; nothing prints a traceback to the user.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
+    from textinv.cli.demo import add_demo_subcommand
     from textinv.concept_commands import add_concept_subcommands
     from textinv.invert_command import add_invert_subcommand
     from textinv.toy.commands import add_toy_subcommands
     from textinv_client.cli import add_remote_subcommands
     from textinv_export.export_command import add_export_subcommand
-    from textinv_server.demo import add_demo_subcommand
     from textinv_server.generate_command import add_generate_subcommand
     from textinv_server.serve_command import add_serve_subcommand
 
@@ -41,12 +43,12 @@ def _registrars() -> list[Registrar]:
 
 
 def _bench_registrars() -> list[Registrar]:
-    """Each package's ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
-    from textinv.bench_invert import add_invert_bench
-    from textinv_export.bench import add_export_bench
-    from textinv_server.bench_generate import add_generate_bench
-    from textinv_server.bench_report import add_report_bench
-    from textinv_server.bench_serve import add_serve_bench
+    """The ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
+    from textinv.cli.bench.export import add_export_bench
+    from textinv.cli.bench.generate import add_generate_bench
+    from textinv.cli.bench.invert import add_invert_bench
+    from textinv.cli.bench.report import add_report_bench
+    from textinv.cli.bench.serve import add_serve_bench
 
     return [
         add_invert_bench,
@@ -90,5 +92,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["build_parser", "main"]

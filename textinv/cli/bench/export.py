@@ -12,17 +12,22 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from textinv_export.manifest import Target
-from textinv_export.specs import Precision, Range, ShapeRanges
+from textinv_client.flags import add_flags, from_flags
+from textinv_export.config import ExportConfig
+from textinv_export.manifest import Manifest, Target
+from textinv_export.specs import Range, ShapeRanges
+
+if TYPE_CHECKING:
+    from textinv_export.exporter import ComponentReport
 
 
 def add_export_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench = bench_subparsers.add_parser("export", help="time ONNX export and graph optimization")
     bench.add_argument("--model", help="a model folder, or sd15-shape (default: embedded)")
-    bench.add_argument(
-        "--precision", choices=[p.value for p in Precision], default=Precision.FP32.value
-    )
+    # The export's own flags (--precision), but for what this bench fixes: ONNX, a fresh export.
+    add_flags(bench, ExportConfig, skip=["out", "target", "force"])
     bench.add_argument("--out", type=Path, default=None, help="keep the graphs here")
     bench.add_argument(
         "--components", nargs="+", default=None, metavar="NAME", help="only these components"
@@ -32,19 +37,21 @@ def add_export_bench(bench_subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export_bench(args: argparse.Namespace) -> int:
-    from textinv_export.exporter import ExportConfig, export_model, parse_components
+    from textinv.testing import load_benchmark_model
+    from textinv_export.exporter import export_model, parse_components
     from textinv_export.specs import Component
 
     components = tuple(Component) if args.components is None else parse_components(args.components)
-    model = _load(args.model)
+    model = load_benchmark_model(args.model)
     native = model.default_resolution
     config_ranges = ShapeRanges(Range(1, 1, 4), Range(native, native, native))
     with tempfile.TemporaryDirectory(prefix="textinv-bench-export-") as scratch:
         out = args.out or Path(scratch)
-        config = ExportConfig(
+        config = from_flags(
+            ExportConfig,
+            args,
             out=out,
             target=Target.ONNX,
-            precision=Precision(args.precision),
             ranges=config_ranges,
             force=True,
             components=components,
@@ -68,13 +75,8 @@ def run_export_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(name: str | None):  # -> BaseModel
-    from textinv.testing import load_benchmark_model
-
-    return load_benchmark_model(name)
-
-
-def _row(out: Path, report, manifest) -> dict:  # (ComponentReport, Manifest) -> row
+def _row(out: Path, report: ComponentReport, manifest: Manifest) -> dict[str, Any]:
+    """One component's costs, and its graphs' node counts read back from ``out``."""
     entry = manifest.component(report.component)
     return {
         "component": report.component.value,

@@ -1,0 +1,91 @@
+"""The client's value checks: its request dataclasses' and its command-line flags' one home.
+
+The ``check_*`` functions raise ``ValueError`` naming the field and the bad value (a request
+built in code); the flag parsers raise ``argparse.ArgumentTypeError`` with the value (argparse
+prefixes the flag's name), so a bad flag exits 2 before any connection is made. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# A seed is a uint64 on the wire.
+MAX_SEED = 2**64 - 1
+# K, the number of vectors per concept, as the trainer allows it (issue 3).
+MAX_VECTORS = 16
+
+
+# -- request fields -------------------------------------------------------------------------------
+
+
+def check_positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1 (or None for the default), got {value}")
+
+
+def check_multiple_of_8(name: str, value: int | None) -> None:
+    if value is not None and (value < 8 or value % 8 != 0):
+        raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+
+
+def check_not_blank(name: str, text: str) -> None:
+    if not text.strip():
+        raise ValueError(f"{name} must not be empty, got {text!r}")
+
+
+# -- flag values (argparse types) -----------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**64-1, got {value}")
+    return value
+
+
+def size_int(text: str) -> int:
+    value = int(text)
+    if value < 8 or value % 8:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8, got {value}")
+    return value
+
+
+def png_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must end in .png, got {text!r}")
+    return path

@@ -1,0 +1,120 @@
+"""Generation: requests, results, per-stage timings and streamed progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from textinv_client.convert.wire import (
+    enum_from_pb,
+    enum_to_pb,
+    from_message,
+    invert,
+    message_fields,
+    oneof_from_pb,
+    optional,
+    or_none,
+)
+from textinv_client.pb.v1 import generate_pb2
+from textinv_client.types import (
+    GenerateEvent,
+    GenerateProgress,
+    GenerateRequest,
+    GenerateResult,
+    Scheduler,
+    StageTimings,
+)
+
+SCHEDULER_TO_PB: dict[Scheduler, generate_pb2.Scheduler] = {
+    Scheduler.DDIM: generate_pb2.SCHEDULER_DDIM,
+    Scheduler.EULER: generate_pb2.SCHEDULER_EULER,
+    Scheduler.EULER_ANCESTRAL: generate_pb2.SCHEDULER_EULER_ANCESTRAL,
+    Scheduler.DPM_SOLVER_PP_2M: generate_pb2.SCHEDULER_DPM_SOLVER_PP_2M,
+    Scheduler.PNDM: generate_pb2.SCHEDULER_PNDM,
+}
+SCHEDULER_FROM_PB = invert(SCHEDULER_TO_PB)
+
+
+def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateRequest:
+    message = generate_pb2.GenerateRequest(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        steps=request.steps or 0,
+        width=request.width or 0,
+        height=request.height or 0,
+        num_images=request.num_images,
+        scheduler=enum_to_pb(
+            SCHEDULER_TO_PB, request.scheduler, generate_pb2.SCHEDULER_UNSPECIFIED
+        ),
+    )
+    if request.guidance_scale is not None:
+        message.guidance_scale = request.guidance_scale
+    if request.seed is not None:
+        message.seed = request.seed
+    return message
+
+
+def generate_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerateRequest:
+    """Raises ValueError, naming the field, for a request that fails the client-side checks."""
+    return GenerateRequest(
+        prompt=message.prompt,
+        negative_prompt=message.negative_prompt,
+        steps=or_none(message.steps),
+        guidance_scale=optional(message, "guidance_scale"),
+        seed=optional(message, "seed"),
+        width=or_none(message.width),
+        height=or_none(message.height),
+        num_images=message.num_images or 1,
+        scheduler=enum_from_pb(SCHEDULER_FROM_PB, message.scheduler, "scheduler"),
+    )
+
+
+def stage_timings_to_pb(timings: StageTimings) -> generate_pb2.StageTimings:
+    return generate_pb2.StageTimings(**message_fields(timings))
+
+
+def stage_timings_from_pb(message: generate_pb2.StageTimings) -> StageTimings:
+    return from_message(StageTimings, message, batch_size=message.batch_size or 1)
+
+
+def generate_result_to_pb(
+    result: GenerateResult, sizes: Iterable[tuple[int, int]] = ()
+) -> generate_pb2.GenerateResponse:
+    """``sizes`` gives each image's (width, height); without it they are sent as 0 (unknown)."""
+    size_list = list(sizes) or [(0, 0)] * len(result.images)
+    images = [
+        generate_pb2.GeneratedImage(png=png, seed=seed, width=width, height=height)
+        for png, seed, (width, height) in zip(result.images, result.seeds, size_list, strict=True)
+    ]
+    return generate_pb2.GenerateResponse(
+        images=images,
+        seed=result.seed,
+        timings=stage_timings_to_pb(result.timings),
+        warnings=list(result.warnings),
+    )
+
+
+def generate_result_from_pb(message: generate_pb2.GenerateResponse) -> GenerateResult:
+    return GenerateResult(
+        images=tuple(image.png for image in message.images),
+        seeds=tuple(image.seed for image in message.images),
+        seed=message.seed,
+        timings=stage_timings_from_pb(message.timings),
+        warnings=tuple(message.warnings),
+    )
+
+
+def generate_progress_to_pb(progress: GenerateProgress) -> generate_pb2.GenerateProgress:
+    return generate_pb2.GenerateProgress(**message_fields(progress))
+
+
+def generate_progress_from_pb(message: generate_pb2.GenerateProgress) -> GenerateProgress:
+    return from_message(GenerateProgress, message)
+
+
+def generate_event_from_pb(message: generate_pb2.GenerateStreamResponse) -> GenerateEvent:
+    converters: dict[str, Callable[[Any], GenerateEvent]] = {
+        "progress": generate_progress_from_pb,
+        "result": generate_result_from_pb,
+    }
+    return oneof_from_pb(message, "event", converters, "GenerateStream")

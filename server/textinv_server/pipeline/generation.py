@@ -1,0 +1,122 @@
+"""``GenerationPipeline``: prompt in, PNG images out, as numbered steps over any backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from textinv.errors import CancelledError, InvalidInputError
+from textinv.model import BaseModel
+from textinv.prompts import PromptEncoder
+from textinv_server.backends import Backend, BackendName, BackendOptions
+from textinv_server.backends.factory import load_backend
+from textinv_server.host_model import HostModel
+from textinv_server.pipeline.decoding import decode
+from textinv_server.pipeline.denoising import Outcomes, denoise
+from textinv_server.pipeline.latents import RunningRequest, start_request
+from textinv_server.pipeline.planning import (
+    NO_CONCEPTS,
+    CancelCheck,
+    Concepts,
+    GenerationJob,
+    Outcome,
+    PreparedRequest,
+    ProgressCallback,
+    check_batch,
+)
+from textinv_server.pipeline.text_encoding import EncodedPrompts, embed_prompts, encode_prompts
+from textinv_server.requests import GenerationRequest, GenerationResult, StageTimings, check_request
+
+
+class GenerationPipeline:
+    """Prompt in, PNG images out, over any backend. Thread-compatible: one call at a time."""
+
+    def __init__(self, host: HostModel, backend: Backend) -> None:
+        if backend.model_hash != host.model_hash:
+            raise InvalidInputError(
+                f"backend was loaded for model {backend.model_hash[:12]}, not for "
+                f"{host.model_hash[:12]} ({host.path})"
+            )
+        self.host = host
+        self.backend = backend
+        self.prompts = PromptEncoder(host.tokenizer, host.token_embedding)
+
+    def prepare(
+        self, request: GenerationRequest, concepts: Concepts = NO_CONCEPTS
+    ) -> PreparedRequest:
+        """Check a request and embed its prompts: every error the request can cause, before any
+        backend work (the server's batcher calls this when a request arrives)."""
+        request = request.resolved(self.host.default_resolution)
+        check_request(request)
+        assert request.width is not None and request.height is not None
+        self.backend.limits.check(request.width, request.height, request.num_images)
+        embeddings = embed_prompts(self.prompts, request, concepts)
+        return PreparedRequest(request, embeddings, embeddings.warnings)
+
+    def __call__(
+        self,
+        request: GenerationRequest,
+        concepts: Concepts = NO_CONCEPTS,
+        *,
+        on_step: ProgressCallback | None = None,
+        is_cancelled: CancelCheck | None = None,
+    ) -> GenerationResult:
+        """Generate one request; raises ``CancelledError`` if ``is_cancelled`` turns true."""
+        job = GenerationJob(self.prepare(request, concepts), on_step, is_cancelled)
+        (outcome,) = self.run_batch([job])
+        if isinstance(outcome, CancelledError):
+            raise outcome
+        return outcome
+
+    def run_batch(self, jobs: Sequence[GenerationJob]) -> list[Outcome]:
+        """Run prepared requests with one ``batch_key()`` as one batch; one outcome per job."""
+        start = time.perf_counter()
+        # 1. Check that the requests can share a batch.
+        check_batch(jobs, self.backend.limits)
+        # 2. Encode all prompts in one text-encoder call.
+        encoded = encode_prompts(self.backend, jobs)
+        # 3. Draw each request's initial noise from its own seeds; give it its own scheduler.
+        running = self._start(jobs, encoded)
+        # 4. Denoising loop with classifier-free guidance; drops requests cancelled on the way.
+        outcomes: Outcomes = {}
+        step_ms = denoise(self.backend, running, outcomes)
+        # 5. Decode what finished and encode PNGs.
+        finished = [state for state in running if id(state.job) not in outcomes]
+        images, vae_ms = decode(self.backend, self.host.latent_scaling, finished)
+        # 6. Package each request's images with the batch's stage timings.
+        timings = StageTimings(
+            text_encoder_ms=encoded.milliseconds,
+            unet_total_ms=sum(step_ms),
+            unet_step_ms=tuple(step_ms),
+            vae_decode_ms=vae_ms,
+            total_ms=(time.perf_counter() - start) * 1000,
+            batch_size=len(jobs),
+        )
+        for state, pngs in zip(finished, images, strict=True):
+            prepared = state.job.prepared
+            outcomes[id(state.job)] = GenerationResult(
+                pngs, prepared.request.seeds, prepared.request, timings, prepared.warnings
+            )
+        return [outcomes[id(job)] for job in jobs]
+
+    def _start(
+        self, jobs: Sequence[GenerationJob], encoded: EncodedPrompts
+    ) -> list[RunningRequest]:
+        uncond: list[torch.Tensor | None] = [*encoded.uncond] or [None] * len(jobs)
+        return [
+            start_request(job, self.host, self.backend.device, uncond[i], encoded.cond[i])
+            for i, job in enumerate(jobs)
+        ]
+
+
+def load_generation_pipeline(
+    model: str | Path | BaseModel | None,
+    backend: BackendName = BackendName.TORCH,
+    options: BackendOptions | None = None,
+) -> GenerationPipeline:
+    """The pipeline over ``backend`` for ``model`` (a diffusers folder, or a loaded model); see
+    ``textinv_server.backends.factory`` for what each backend loads."""
+    return GenerationPipeline(*load_backend(model, backend, options or BackendOptions()))

@@ -1,0 +1,305 @@
+"""``textinv bench generate``: our pipeline per backend against diffusers, in one run.
+
+For each available backend (torch always; onnxruntime on ``--engines``, or on an export made
+here into a temporary folder; tensorrt where CUDA and engines exist) and for diffusers'
+``StableDiffusionPipeline`` built from the same modules, it runs the same request (model,
+scheduler, steps, size, seed) ``--warmup`` times unmeasured, then ``--repeats`` times,
+round-robin across the runners so a noisy neighbour hurts all of them alike. It reports the
+median and spread (min-max) of end-to-end latency and of each stage, and ratios to diffusers.
+
+Concepts: the same request with 0 and with 3 concepts (K = 2 each) on the fastest backend, end to
+end, plus the host-side prompt work alone (where the concepts' whole cost lives). Adding a
+concept to a running pipeline: parse and check a concept file's bytes and publish its vectors,
+then the next request uses it with the same backend sessions (no re-export, no reload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textinv.dtypes import torch_dtype
+from textinv.model import BaseModel
+from textinv_client.choices import Precision, Scheduler
+from textinv_client.flags import add_flags, flag, from_flags
+from textinv_server.backends import BackendName, BackendOptions, TorchOptions
+from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
+from textinv_server.requests import GenerationRequest
+
+PROMPT_PLAIN = "a photo of a toy with a cat in red style"
+
+
+@dataclass(frozen=True)
+class TorchVariant:
+    """One way of running the torch backend, measured as its own runner (``torch-compile``)."""
+
+    label: str
+    options: TorchOptions = field(default_factory=TorchOptions)
+
+
+# The variants ``--torch-variants`` names; "torch" alone is eager with the model as loaded.
+VARIANTS = {
+    "eager": TorchVariant("torch"),
+    "compile": TorchVariant("torch-compile", TorchOptions(compile=True)),
+    "cuda-graph": TorchVariant("torch-cudagraph", TorchOptions(cuda_graph=True)),
+}
+
+
+@dataclass(frozen=True)
+class GenerateBenchSettings:
+    """One ``bench generate`` run: every runner gets the same request."""
+
+    model: str | None = field(  # a model folder, sd15-shape, or None: the embedded model
+        metadata=flag("a model folder, or sd15-shape (default: embedded)")
+    )
+    engines: Path | None = field(
+        default=None, metadata=flag("an export folder for onnxruntime/tensorrt")
+    )
+    backends: tuple[str, ...] | None = None  # None: every one available (flag: --backends A B)
+    steps: int = field(default=10, metadata=flag("denoising steps (10)"))
+    resolution: int | None = field(  # None: the model's native size
+        default=None, metadata=flag("image side (native)")
+    )
+    scheduler: Scheduler = field(default=Scheduler.DDIM, metadata=flag("the noise scheduler"))
+    guidance: float = field(default=7.5, metadata=flag("classifier-free guidance scale"))
+    seed: int = field(default=0, metadata=flag("the request's seed"))
+    warmup: int = field(default=1, metadata=flag("unmeasured runs per runner (1)"))
+    repeats: int = field(default=5, metadata=flag("measured runs per runner (5)"))
+    threads: int = field(default=0, metadata=flag("CPU threads (library default)"))
+    device: str = field(default="cpu", metadata=flag("cpu, cuda, cuda:1 ..."))
+    # Weights for every runner, diffusers included (None: as loaded, fp32).
+    weights: Precision | None = field(default=None, metadata=flag("every runner's"))
+    channels_last: bool = field(default=False, metadata=flag("the UNet's layout (all)"))
+    # flag: --torch-variants eager,compile
+    torch_variants: tuple[TorchVariant, ...] = field(default=(VARIANTS["eager"],))
+    concepts: bool = True  # also measure the concepts' costs
+
+    def __post_init__(self) -> None:
+        # Callers may spell the choices as text ("euler", "bf16"); a bad one is named.
+        object.__setattr__(self, "scheduler", Scheduler.parse(self.scheduler))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", Precision.parse(self.weights))
+        for name in ("steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be ≥ 0, got {self.warmup}")
+
+
+def add_generate_bench(bench_subparsers: argparse._SubParsersAction) -> None:
+    bench = bench_subparsers.add_parser(
+        "generate", help="generation latency per backend against diffusers' pipeline"
+    )
+    add_flags(bench, GenerateBenchSettings)
+    bench.add_argument(
+        "--backends",
+        nargs="+",
+        choices=[b.value for b in BackendName],
+        default=None,
+        help="which backends (default: every one available)",
+    )
+    bench.add_argument(
+        "--torch-variants",
+        default="eager",
+        help=f"comma-separated torch runners: {', '.join(VARIANTS)} (eager)",
+    )
+    bench.add_argument("--json", type=Path, default=None, metavar="OUT", help="write JSON here")
+    bench.set_defaults(func=run_generate_bench)
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerateBenchSettings:
+    return from_flags(
+        GenerateBenchSettings,
+        args,
+        backends=tuple(args.backends) if args.backends else None,
+        torch_variants=parse_variants(args.torch_variants),
+    )
+
+
+def parse_variants(text: str) -> tuple[TorchVariant, ...]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise ValueError(f"--torch-variants {text!r}: choose from {', '.join(VARIANTS)}")
+    return tuple(VARIANTS[name] for name in names)
+
+
+def run_generate_bench(args: argparse.Namespace) -> int:
+    report = measure_generate(settings_from_args(args))
+    s = report["settings"]
+    print(
+        f"generate bench: {s['model']}, {s['resolution']}×{s['resolution']} px, {s['steps']} "
+        f"steps ({s['scheduler']}), guidance {s['guidance']}, seed {s['seed']}, "
+        f"torch threads {s['torch_threads']}, {s['warmup']} warm-up + {s['repeats']} runs, "
+        f"{s['device']}, weights {s['weights']}"
+    )
+    for note in report["notes"]:
+        print(note)
+    print_report(report)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def measure_generate(
+    settings: GenerateBenchSettings, model: BaseModel | None = None
+) -> dict[str, Any]:
+    """Every runner against diffusers, round-robin, as plain data (``model`` reuses one)."""
+    from textinv.cli.bench.generate_concepts import concept_costs
+    from textinv.cli.bench.generate_runners import measure_runners
+    from textinv.testing import load_benchmark_model
+
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    model = model or load_benchmark_model(settings.model)
+    _place(model, settings)
+    side = settings.resolution or model.default_resolution
+    request = GenerationRequest(
+        PROMPT_PLAIN,
+        steps=settings.steps,
+        guidance_scale=settings.guidance,
+        seed=settings.seed,
+        width=side,
+        height=side,
+        scheduler=settings.scheduler,
+    )
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="textinv-bench-generate-") as scratch:
+        pipelines = _pipelines(model, settings, side, Path(scratch), notes)
+        report = measure_runners(model, pipelines, request, settings.warmup, settings.repeats)
+        if settings.concepts:
+            report["concepts"] = concept_costs(
+                pipelines, request, settings.warmup, settings.repeats
+            )
+    report["notes"] = notes
+    report["settings"] = _settings_row(settings, model, side)
+    return report
+
+
+def _settings_row(settings: GenerateBenchSettings, model: BaseModel, side: int) -> dict[str, Any]:
+    """What the run used, as the report prints it (the native side and thread count resolved)."""
+    return {
+        "model": settings.model,
+        "resolution": side,
+        "steps": settings.steps,
+        "scheduler": settings.scheduler.value,
+        "guidance": settings.guidance,
+        "seed": settings.seed,
+        "torch_threads": torch.get_num_threads(),
+        "warmup": settings.warmup,
+        "repeats": settings.repeats,
+        "device": settings.device,
+        "weights": settings.weights.value if settings.weights else str(model.unet.dtype),
+        "channels_last": settings.channels_last,
+        "torch_variants": [v.label for v in settings.torch_variants],
+    }
+
+
+# -- setting up ----------------------------------------------------------------------------------
+
+
+def _place(model: BaseModel, settings: GenerateBenchSettings) -> None:
+    """Device, weights and layout for every runner alike (diffusers shares these modules)."""
+    for module in (model.text_encoder, model.unet, model.vae):
+        module.to(settings.device)
+        if settings.weights is not None:
+            module.to(torch_dtype(settings.weights))
+    if settings.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+
+
+def _pipelines(
+    model: BaseModel, settings: GenerateBenchSettings, side: int, scratch: Path, notes: list[str]
+) -> dict[str, GenerationPipeline]:
+    """Our pipeline per requested and available backend (and torch variant), keyed by label."""
+    wanted = [BackendName(b) for b in settings.backends] if settings.backends else list(BackendName)
+    pipelines: dict[str, GenerationPipeline] = {}
+    for name in wanted:
+        engines = settings.engines
+        if name is BackendName.ONNXRUNTIME and engines is None:
+            engines = _export_here(model, side, scratch, notes)
+        if name is BackendName.TENSORRT and not _tensorrt_usable(engines):
+            notes.append(
+                "tensorrt: skipped (needs CUDA, the tensorrt package and --engines with engines)"
+            )
+            continue
+        options = BackendOptions(engines=engines, threads=settings.threads, device=settings.device)
+        if name is not BackendName.TORCH:
+            pipelines[name.value] = load_generation_pipeline(model, name, options)
+            continue
+        for variant in settings.torch_variants:
+            if variant.options.cuda_graph and not settings.device.startswith("cuda"):
+                notes.append(f"{variant.label}: skipped (CUDA graphs need a CUDA device)")
+                continue
+            with_variant = replace(options, torch_options=variant.options)
+            pipelines[variant.label] = load_generation_pipeline(model, name, with_variant)
+    return pipelines
+
+
+def _export_here(model: BaseModel, side: int, scratch: Path, notes: list[str]) -> Path:
+    from textinv_export.exporter import ExportConfig, export_model
+    from textinv_export.specs import Component, Range, ShapeRanges
+
+    start = time.perf_counter()
+    config = ExportConfig(
+        scratch / "engines",
+        ranges=ShapeRanges(Range(1, 1, 4), Range(side, side, side)),
+        components=(Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER),
+    )
+    export_model(model, config, progress=lambda _: None)
+    notes.append(f"onnxruntime: exported here in {time.perf_counter() - start:.1f} s (fp32)")
+    return config.out
+
+
+def _tensorrt_usable(engines: Path | None) -> bool:
+    from textinv_export.tensorrt import tensorrt_missing
+
+    if engines is None or tensorrt_missing() is not None:
+        return False
+    from textinv_export.manifest import read_manifest
+
+    return all(e.engine is not None for e in read_manifest(engines).components.values())
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(
+        f"{'runner':<12} {'e2e ms median (min-max)':>28} {'text enc':>9} {'unet/step':>10} "
+        f"{'vae':>9} {'e2e ×':>6} {'step ×':>7}"
+    )
+    for name, row in report["runners"].items():
+        print(
+            f"{name:<12} {_stats(row['e2e']):>28} {row['text_encoder']['median_ms']:>9.1f} "
+            f"{row['unet_step']['median_ms']:>10.1f} {row['vae_decode']['median_ms']:>9.1f} "
+            f"{row['speedup_e2e']:>6.2f} {row['speedup_unet_step']:>7.2f}"
+        )
+    c = report.get("concepts")
+    if c is None:
+        return
+    print(
+        f"concepts on {c['backend']}: e2e {c['e2e_0_concepts_ms']:.1f} ms with 0, "
+        f"{c['e2e_3_concepts_ms']:.1f} ms with 3 ({c['e2e_overhead_pct']:+.2f}%, noise included); "
+        f"prompt work {c['prompt_prepare_0_concepts_ms']:.3f} → "
+        f"{c['prompt_prepare_3_concepts_ms']:.3f} ms ({c['prepare_overhead_pct_of_e2e']:+.3f}% "
+        "of e2e)"
+    )
+    print(
+        f"adding a concept to the running pipeline: {c['add_concept_ms']:.3f} ms "
+        f"(parse + check + publish); first request with it "
+        f"{c['first_request_with_new_concept_ms']:.0f} ms, backend reloaded: "
+        f"{c['backend_reloaded']}"
+    )
+
+
+def _stats(values: dict[str, float]) -> str:
+    return f"{values['median_ms']:.1f} ({values['min_ms']:.1f}-{values['max_ms']:.1f})"

@@ -1,0 +1,158 @@
+"""The files of ``textinv bench report``: ``report.json``, ``report.md`` (every measurement as
+tables) and the plots, and the summary lines it prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    """``report.json``, ``report.md`` and the plots (where matplotlib is installed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md"]
+    try:
+        from textinv.cli.bench import plots
+    except ImportError as error:  # matplotlib missing: tables only, and say so
+        report.setdefault("notes", []).append(f"plots skipped: {error}")
+    else:
+        written += plots.draw_all(report, out)
+    written[0].write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    written[1].write_text(markdown(report))
+    return written
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# textinv benchmark report", ""]
+    lines += _md_machine(report)
+    lines += _md_ratios(report["ratios"])
+    lines += _md_invert(report["invert"])
+    lines += _md_generate(report["generate"])
+    lines += _md_serve(report["serve"])
+    lines += _md_flops(report)
+    lines += ["## Settings", "", "```json", json.dumps(report["settings"], indent=2,
+              default=_json_default), "```", ""]  # fmt: skip
+    if report.get("notes"):
+        lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _md_machine(report: dict[str, Any]) -> list[str]:
+    rows = [[key, str(value)] for key, value in report["machine"].items()]
+    rows += [[key, value] for key, value in report["versions"].items()]
+    return ["## Machine and versions", "", *_table(["", ""], rows)]
+
+
+def _md_ratios(ratios: dict[str, float]) -> list[str]:
+    rows = [[name, f"{value:.3f}"] for name, value in ratios.items()]
+    header = ["comparison (same run)", "ratio"]
+    return ["## Ratios", "", "Speed-ups are ours ÷ baseline in throughput.", "",
+            *_table(header, rows)]  # fmt: skip
+
+
+def _md_invert(invert: dict[str, Any]) -> list[str]:
+    rows = []
+    for method in ("textinv", "reference"):
+        r = invert[method]
+        rows.append([
+            method, f"{r['steps_per_s']:.3f}", f"{r['median_step_s'] * 1000:.1f}",
+            f"{r['min_step_s'] * 1000:.1f}–{r['max_step_s'] * 1000:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+        ])  # fmt: skip
+    s = invert["settings"]
+    title = (
+        f"## Training (invert): {s['resolution']} px, batch {s['batch_size']}, "
+        f"{s['precision']}, {s['steps']} timed steps after {s['warmup']} warm-up"
+    )
+    header = ["method", "steps/s", "median ms/step", "min–max ms", "peak RSS MiB"]
+    return [title, "", *_table(header, rows)]
+
+
+def _md_generate(generate: dict[str, Any]) -> list[str]:
+    s = generate["settings"]
+    title = (
+        f"## Generation: {s['resolution']}² px, {s['steps']} steps ({s['scheduler']}), "
+        f"{s['warmup']} warm-up + {s['repeats']} runs, {s['device']}, weights {s['weights']}"
+    )
+    rows = []
+    for name, row in generate["runners"].items():
+        rows.append([
+            name, _spread(row["e2e"]), _spread(row["text_encoder"]), _spread(row["unet_step"]),
+            _spread(row["vae_decode"]), f"{row['speedup_e2e']:.2f}",
+            f"{row['speedup_unet_step']:.2f}",
+        ])  # fmt: skip
+    header = ["runner", "end to end ms", "text encoder ms", "UNet step ms", "VAE decode ms",
+              "e2e × diffusers", "step × diffusers"]  # fmt: skip
+    lines = [title, "", "Median (min–max).", "", *_table(header, rows)]
+    concepts = generate.get("concepts")
+    if concepts:
+        lines += [
+            f"Concepts on {concepts['backend']}: end to end {concepts['e2e_0_concepts_ms']:.1f} "
+            f"ms with none, {concepts['e2e_3_concepts_ms']:.1f} ms with 3; adding one to a "
+            f"running pipeline {concepts['add_concept_ms']:.3f} ms, reload: "
+            f"{concepts['backend_reloaded']}.",
+            "",
+        ]
+    return lines
+
+
+def _spread(stats: dict[str, float]) -> str:
+    return f"{stats['median_ms']:.1f} ({stats['min_ms']:.1f}–{stats['max_ms']:.1f})"
+
+
+def _md_serve(serve: list[dict[str, Any]]) -> list[str]:
+    if not serve:
+        return ["## Serving", "", "Not measured (the server needs a model folder).", ""]
+    rows = [
+        [r["mode"], str(r["concurrency"]), str(r["requests"]), str(r["failures"]),
+         f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}",
+         f"{r['throughput_rps']:.2f}"]
+        for r in serve
+    ]  # fmt: skip
+    header = ["mode", "clients", "requests", "failed", "p50 ms", "p95 ms", "p99 ms", "req/s"]
+    return ["## Serving under concurrency", "", *_table(header, rows)]
+
+
+def _md_flops(report: dict[str, Any]) -> list[str]:
+    flops, peak = report["flops"], report["peak"]
+    lines = [
+        "## FLOPs and the hardware's peak",
+        "",
+        f"UNet per denoising step ({flops['unet_step_rows']} rows, "
+        f"{flops['unet_step_resolution']} px): {flops['unet_flops_per_denoising_step'] / 1e9:.2f}"
+        f" GFLOP; per training step (batch {flops['train_batch']}, "
+        f"{flops['train_resolution']} px, forward + backward): "
+        f"{flops['unet_flops_per_train_step'] / 1e9:.2f} GFLOP. Counted with {flops['method']}.",
+        "",
+        f"Peak: {peak['tflops']:.3f} TFLOP/s ({peak['source']}).",
+        "",
+    ]
+    rows = [
+        [name, f"{u['tflops']:.4f}", f"{100 * u['fraction_of_peak']:.2f}%"]
+        for name, u in report["utilization"].items()
+    ]
+    return lines + _table(["UNet in", "achieved TFLOP/s", "of peak"], rows)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"{name}: {value:.3f}" for name, value in report["ratios"].items()]
+    for name, u in report["utilization"].items():
+        lines.append(
+            f"{name}: {u['tflops']:.4f} TFLOP/s, {100 * u['fraction_of_peak']:.2f}% of peak"
+        )
+    return lines

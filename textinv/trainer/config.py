@@ -1,0 +1,264 @@
+"""One inversion run's settings, frozen, and the checks that run before anything is loaded.
+
+``textinv invert`` derives its flags from these fields (``textinv_client.flags``): each field's
+metadata holds its help text, its flag's name where it differs from the field's, and its ``--help``
+group. A closed choice is a ``textinv_client.choices`` Enum; callers may still spell it as a
+string ("fp32"), which ``__post_init__`` parses (a bad spelling raises ``UnknownChoiceError``
+naming it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from textinv.data import DEFAULT_MAX_IMAGES, CropMode
+from textinv.errors import InvalidInputError
+from textinv.trainer.run_files import CONCEPT_FILE, list_checkpoints
+from textinv_client.choices import Choice, ConceptProperty, LrSchedule, Precision
+from textinv_client.flags import flag
+
+MAX_TRAIN_VECTORS = 16
+# A model name that needs no folder: SD 1.5's exact shapes with seeded random weights.
+SD15_SHAPE = "sd15-shape"
+
+_INIT_HELP = (
+    "initializer text, e.g. 'toy'. With K vectors and M init tokens, vector i starts as the mean "
+    "of init tokens floor(i*M/K) .. floor((i+1)*M/K)-1 (at least one): M ≤ K copies the tokens in "
+    "order, repeating them; M > K averages neighbours"
+)
+_EARLY_STOP_HELP = (
+    "DVAR early stop: stop when the variance of the last WINDOW evaluation losses falls below "
+    "--early-stop-threshold × the variance of all of them; 0: off"
+)
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """Everything one inversion run needs; ``textinv invert``'s flags are these fields."""
+
+    images: str = field(
+        metadata=flag(
+            "folder of training images; NAME.txt beside NAME.png is its caption, '{}' = token"
+        )
+    )
+    token: str = field(metadata=flag("the new word, e.g. '<cat-toy>'"))
+    init: str = field(metadata=flag(_INIT_HELP))
+    out: str = field(metadata=flag("output folder"))
+    model: str | None = field(
+        default=None,
+        metadata=flag(
+            "a diffusers SD 1.x/2.x folder, a hub id, or sd15-shape (random SD 1.5 shapes); "
+            "default: the embedded model"
+        ),
+    )
+    vectors: int = field(default=1, metadata=flag(f"K, vectors per token (1..{MAX_TRAIN_VECTORS})"))
+    learnable_property: ConceptProperty = field(
+        default=ConceptProperty.OBJECT,
+        metadata=flag(
+            "which of the paper's template lists the prompts come from", name="--property"
+        ),
+    )
+    steps: int = field(default=3000, metadata=flag("optimizer steps"))
+    batch_size: int = field(default=1, metadata=flag("images per micro-batch"))
+    grad_accum: int = field(default=4, metadata=flag("micro-batches per optimizer step"))
+    lr: float = field(default=2e-3, metadata=flag("learning rate"))
+    # diffusers' --scale_lr
+    scale_lr: bool = field(
+        default=False, metadata=flag("multiply --lr by batch size × grad accumulation")
+    )
+    lr_schedule: LrSchedule = field(
+        default=LrSchedule.CONSTANT,
+        metadata=flag("constant, or cosine decay to 0 after the warm-up"),
+    )
+    warmup: int = field(default=0, metadata=flag("linear warm-up steps"))
+    weight_decay: float = field(default=1e-2, metadata=flag("AdamW's"))
+    resolution: int | None = field(  # None: the model's own (512 for SD 1.5)
+        default=None,
+        metadata=flag(
+            "training side in px, a multiple of 8 (default: the model's, 512 for SD 1.5)"
+        ),
+    )
+    precision: Precision = field(
+        default=Precision.FP32,
+        metadata=flag("the frozen model's precision (the vectors always train in fp32)"),
+    )
+    seed: int = field(default=0, metadata=flag("seeds every random draw of the run"))
+    checkpoint_every: int = field(
+        default=500, metadata=flag("checkpoint every N steps (and at the end); 0: never")
+    )
+    resume: bool = field(default=False, metadata=flag("continue from OUT's newest checkpoint"))
+    overwrite: bool = field(
+        default=False, metadata=flag("replace a concept or checkpoints already in OUT")
+    )
+    # Data
+    max_images: int = field(
+        default=DEFAULT_MAX_IMAGES, metadata=flag("refuse more images", group="data")
+    )
+    crop: CropMode = field(
+        default=CropMode.CENTER,
+        metadata=flag(
+            "center: the largest centred square; random: --num-crops squares", group="data"
+        ),
+    )
+    crop_scale: tuple[float, float] = field(
+        default=(0.8, 1.0),
+        metadata=flag(
+            "random crop side as a fraction of the shorter image side",
+            metavar=("MIN", "MAX"),
+            group="data",
+        ),
+    )
+    num_crops: int = field(
+        default=4, metadata=flag("random crops per image in the pool", group="data")
+    )
+    flip: bool = field(
+        default=True,
+        metadata=flag(
+            "no horizontal flips in the pool (default: flip=%(default)s)",
+            name="--no-flip",
+            group="data",
+        ),
+    )
+    alpha_mask: bool = field(
+        default=False,
+        metadata=flag(
+            "use an image's alpha channel as a loss mask (default: composite it on white)",
+            group="data",
+        ),
+    )
+    # Method options
+    min_snr_gamma: float | None = field(
+        default=None, metadata=flag("min-SNR-γ loss weighting (e.g. 5)", group="method")
+    )
+    embedding_reg_weight: float = field(
+        default=0.0, metadata=flag("L2 pull toward the initializer's embedding", group="method")
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=flag("trade UNet compute for memory", group="method")
+    )
+    # Early stopping on the fixed evaluation batch (DVAR, Voronov et al. 2023)
+    eval_every: int = field(  # 0: only when early stopping is on (then every 25 steps)
+        default=0,
+        metadata=flag(
+            "log the loss on a fixed evaluation batch every N steps (0: only for --early-stop)",
+            group="method",
+        ),
+    )
+    eval_batch_size: int = 4
+    early_stop: int = field(  # DVAR window, in evaluations
+        default=0, metadata=flag(_EARLY_STOP_HELP, metavar="WINDOW", group="method")
+    )
+    early_stop_threshold: float = field(
+        default=0.15, metadata=flag("DVAR's variance ratio", group="method")
+    )
+    # Validation grids
+    validate_every: int = field(
+        default=0,
+        metadata=flag(
+            "write OUT/validation/step-N.png every N steps (and at the end); 0: never",
+            group="validation",
+        ),
+    )
+    validation_prompt: str | None = field(
+        default=None,
+        metadata=flag(
+            "'{}' stands for the token (default: 'a photo of a {}' or 'a painting in the style "
+            "of {}')",
+            group="validation",
+        ),
+    )
+    num_validation_images: int = field(
+        default=4, metadata=flag("images in each validation grid", group="validation")
+    )
+    validation_steps: int = field(
+        default=25, metadata=flag("denoising steps per validation image", group="validation")
+    )
+    device: str = field(default="auto", metadata=flag("auto, cpu, cuda, cuda:1, ..."))
+
+    def __post_init__(self) -> None:
+        # Callers may spell a choice as a string ("fp32"); keep the member.
+        for name, choice in _CHOICES.items():
+            object.__setattr__(self, name, choice.parse(getattr(self, name)))
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values: choices as their spellings, ``crop_scale`` as a list."""
+        data = dataclasses.asdict(self)
+        data["crop_scale"] = list(self.crop_scale)
+        return {k: v.value if isinstance(v, Enum) else v for k, v in data.items()}
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * (self.batch_size * self.grad_accum if self.scale_lr else 1)
+
+    @property
+    def effective_eval_every(self) -> int:
+        if self.eval_every > 0:
+            return self.eval_every
+        return 25 if self.early_stop > 0 else 0
+
+
+_CHOICES: dict[str, type[Choice]] = {
+    "learnable_property": ConceptProperty,
+    "lr_schedule": LrSchedule,
+    "precision": Precision,
+    "crop": CropMode,
+}
+_POSITIVE = ("batch_size", "grad_accum", "max_images", "num_crops", "eval_batch_size")
+_NOT_NEGATIVE = ("checkpoint_every", "validate_every", "eval_every", "warmup", "early_stop")
+
+
+def check_config(config: InvertConfig) -> None:
+    """Refuse bad values, naming each, before anything is loaded."""
+    problems = []
+    if not 1 <= config.vectors <= MAX_TRAIN_VECTORS:
+        problems.append(f"--vectors {config.vectors}: K must be 1 to {MAX_TRAIN_VECTORS}")
+    if config.resolution is not None and (config.resolution <= 0 or config.resolution % 8):
+        problems.append(f"--resolution {config.resolution}: must be a positive multiple of 8")
+    if config.steps <= 0:
+        problems.append(f"--steps {config.steps}: must be positive")
+    for name in _POSITIVE:
+        if getattr(config, name) <= 0:
+            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: must be positive")
+    for name in _NOT_NEGATIVE:
+        if getattr(config, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: must be ≥ 0")
+    if not config.lr > 0 or not math.isfinite(config.lr):
+        problems.append(f"--lr {config.lr}: must be a positive number")
+    low, high = config.crop_scale
+    if not 0 < low <= high <= 1:
+        problems.append(f"--crop-scale {low} {high}: need 0 < min ≤ max ≤ 1")
+    if config.min_snr_gamma is not None and not config.min_snr_gamma > 0:
+        problems.append(f"--min-snr-gamma {config.min_snr_gamma}: must be positive")
+    if config.embedding_reg_weight < 0:
+        problems.append(f"--embedding-reg-weight {config.embedding_reg_weight}: must be ≥ 0")
+    if not config.init or not config.init.strip():
+        problems.append("--init: the initializer text is empty; give a word such as 'toy'")
+    if config.resume and config.overwrite:
+        problems.append("--resume and --overwrite contradict each other; pass one")
+    if problems:
+        raise InvalidInputError("; ".join(problems))
+
+
+def check_output_folder(config: InvertConfig) -> None:
+    """An output folder holding a concept or checkpoints needs ``--resume`` or ``--overwrite``."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"output {str(out)!r} exists and is not a folder")
+    if config.resume or config.overwrite:
+        return
+    if (out / CONCEPT_FILE).exists():
+        raise InvalidInputError(
+            f"output folder {str(out)!r} already holds a concept ({CONCEPT_FILE}); pass --resume "
+            "to continue that run or --overwrite to replace it"
+        )
+    if list_checkpoints(out):
+        raise InvalidInputError(
+            f"output folder {str(out)!r} holds checkpoints of an earlier run; pass --resume to "
+            "continue it or --overwrite to start over"
+        )

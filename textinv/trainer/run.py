@@ -1,0 +1,198 @@
+"""One prepared inversion run: the K vectors, their optimizer, and the loss they descend.
+
+DESIGN decisions 2 and 3. Only the K new vectors train: one fp32 ``nn.Parameter`` [K, D], spliced
+into the prompt embeddings after the table lookup (``PromptEncoder.embed_tokenized``), then run
+through the frozen text encoder (``EmbeddingsTextEncoder``) and the frozen UNet. The vocabulary
+table is never in the optimizer, so every frozen row stays bit-identical by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textinv.concepts import Concept, ConceptMetadata, save_concept
+from textinv.conv_kernels import im2col_convolutions, use_im2col_convolutions
+from textinv.data import LatentCache
+from textinv.dtypes import torch_dtype
+from textinv.model import BaseModel
+from textinv.prompts import PromptEncoder, TokenizedPrompt
+from textinv.text_encoder import EmbeddingsTextEncoder
+from textinv.trainer.batches import Batch, TrainingData
+from textinv.trainer.config import InvertConfig
+from textinv.trainer.loop import ProgressCallback, train_loop
+from textinv.trainer.loss import NoiseSchedule, per_sample_error
+from textinv.trainer.run_files import CONCEPT_FILE, TrainState
+from textinv.trainer.validation import write_validation_grid
+from textinv_client.choices import LrSchedule, Precision
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything ``prepare`` checked and computed once, before a ``Trainer`` exists."""
+
+    resolution: int
+    init_ids: list[int]
+    init_vectors: torch.Tensor  # [K, D] fp32, the initializer's rows
+    encoder: PromptEncoder
+    schedule: NoiseSchedule
+    data: TrainingData
+    cache_seconds: float  # how long the latent cache took to encode
+
+
+class Trainer:
+    """One prepared inversion run; ``prepare`` builds it, ``train`` runs it."""
+
+    def __init__(
+        self, config: InvertConfig, model: BaseModel, device: torch.device, prepared: Prepared
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.device = device
+        self.out = Path(config.out)
+        self.dtype = torch_dtype(config.precision)
+        self.resolution = prepared.resolution
+        self.init_ids = prepared.init_ids
+        self.init_vectors = prepared.init_vectors
+        self.encoder = prepared.encoder
+        self.text = EmbeddingsTextEncoder(model.text_encoder)
+        self.schedule = prepared.schedule
+        self.data = prepared.data
+        self.cache_seconds = prepared.cache_seconds
+        self.vectors = torch.nn.Parameter(self.init_vectors.clone().to(device))
+        self.optimizer = torch.optim.AdamW(
+            [self.vectors],
+            lr=config.effective_lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=config.weight_decay,
+        )
+        use_scaler = config.precision == Precision.FP16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.eval_batch = self.data.eval_batch(config.eval_batch_size, config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.state = TrainState()
+
+    @property
+    def prediction_type(self) -> str:
+        return self.schedule.prediction_type
+
+    @property
+    def cache(self) -> LatentCache:
+        return self.data.cache
+
+    @property
+    def prompts(self) -> list[list[TokenizedPrompt]]:
+        return self.data.prompts
+
+    # -- the loss --------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        weights = next(self.model.unet.parameters()).dtype
+        if self.dtype == torch.float32 or weights == self.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _use_im2col(self, unet_dtype: torch.dtype) -> bool:
+        # fp32 on 1-2 CPU threads: the UNet's convolutions as im2col + GEMM (conv_kernels.py).
+        # Not with gradient checkpointing: its recomputation runs outside the loss's block.
+        return (
+            self.dtype == torch.float32
+            and not self.config.gradient_checkpointing
+            and use_im2col_convolutions(self.device, unet_dtype)
+        )
+
+    def loss(self, vectors: torch.Tensor, batch: Batch, *, weighted: bool = True) -> torch.Tensor:
+        """The denoising loss of ``batch`` with ``vectors`` spliced in (fp32 scalar)."""
+        device = self.device
+        latents, noise = batch.latents.to(device), batch.noise.to(device)
+        timesteps = batch.timesteps.to(device)
+        noisy = self.schedule.scheduler.add_noise(latents, noise, timesteps)
+        target = self.schedule.target(latents, noise, timesteps)
+        embeds = self.encoder.embed_tokenized(batch.prompts, {self.config.token: vectors})
+        unet_dtype = next(self.model.unet.parameters()).dtype
+        with self._autocast():
+            hidden, _ = self.text(embeds.inputs_embeds.to(device), embeds.eos_positions.to(device))
+            with im2col_convolutions(self._use_im2col(unet_dtype)):
+                prediction = self.model.unet(
+                    noisy.to(unet_dtype), timesteps, encoder_hidden_states=hidden.to(unet_dtype)
+                ).sample
+        masks = None if batch.masks is None else batch.masks.to(device)
+        per_sample = per_sample_error(prediction, target, masks)  # [B]
+        gamma = self.config.min_snr_gamma
+        if weighted and gamma is not None:
+            weights = self.schedule.min_snr_weights(batch.timesteps, gamma)  # [B]
+            per_sample = per_sample * weights.to(device)
+        return per_sample.mean()
+
+    def regularization(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The original implementation's ``embedding_reg_weight`` pull toward the initializer."""
+        diff = vectors - self.init_vectors.to(vectors.device)
+        return self.config.embedding_reg_weight * diff.pow(2).sum(dim=1).mean()
+
+    @torch.no_grad()
+    def evaluation_loss(self, vectors: torch.Tensor | None = None) -> float:
+        """The plain (unweighted) loss on the fixed evaluation batch, for ``vectors`` or ours."""
+        vectors = self.vectors.detach() if vectors is None else vectors.to(self.device)
+        return float(self.loss(vectors, self.eval_batch, weighted=False))
+
+    # -- one optimizer step ----------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        base, warmup, total = self.config.effective_lr, self.config.warmup, self.config.steps
+        if warmup and step < warmup:
+            return base * (step + 1) / warmup
+        if self.config.lr_schedule == LrSchedule.COSINE:
+            progress = (step - warmup) / max(1, total - warmup)
+            return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return base
+
+    def _optimizer_step(self) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches; the summed, scaled loss."""
+        config = self.config
+        lr = self.lr_at(self.state.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(config.grad_accum):
+            batch = self.data.sample(config.batch_size, self.generator)
+            loss = self.loss(self.vectors, batch)
+            if config.embedding_reg_weight:
+                loss = loss + self.regularization(self.vectors)
+            loss = loss / config.grad_accum
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def train(
+        self,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Concept:
+        """Run (or resume) the loop to ``config.steps``; write and return the concept."""
+        return train_loop(self, progress, should_stop)
+
+    def concept(self) -> Concept:
+        metadata = ConceptMetadata(base_model_hash=self.model.model_hash, steps=self.state.step)
+        return Concept(self.config.token, self.vectors.detach().cpu().float().clone(), metadata)
+
+    def write_concept(self) -> Concept:
+        concept = self.concept()
+        save_concept(concept, self.out / CONCEPT_FILE)
+        return concept
+
+    def validate(self) -> Path:
+        """Render the validation prompt with the current vectors; write a PNG grid."""
+        return write_validation_grid(self)
