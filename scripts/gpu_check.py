@@ -170,7 +170,7 @@ def check_invert(plan: CheckPlan) -> dict[str, Any]:
 def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, Any]:
     from textinv.cli.bench.generate import GenerateBenchSettings, TorchVariant, measure_generate
     from textinv_client.choices import Precision
-    from textinv_server.backends import TorchOptions
+    from textinv_server.backends import BackendName, TorchOptions
 
     variants = [
         TorchVariant("torch"),
@@ -183,7 +183,7 @@ def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, An
     settings = GenerateBenchSettings(
         model=plan.model,
         engines=engines,
-        backends=("torch", "tensorrt") if engines else ("torch",),
+        backends=(BackendName.TORCH, BackendName.TENSORRT) if engines else (BackendName.TORCH,),
         steps=plan.steps,
         resolution=plan.resolution,
         warmup=1,

@@ -14,7 +14,8 @@ A config field opts in with ``metadata=flag("help text")``; its type decides the
 ``int``, ``float``, ``str`` and ``Path`` fields take one value (``X | None`` too, default None); a
 :class:`~textinv_client.choices.Choice` takes one of its spellings and shows them; ``bool`` is a
 switch (``--x`` sets True, or ``name="--no-x"`` on a field that defaults to True sets False);
-``tuple[X, X]`` takes two values and ``tuple[X, ...]`` is repeatable. ``parse=`` replaces the
+``tuple[X, X]`` takes two values and ``tuple[X, ...]`` is repeatable (``--x a --x b``), or takes
+its values after one flag with ``nargs="*"`` or ``"+"`` (``--x a b``). ``parse=`` replaces the
 type's parser with one that also checks the value (``parse=positive_int``; it raises
 ``argparse.ArgumentTypeError`` naming the value). The flag's dest is always the field's name; a
 ``group`` title the parser already has is that group, so flags can join hand-made ones.
@@ -46,6 +47,7 @@ class Flag:
     metavar: str | tuple[str, ...] | None = None  # a tuple names each of nargs values
     group: str | None = None  # an argument group's title, for --help
     parse: Callable[[str], Any] | None = None  # checks and converts one value; default: the type
+    nargs: str | None = None  # "*" or "+": a tuple[X, ...] field's values follow one flag
 
 
 def flag(
@@ -55,9 +57,10 @@ def flag(
     metavar: str | tuple[str, ...] | None = None,
     group: str | None = None,
     parse: Callable[[str], Any] | None = None,
+    nargs: str | None = None,
 ) -> dict[str, Flag]:
     """Field metadata that makes the field a flag: ``field(default=..., metadata=flag(...))``."""
-    return {_KEY: Flag(help, name, metavar, group, parse)}
+    return {_KEY: Flag(help, name, metavar, group, parse, nargs)}
 
 
 def flag_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Flag, Any]]:
@@ -139,8 +142,11 @@ def _argument_options(hint: Any, default: Any, spec: Flag, name: str) -> dict[st
         return options
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple and len(arguments) == 2 and arguments[1] is Ellipsis:
-        options.update(action="append", type=spec.parse or _parser_for(arguments[0]))
-        options["default"] = list(default or ())
+        options["type"] = spec.parse or _parser_for(arguments[0])
+        if spec.nargs:  # --x a b: None (unset) stays None
+            options.update(nargs=spec.nargs, default=None if default is None else list(default))
+        else:  # --x a --x b
+            options.update(action="append", default=list(default or ()))
         return options
     if origin is tuple:
         options.update(nargs=len(arguments), type=spec.parse or _parser_for(arguments[0]))

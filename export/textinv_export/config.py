@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textinv.choices import parse_input
 from textinv_client.flags import flag
 from textinv_export.choices import (
     EXPORT_PRECISIONS,
@@ -41,13 +42,21 @@ class ExportConfig:
     ranges: ShapeRanges = field(default_factory=ShapeRanges)
     opset: int = OPSET
     force: bool = field(default=False, metadata=flag("redo work an earlier run left"))
-    components: tuple[Component, ...] = tuple(Component)
+    components: tuple[Component, ...] = field(
+        default=tuple(Component),
+        metadata=flag(
+            "export only these (text_encoder unet vae_decoder vae_encoder; default: all)",
+            metavar="NAME",
+            nargs="+",
+            parse=str,  # named in __post_init__, as bad input, like every other bad value here
+        ),
+    )
 
     def __post_init__(self) -> None:
         coerce(
             self,
             out=Path,
-            target=Target.parse,
+            target=lambda value: parse_input(Target, value),
             precision=export_precision,
-            components=lambda names: tuple(Component.parse(name) for name in names),
+            components=lambda names: tuple(parse_input(Component, name) for name in names),
         )

@@ -42,13 +42,6 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="image side in pixels, multiples of 8 (default: half to 1.5× the model's own)",
     )
     parser.add_argument(
-        "--components",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="export only these (text_encoder unet vae_decoder vae_encoder)",
-    )
-    parser.add_argument(
         "--check", action="store_true", help="compare each graph with PyTorch in onnxruntime"
     )
     parser.set_defaults(func=run_export)
@@ -56,7 +49,7 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from textinv.model import load_base_model
-    from textinv_export.exporter import check_writable, export_model, parse_components
+    from textinv_export.exporter import check_writable, export_model
 
     # 1. Everything that can be wrong with the arguments fails before the model loads.
     if args.target is Target.TENSORRT:
@@ -73,7 +66,6 @@ def run_export(args: argparse.Namespace) -> int:
         ExportConfig,
         args,
         ranges=ShapeRanges(batch) if resolution is None else ShapeRanges(batch, resolution),
-        components=parse_components(args.components),
     )
     check_writable(config.out)
     # 2. Load, export, report.

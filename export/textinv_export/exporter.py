@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,10 +237,3 @@ def check_writable(folder: Path) -> None:
         raise InvalidInputError(
             f"output folder {str(folder)!r} is not writable: {error.strerror or error}"
         ) from error
-
-
-def parse_components(names: Sequence[str] | None) -> tuple[Component, ...]:
-    """``--components`` as given, or every component when it was not."""
-    if names is None:
-        return tuple(Component)
-    return tuple(Component.parse(name) for name in names)

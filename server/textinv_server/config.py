@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textinv.choices import coerce_choices
 from textinv_client.choices import Precision
 from textinv_client.flags import Flag, flag
-from textinv_server.choices import BackendName, Provider, coerce_choices
+from textinv_server.choices import BackendName, Provider
 
 MIB = 1 << 20
 LIMITS_GROUP = "limits (all reported by GetServerInfo)"

@@ -11,9 +11,9 @@ import math
 import secrets
 from dataclasses import dataclass, replace
 
+from textinv.choices import coerce_choices
 from textinv.errors import InvalidInputError
 from textinv_client.choices import Scheduler
-from textinv_server.choices import coerce_choices
 
 # A seed is a uint64 on the wire; image i of a request uses seed + i, which must fit too.
 MAX_SEED = 2**64 - 1

@@ -75,3 +75,17 @@ def test_help_shows_choices_defaults_and_groups() -> None:
     assert "--precision {fp32,fp16,bf16}" in text
     assert "denoising steps (default: 12)" in text
     assert "method:" in text and "--internal" not in text
+
+
+@dataclass(frozen=True)
+class Many:
+    paths: tuple[Path, ...] = field(default=(), metadata=flag("some files", nargs="*"))
+    names: tuple[Precision, ...] | None = field(default=None, metadata=flag("some", nargs="+"))
+
+
+def test_nargs_takes_the_values_after_one_flag() -> None:
+    parser = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    add_flags(parser, Many)
+    assert from_flags(Many, parser.parse_args([])) == Many()
+    parsed = from_flags(Many, parser.parse_args(["--paths", "a", "b", "--names", "fp16", "bf16"]))
+    assert parsed == Many(paths=(Path("a"), Path("b")), names=(Precision.FP16, Precision.BF16))

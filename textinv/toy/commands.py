@@ -51,16 +51,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, EvalConfig, required=["concept"])
-    parser.add_argument(
-        "--clip-images", type=Path, nargs="*", default=[], help="reference images for CLIP-I"
-    )
     parser.add_argument("--out", type=Path, help="write report.json and grid.png here")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from textinv.toy.evaluate import evaluate, format_table, save_report
 
-    config = from_flags(EvalConfig, args, clip_images=tuple(args.clip_images))
+    config = from_flags(EvalConfig, args)
     report = evaluate(config, progress=lambda message: print(message, flush=True))
     print(format_table(report))
     if args.out:

@@ -3,8 +3,8 @@
 ``textinv invert`` derives its flags from these fields (``textinv_client.flags``): each field's
 metadata holds its help text, its flag's name where it differs from the field's, and its ``--help``
 group. A closed choice is a ``textinv_client.choices`` Enum; callers may still spell it as a
-string ("fp32"), which ``__post_init__`` parses (a bad spelling raises ``UnknownChoiceError``
-naming it).
+string ("fp32"), which ``__post_init__`` parses (a bad spelling is bad input that names it:
+``textinv.choices.coerce_choices``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from textinv.choices import coerce_choices
 from textinv.data import DEFAULT_MAX_IMAGES, CropMode
 from textinv.errors import InvalidInputError
 from textinv.trainer.run_files import CONCEPT_FILE, list_checkpoints
-from textinv_client.choices import Choice, ConceptProperty, LrSchedule, Precision
+from textinv_client.choices import ConceptProperty, LrSchedule, Precision
 from textinv_client.flags import flag
 
 MAX_TRAIN_VECTORS = 16
@@ -181,9 +182,7 @@ class InvertConfig:
     device: str = field(default="auto", metadata=flag("auto, cpu, cuda, cuda:1, ..."))
 
     def __post_init__(self) -> None:
-        # Callers may spell a choice as a string ("fp32"); keep the member.
-        for name, choice in _CHOICES.items():
-            object.__setattr__(self, name, choice.parse(getattr(self, name)))
+        coerce_choices(self)  # callers may spell a choice as a string ("fp32"); keep the member
         object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
 
     def to_json(self) -> dict[str, Any]:
@@ -203,12 +202,6 @@ class InvertConfig:
         return 25 if self.early_stop > 0 else 0
 
 
-_CHOICES: dict[str, type[Choice]] = {
-    "learnable_property": ConceptProperty,
-    "lr_schedule": LrSchedule,
-    "precision": Precision,
-    "crop": CropMode,
-}
 _POSITIVE = ("batch_size", "grad_accum", "max_images", "num_crops", "eval_batch_size")
 _NOT_NEGATIVE = ("checkpoint_every", "validate_every", "eval_every", "warmup", "early_stop")
 

@@ -15,9 +15,10 @@ from typing import Protocol
 
 import torch
 
+from textinv.choices import coerce_choices
 from textinv.errors import InvalidInputError
 from textinv_client.choices import Precision
-from textinv_server.choices import BackendName, Provider, coerce_choices
+from textinv_server.choices import BackendName, Provider
 
 __all__ = [
     "Backend",

@@ -17,11 +17,12 @@ import numpy as np
 import onnxruntime
 import torch
 
+from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
 from textinv_export.manifest import ComponentEntry, Manifest, load_manifest
 from textinv_export.specs import Component
 from textinv_server.backends import BackendName, ShapeLimits
-from textinv_server.choices import Provider, parse_input
+from textinv_server.choices import Provider
 
 _PROVIDER_NAMES = {
     Provider.CPU: "CPUExecutionProvider",

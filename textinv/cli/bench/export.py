@@ -29,19 +29,14 @@ def add_export_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     # The export's own flags (--precision), but for what this bench fixes: ONNX, a fresh export.
     add_flags(bench, ExportConfig, skip=["out", "target", "force"])
     bench.add_argument("--out", type=Path, default=None, help="keep the graphs here")
-    bench.add_argument(
-        "--components", nargs="+", default=None, metavar="NAME", help="only these components"
-    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=run_export_bench)
 
 
 def run_export_bench(args: argparse.Namespace) -> int:
     from textinv.testing import load_benchmark_model
-    from textinv_export.exporter import export_model, parse_components
-    from textinv_export.specs import Component
+    from textinv_export.exporter import export_model
 
-    components = tuple(Component) if args.components is None else parse_components(args.components)
     model = load_benchmark_model(args.model)
     native = model.default_resolution
     config_ranges = ShapeRanges(Range(1, 1, 4), Range(native, native, native))
@@ -54,7 +49,6 @@ def run_export_bench(args: argparse.Namespace) -> int:
             target=Target.ONNX,
             ranges=config_ranges,
             force=True,
-            components=components,
         )
         result = export_model(model, config, progress=lambda _: None)
         rows = [_row(out, report, result.manifest) for report in result.reports]

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from textinv.choices import coerce_choices
 from textinv.dtypes import torch_dtype
 from textinv.model import BaseModel
 from textinv_client.choices import Precision, Scheduler
@@ -62,7 +63,9 @@ class GenerateBenchSettings:
     engines: Path | None = field(
         default=None, metadata=flag("an export folder for onnxruntime/tensorrt")
     )
-    backends: tuple[str, ...] | None = None  # None: every one available (flag: --backends A B)
+    backends: tuple[BackendName, ...] | None = field(
+        default=None, metadata=flag("which backends (default: every one available)", nargs="+")
+    )
     steps: int = field(default=10, metadata=flag("denoising steps (10)"))
     resolution: int | None = field(  # None: the model's native size
         default=None, metadata=flag("image side (native)")
@@ -82,10 +85,7 @@ class GenerateBenchSettings:
     concepts: bool = True  # also measure the concepts' costs
 
     def __post_init__(self) -> None:
-        # Callers may spell the choices as text ("euler", "bf16"); a bad one is named.
-        object.__setattr__(self, "scheduler", Scheduler.parse(self.scheduler))
-        if self.weights is not None:
-            object.__setattr__(self, "weights", Precision.parse(self.weights))
+        coerce_choices(self)  # callers may spell the choices as text ("euler", "bf16")
         for name in ("steps", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -99,13 +99,6 @@ def add_generate_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     add_flags(bench, GenerateBenchSettings)
     bench.add_argument(
-        "--backends",
-        nargs="+",
-        choices=[b.value for b in BackendName],
-        default=None,
-        help="which backends (default: every one available)",
-    )
-    bench.add_argument(
         "--torch-variants",
         default="eager",
         help=f"comma-separated torch runners: {', '.join(VARIANTS)} (eager)",
@@ -118,7 +111,6 @@ def settings_from_args(args: argparse.Namespace) -> GenerateBenchSettings:
     return from_flags(
         GenerateBenchSettings,
         args,
-        backends=tuple(args.backends) if args.backends else None,
         torch_variants=parse_variants(args.torch_variants),
     )
 

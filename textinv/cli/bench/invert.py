@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from textinv.choices import coerce_choices
 from textinv_client.choices import Precision
 from textinv_client.flags import add_flags, flag, flag_fields, flag_name, from_flags
 
@@ -59,8 +60,7 @@ class InvertBenchSettings:
     )
 
     def __post_init__(self) -> None:
-        # Callers may spell the precision as text ("bf16"); a bad one is named in the error.
-        object.__setattr__(self, "precision", Precision.parse(self.precision))
+        coerce_choices(self)  # callers may spell the precision as text ("bf16")
         for name in ("resolution", "batch_size", "steps", "vectors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")

@@ -41,6 +41,7 @@ from textinv.cli.bench.report_markdown import summary_lines, write_report
 from textinv.cli.bench.serve import LoadResult, ServeBenchSettings, measure_serve
 from textinv.testing import SD15_SHAPE
 from textinv_client.choices import Precision
+from textinv_server.backends import BackendName
 
 T = TypeVar("T")
 
@@ -109,8 +110,8 @@ def agreed_settings(model: str, quick: bool, device: str, threads: int = 0) -> R
             model=model, resolution=64, steps=3, warmup=1, threads=threads, device=device
         )
         generate = GenerateBenchSettings(
-            model=model, backends=("torch",), steps=4, warmup=1, repeats=3, threads=threads,
-            device=device,
+            model=model, backends=(BackendName.TORCH,), steps=4, warmup=1, repeats=3,
+            threads=threads, device=device,
         )  # fmt: skip
         quick_serve = ServeBenchSettings(model=model, concurrency=(1, 4), requests=8, steps=2)
         return ReportSettings(model, device, invert, generate, quick_serve)
@@ -121,7 +122,7 @@ def agreed_settings(model: str, quick: bool, device: str, threads: int = 0) -> R
         precision=Precision.BF16 if cuda else Precision.FP32,
     )  # fmt: skip
     generate = GenerateBenchSettings(
-        model=model, backends=("torch",) if model == SD15_SHAPE else None,
+        model=model, backends=(BackendName.TORCH,) if model == SD15_SHAPE else None,
         steps=50 if cuda else 2, warmup=1, repeats=5 if cuda else 2, threads=threads,
         device=device,
     )  # fmt: skip

@@ -30,9 +30,9 @@ class EvalConfig:
     clip: Path | None = field(  # for the paper's CLIP similarities
         default=None, metadata=flag("a local CLIPModel folder for CLIP-I/CLIP-T")
     )
-    # Reference images for CLIP image similarity; ``--clip-images A B …`` takes several values
-    # after one flag, a shape that ``add_flags`` does not make, so the command adds it itself.
-    clip_images: tuple[Path, ...] = ()
+    clip_images: tuple[Path, ...] = field(
+        default=(), metadata=flag("reference images for CLIP-I", nargs="*")
+    )
     classifier: Path | None = None  # None: the shipped fidelity classifier
     edits: bool = True  # False: reconstruction only (a quicker check)
     dino: Path | None = field(  # for DINO image similarity
