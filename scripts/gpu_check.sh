@@ -19,8 +19,8 @@ if [ -d "$WHEELS" ]; then
     grep -v '^#' scripts/gpu_check_wheels.txt | grep -v '^$' > "${TMPDIR:-/tmp}/textinv-wheels.txt"
     "$PYTHON" -m pip install --no-index --no-deps --find-links "$WHEELS" \
         -r "${TMPDIR:-/tmp}/textinv-wheels.txt"
-    if ls "$WHEELS"/textinv-*.whl >/dev/null 2>&1; then
-        "$PYTHON" -m pip install --no-index --no-deps --find-links "$WHEELS" textinv
+    if ls "$WHEELS"/textinv-[0-9]*.whl >/dev/null 2>&1; then
+        "$PYTHON" -m pip install --no-index --no-deps --find-links "$WHEELS" textinv-client textinv
     fi
 fi
 if ! "$PYTHON" -c "import diffusers, grpc, torch" 2>/dev/null; then
@@ -29,8 +29,9 @@ if ! "$PYTHON" -c "import diffusers, grpc, torch" 2>/dev/null; then
     exit 2
 fi
 
-# The repository root comes first on the path: the check runs this checkout's code.
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# This checkout's packages come first on the path, so the check runs this checkout's code: the
+# core at the root, and the package inside each project folder (README: layout).
+export PYTHONPATH="$PWD:$PWD/export:$PWD/server:$PWD/client${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
 # timeout: a hung phase must not outlive the 8 minutes (the driver's own budget is 7.5).
 exec timeout --signal=INT 470 "$PYTHON" scripts/gpu_check.py --out "$OUT" "$@"

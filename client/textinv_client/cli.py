@@ -1,6 +1,6 @@
 """Command line over the textinv client: remote generate, concepts and jobs.
 
-The ``textinv`` command is composed in textinv/cli.py, which calls
+The ``textinv`` command is composed in textinv/cli/, which calls
 :func:`add_remote_subcommands` (the server's ``textinv generate`` calls
 :func:`add_generation_arguments` and :func:`add_connection_arguments`) and dispatches with
 ``args.func(args)``. Every handler returns an exit code: 0 on success, 1 when the server or the
@@ -41,7 +41,7 @@ from textinv_client.generate_command import (
 )
 from textinv_client.job_commands import add_jobs_commands, inversion_params_from_args
 
-# What other packages compose from here (textinv/cli.py, the server's generate command).
+# What other packages compose from here (textinv/cli/, the server's generate command).
 __all__ = [
     "API_KEY_ENV",
     "EXIT_FAILURE",

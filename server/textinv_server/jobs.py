@@ -36,6 +36,7 @@ from textinv.errors import InvalidInputError, NotFoundError, OverloadedError
 from textinv.model import BaseModel
 from textinv.trainer import CHECKPOINT_DIR, CONCEPT_FILE
 from textinv_client.choices import JobState
+from textinv_client.types import JobProgress  # one training step; the wire's own shape
 from textinv_server import metrics
 from textinv_server.registry import ConceptRegistry
 from textinv_server.store import JobRow, Store
@@ -50,16 +51,6 @@ class UploadedImage:
     data: bytes
     filename: str  # for messages only
     caption: str | None = None  # "{}" marks the token
-
-
-@dataclass(frozen=True)
-class JobProgress:
-    step: int
-    total_steps: int
-    loss: float
-    learning_rate: float
-    steps_per_second: float
-    eta_seconds: float
 
 
 JobEvent = JobRow | JobProgress

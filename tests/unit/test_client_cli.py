@@ -113,7 +113,7 @@ def test_trainer_flags_become_params() -> None:
 
 
 def test_remote_subcommands_compose_into_another_parser() -> None:
-    # textinv/cli.py composes them like this and dispatches through args.func.
+    # textinv/cli/ composes them like this and dispatches through args.func.
     parser = argparse.ArgumentParser(prog="textinv")
     cli.add_remote_subcommands(parser.add_subparsers(dest="command", required=True))
     handlers = {
