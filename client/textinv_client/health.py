@@ -1,9 +1,10 @@
 """``python -m textinv_client.health HOST:PORT``: ask a server's standard gRPC health service.
 
 Exits 0 when the server reports SERVING and 1 otherwise (NOT_SERVING while it loads or drains,
-unreachable, timed out), printing one line. The container's HEALTHCHECK runs it. It needs only
-grpcio and grpcio-health-checking (no torch, like the rest of the client). Health checks need
-no API key (the server lets ``grpc.health.v1`` through its auth).
+unreachable, timed out), printing one line. The container's HEALTHCHECK runs it. Beyond the
+client's grpcio and protobuf it needs the standard health service's stubs, grpcio-health-checking:
+the ``health`` extra (``pip install 'textinv-client[health]'``; the full textinv has it). Health
+checks need no API key (the server lets ``grpc.health.v1`` through its auth).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from textinv_client.channel import ConnectionSettings, open_sync_channel, read_pem
 from textinv_client.flags import add_flags, flag, from_flags
@@ -48,10 +49,22 @@ class Probe:
         )
 
 
-def check(
-    settings: ConnectionSettings, service: str = DEFAULT_SERVICE
-) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
-    """The server's reported status of ``service``; raises ``grpc.RpcError`` if unreachable."""
+def health_stubs() -> tuple[ModuleType, ModuleType]:
+    """``grpc_health.v1``'s ``health_pb2`` and ``health_pb2_grpc``, or an error saying what to
+    install (they are the ``health`` extra, not a dependency of the thin client)."""
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError:
+        raise RuntimeError(
+            "the health probe needs grpcio-health-checking: pip install 'textinv-client[health]'"
+        ) from None
+    return health_pb2, health_pb2_grpc
+
+
+def check(settings: ConnectionSettings, service: str = DEFAULT_SERVICE) -> int:
+    """The server's reported status of ``service`` (a ``ServingStatus`` value); raises
+    ``grpc.RpcError`` if unreachable."""
+    health_pb2, health_pb2_grpc = health_stubs()
     with open_sync_channel(settings) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=service)
@@ -67,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = from_flags(Probe, args, target=args.target)  # flags has no positionals
     try:
         settings = probe.settings()
-    except ValueError as error:
+        health_pb2, _ = health_stubs()
+    except (ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

@@ -9,6 +9,7 @@ interpreter and its ``textinv-client`` command, against a real server on a free 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -84,13 +85,10 @@ def test_wheels_install_only_names_that_start_with_textinv(wheels: dict[str, Pat
 
 
 def test_the_client_needs_grpcio_and_protobuf_only(wheels: dict[str, Path]) -> None:
-    names = {
-        req.split(">")[0].split("=")[0].split("<")[0]
-        for req in requirements(wheels["textinv-client"])
-    }
-    assert names == {"grpcio", "grpcio-health-checking", "protobuf"}
-    # The full distribution gets the client (and its stubs) through a dependency.
-    assert "textinv-client==0.1.0" in requirements(wheels["textinv"])
+    required = [req for req in requirements(wheels["textinv-client"]) if "extra ==" not in req]
+    assert {re.split("[<>=]", req)[0] for req in required} == {"grpcio", "protobuf"}
+    # The full distribution gets the client (and its stubs, and the health probe's extra).
+    assert "textinv-client[health]==0.1.0" in requirements(wheels["textinv"])
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +154,15 @@ def test_the_installed_client_calls_a_real_server(
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     run([command, "concepts", "ls", *connect], **here)
     run([command, "jobs", "ls", *connect], **here)
+    # 3. The health probe is an extra: without it, a clear error, not a traceback.
+    probe = subprocess.run(
+        [str(python), "-m", "textinv_client.health", server.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **here,
+    )  # type: ignore[call-overload]
+    assert probe.returncode == 2
+    assert (
+        "pip install 'textinv-client[health]'" in probe.stderr and "Traceback" not in probe.stderr
+    )
