@@ -18,7 +18,8 @@ from tests.unit.generation_reference import (
     reference_pipeline,
 )
 from textinv.model import load_base_model
-from textinv_server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
+from textinv_client.choices import Precision
+from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 from textinv_server.backends.torch_backend import CudaGraphUNet, TorchBackend
 from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
 from textinv_server.requests import GenerationRequest, Scheduler
@@ -88,7 +89,7 @@ def test_compiled_unet_matches_eager(tiny_model_dir, concepts) -> None:
     assert max_pixel_difference(eager, compiled) <= 2
 
 
-@pytest.mark.parametrize("weights", [WeightDtype.BF16, WeightDtype.FP16])
+@pytest.mark.parametrize("weights", [Precision.BF16, Precision.FP16])
 def test_half_weights_stay_close_to_diffusers(tiny_model_dir, concepts, reference, weights) -> None:
     pipeline = on_cuda(tiny_model_dir, TorchOptions(weights=weights, channels_last=True))
     assert pipeline.backend.dtype == weights.torch_dtype  # type: ignore[attr-defined]

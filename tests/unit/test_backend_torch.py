@@ -9,10 +9,11 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 
 from tests.unit.generation_reference import max_pixel_difference, pixels
+from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel, load_base_model
-from textinv_client.choices import UnknownChoiceError
-from textinv_server.backends import BackendName, BackendOptions, TorchOptions, WeightDtype
+from textinv_client.choices import Precision
+from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 from textinv_server.backends.torch_backend import TorchBackend, use_sdpa
 from textinv_server.pipeline import GenerationPipeline, StepClock, load_generation_pipeline
 from textinv_server.requests import GenerationRequest, Scheduler
@@ -46,7 +47,7 @@ def test_channels_last_gives_the_same_image(tiny_model_dir, baseline) -> None:
 
 
 def test_bf16_weights_are_cast_and_stay_close(tiny_model_dir, baseline) -> None:
-    pipeline = generate(tiny_model_dir, TorchOptions(weights=WeightDtype.BF16))
+    pipeline = generate(tiny_model_dir, TorchOptions(weights=Precision.BF16))
     backend = pipeline.backend
     assert isinstance(backend, TorchBackend)
     assert backend.dtype == torch.bfloat16
@@ -80,8 +81,8 @@ def test_attention_runs_through_sdpa(tiny_model_dir) -> None:
 
 
 def test_unknown_weight_dtype_names_the_value() -> None:
-    with pytest.raises(UnknownChoiceError, match="'fp8'"):
-        WeightDtype.parse("fp8")
+    with pytest.raises(InvalidInputError, match="'fp8'"):
+        parse_input(Precision, "fp8")
 
 
 def test_step_clock_on_the_cpu_is_the_host_clock() -> None:

@@ -27,12 +27,7 @@ __all__ = [
     "Provider",
     "ShapeLimits",
     "TorchOptions",
-    "WeightDtype",
 ]
-
-# The torch backend's weight precision is the project's one ``Precision``; the old name stays
-# importable for callers written against it.
-WeightDtype = Precision
 
 
 @dataclass(frozen=True)
