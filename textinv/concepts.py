@@ -4,16 +4,19 @@ A concept is a placeholder token (``<cat-toy>``) with K ≥ 1 vectors of the tex
 We write the diffusers format (``{token: float32[K, D]}`` in safetensors, our metadata in the
 header) or Automatic1111's. We read diffusers, Automatic1111 (``string_to_param`` + ``name``),
 kohya (``emb_params``) and SDXL (``clip_l`` + ``clip_g``) files, from safetensors or from ``.pt``
-through ``torch.load(weights_only=True)``, which cannot run pickled code. Every file is checked
-for shape, dtype and finite values before it is accepted.
+through ``torch.load(weights_only=True)``, which cannot run pickled code. A file that carries no
+token (kohya, SDXL, a bare tensor, an Automatic1111 file without ``name``) is named after its
+file's stem, as Automatic1111 names it. Tokens are NFKC-normalized.
+
+Every file is an upload, bounded before the expensive work (``textinv.concept_io``): its size,
+then each tensor's storage, rows (K ≤ ``max_vectors``) and width (the model's), all before one
+element is copied; then dtype and finite values.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
-import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -22,18 +25,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from textinv.errors import ConceptFileError, InvalidInputError
+from textinv.concept_io import (
+    StoredTensor,
+    check_tensor_storage,
+    looks_like_safetensors,
+    read_pickle,
+    read_safetensors,
+)
+from textinv.concept_tokens import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
+from textinv.concept_tokens import MAX_VECTORS, check_token
+from textinv.concept_tokens import normalize_token as normalize_token
+from textinv.errors import ConceptFileError, InvalidInputError, quote
 from textinv.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
-MAX_TOKEN_LENGTH = 64
-# Every vector takes one of the 75 prompt positions between the start and end tokens.
-MAX_VECTORS = 75
+# D: the widest text encoder a concept may be for when the caller names no width (T5-XXL: 4096).
+MAX_WIDTH = 4096
+# A concept file is a few kilobytes (16 × 4096 float32 rows are 256 KiB).
+DEFAULT_MAX_FILE_BYTES = 8 << 20
+MAX_METADATA_CHARS = 256
 _HEADER_PREFIX = "textinv."
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_HEADER_INT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() accepts '²'
 
 
 class ConceptFormat(str, Enum):
@@ -67,17 +81,39 @@ class ConceptMetadata:
         return {_HEADER_PREFIX + key: value for key, value in values.items() if value is not None}
 
     @classmethod
-    def from_header(cls, header: Mapping[str, str]) -> ConceptMetadata:
-        def get(key: str) -> str | None:
-            return header.get(_HEADER_PREFIX + key)
-
-        steps, version = get("steps"), get("format_version")
+    def from_header(
+        cls, header: Mapping[str, str], source: str = "concept file"
+    ) -> ConceptMetadata:
+        """Our fields of a safetensors header; a malformed one raises, naming it."""
+        steps = _header_int(header, "steps", source)
+        version = _header_int(header, "format_version", source)
         return cls(
-            base_model_hash=get("base_model_hash"),
-            steps=int(steps) if steps and steps.isdigit() else None,
-            created_at=get("created_at") or "",
-            format_version=int(version) if version and version.isdigit() else 0,
+            base_model_hash=_header_text(header, "base_model_hash", source),
+            steps=steps,
+            created_at=_header_text(header, "created_at", source) or "",
+            format_version=0 if version is None else version,
         )
+
+
+def _header_text(header: Mapping[str, str], key: str, source: str) -> str | None:
+    value = header.get(_HEADER_PREFIX + key)
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_METADATA_CHARS):
+        raise ConceptFileError(
+            f"{source}: metadata {_HEADER_PREFIX + key} must be text of at most "
+            f"{MAX_METADATA_CHARS} characters, got {quote(value)}"
+        )
+    return value
+
+
+def _header_int(header: Mapping[str, str], key: str, source: str) -> int | None:
+    value = _header_text(header, key, source)
+    if value is None or value == "":
+        return None
+    if not _HEADER_INT.fullmatch(value):
+        raise ConceptFileError(
+            f"{source}: metadata {_HEADER_PREFIX + key} must be a whole number, got {quote(value)}"
+        )
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -104,60 +140,65 @@ class Concept:
         return [self.token] + [f"{self.token}_{i}" for i in range(1, self.num_vectors)]
 
     def renamed(self, token: str) -> Concept:
-        check_token(token)
-        return replace(self, token=token)
+        return replace(self, token=check_token(token))
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation
 
 
-def check_token(token: str, vocabulary: Collection[str] = (), num_vectors: int = 1) -> None:
-    """A token is 1-64 characters without whitespace, and none of its names is in the vocabulary."""
-    if not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN_LENGTH:
-        raise InvalidInputError(f"token {token!r} must be 1 to {MAX_TOKEN_LENGTH} characters long")
-    if re.search(r"\s", token):
-        raise InvalidInputError(f"token {token!r} must not contain whitespace")
-    names = [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
-    taken = [name for name in names if name in vocabulary or f"{name}</w>" in vocabulary]
-    if taken:
-        raise InvalidInputError(
-            f"token {token!r} collides with the tokenizer's vocabulary ({', '.join(taken)}); "
-            "choose a new word such as '<my-concept>'"
-        )
+def check_vectors(
+    vectors: Any,
+    source: str,
+    expected_width: int | None = None,
+    max_vectors: int = MAX_VECTORS,
+) -> torch.Tensor:
+    """Return ``vectors`` as float32 [K, D], or raise naming ``source`` and what is wrong.
 
-
-def check_vectors(vectors: Any, source: str, expected_width: int | None = None) -> torch.Tensor:
-    """Return ``vectors`` as float32 [K, D], or raise naming ``source`` and what is wrong."""
-    if not isinstance(vectors, torch.Tensor):
+    Shape and storage are checked first, from metadata alone; only then are the (at most
+    ``max_vectors`` × D) elements copied, converted and checked for NaN, infinity and zero rows.
+    """
+    # 1. Storage and shape, before anything is copied.
+    if isinstance(vectors, torch.Tensor):
+        check_tensor_storage(vectors, source)
+        _check_shape(tuple(vectors.shape), source, expected_width, max_vectors)
+    elif isinstance(vectors, StoredTensor):
+        _check_shape(vectors.shape, source, expected_width, max_vectors)
+        if vectors.dtype not in ("F32", "F16", "BF16", "F64"):
+            raise ConceptFileError(f"{source}: vectors must be floating point, got {vectors.dtype}")
+        vectors = vectors.read()
+    else:
         raise ConceptFileError(
             f"{source}: expected a tensor of vectors, got {type(vectors).__name__}"
         )
-    if vectors.dtype not in _FLOAT_DTYPES:
-        raise ConceptFileError(f"{source}: vectors must be floating point, got {vectors.dtype}")
-    if vectors.ndim == 1:
-        vectors = vectors[None]  # a single vector saved as [D]
-    if vectors.ndim != 2:
-        raise ConceptFileError(f"{source}: vectors must be [K, D], got shape {list(vectors.shape)}")
-    if vectors.shape[0] == 0:
-        raise ConceptFileError(f"{source}: the concept has zero vectors")
-    if vectors.shape[0] > MAX_VECTORS:
-        raise ConceptFileError(
-            f"{source}: {vectors.shape[0]} vectors do not fit a 77-token prompt "
-            f"(at most {MAX_VECTORS})"
-        )
-    if expected_width is not None and vectors.shape[1] != expected_width:
-        raise ConceptFileError(
-            f"{source}: vectors have width {vectors.shape[1]} but the model's text encoder "
-            f"takes {expected_width}"
-        )
-    vectors = vectors.detach().to("cpu", torch.float32).contiguous()
+    # 2. The bounded copy [K, D] float32, and its values.
+    vectors = vectors.detach().to("cpu", torch.float32).reshape(-1, vectors.shape[-1]).clone()
     if not torch.isfinite(vectors).all():
         raise ConceptFileError(f"{source}: vectors hold non-finite values (NaN or infinity)")
     zero_rows = (vectors.abs().amax(dim=1) == 0).nonzero().flatten().tolist()
     if zero_rows:
         raise ConceptFileError(f"{source}: vector(s) {zero_rows} are all zeros")
     return vectors
+
+
+def _check_shape(
+    shape: tuple[int, ...], source: str, expected_width: int | None, max_vectors: int
+) -> None:
+    """[K, D] (or a single vector saved as [D]) with 1 ≤ K ≤ max_vectors and the model's D."""
+    if len(shape) not in (1, 2):
+        raise ConceptFileError(f"{source}: vectors must be [K, D], got shape {list(shape[:8])}")
+    rows, width = (1, shape[0]) if len(shape) == 1 else shape
+    if rows == 0:
+        raise ConceptFileError(f"{source}: the concept has zero vectors")
+    if rows > max_vectors:
+        raise ConceptFileError(f"{source}: {rows} vectors; the limit is {max_vectors} per concept")
+    if expected_width is not None and width != expected_width:
+        raise ConceptFileError(
+            f"{source}: vectors have width {width} but the model's text encoder "
+            f"takes {expected_width}"
+        )
+    if not 1 <= width <= MAX_WIDTH:
+        raise ConceptFileError(f"{source}: vectors have width {width}; expected 1..{MAX_WIDTH}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,15 +211,24 @@ def load_concept(
     expected_width: int | None = None,
     vocabulary: Collection[str] = (),
     token: str | None = None,
+    max_vectors: int = MAX_VECTORS,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Concept:
     """Read a concept file in any supported format; ``token`` renames it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            data = stream.read(max_bytes + 1)  # never more than the limit, whatever the size
     except OSError as error:
         raise ConceptFileError(f"{str(path)!r}: cannot read the file ({error.strerror})") from error
     return parse_concept(
-        data, str(path), expected_width=expected_width, vocabulary=vocabulary, token=token
+        data,
+        str(path),
+        expected_width=expected_width,
+        vocabulary=vocabulary,
+        token=token,
+        max_vectors=max_vectors,
+        max_bytes=max_bytes,
     )
 
 
@@ -189,59 +239,67 @@ def parse_concept(
     expected_width: int | None = None,
     vocabulary: Collection[str] = (),
     token: str | None = None,
+    max_vectors: int = MAX_VECTORS,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    expected_width_2: int | None = None,
 ) -> Concept:
-    """Read a concept from a file's bytes; ``source`` names the file in errors."""
-    if _looks_like_safetensors(data):
-        tensors, header = _read_safetensors(data, source)
-        concept = _concept_from_safetensors(tensors, header, source)
-    else:
-        concept = _concept_from_pickle(_read_pickle(data, source), source)
-    if token is not None:
-        concept = replace(concept, token=token)
-    concept = replace(
-        concept,
-        vectors=check_vectors(concept.vectors, source, expected_width),
-        vectors_2=None
-        if concept.vectors_2 is None
-        else check_vectors(concept.vectors_2, f"{source} (clip_g)"),
-    )
+    """Read a concept from a file's bytes; ``source`` names the file in errors (and gives the
+    token of a file that carries none: its stem). ``expected_width_2``: SDXL's clip_g width.
+    """
+    # 1. The size, then the container: nothing is read past a bound.
+    if len(data) > max_bytes:
+        raise ConceptFileError(f"{source}: the file is over the limit of {max_bytes} bytes")
+    found = _read_found(data, source)
+    # 2. Each tensor: storage, rows and width before the (bounded) copy.
+    vectors = check_vectors(found.vectors, source, expected_width, max_vectors)
+    vectors_2 = None
+    if found.vectors_2 is not None:
+        where = f"{source} (clip_g)"
+        vectors_2 = check_vectors(found.vectors_2, where, expected_width_2, max_vectors)
+        if vectors_2.shape[0] != vectors.shape[0]:
+            raise ConceptFileError(
+                f"{where}: {vectors_2.shape[0]} vectors, but clip_l has {vectors.shape[0]}"
+            )
+    # 3. The token: the caller's, the file's, or the file's stem; normalized and checked.
+    name = token if token is not None else found.token
     try:
-        check_token(concept.token, vocabulary, concept.num_vectors)
-    except InvalidInputError as error:
-        raise ConceptFileError(f"{source}: {error}") from error
-    return concept
-
-
-def _looks_like_safetensors(data: bytes) -> bool:
-    """An 8-byte little-endian header length, then a JSON object."""
-    if len(data) < 10:
-        return False
-    (length,) = struct.unpack("<Q", data[:8])
-    return 2 <= length <= len(data) - 8 and data[8:9] == b"{"
-
-
-def _read_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
-        tensors = load_safetensors_bytes(data)
-    except Exception as error:  # safetensors raises its own and JSON errors alike
-        raise ConceptFileError(f"{source}: not a readable safetensors file ({error})") from error
-    return tensors, {str(k): str(v) for k, v in header.items()}
-
-
-def _read_pickle(data: bytes, source: str) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers, never code."""
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ...
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        checked = check_token(
+            _stem_token(source) if name is None else name, vocabulary, len(vectors)
         )
-        raise ConceptFileError(
-            f"{source}: not a readable concept file (safetensors, or a .pt holding only "
-            f"tensors): {first_line}"
-        ) from error
+    except InvalidInputError as error:
+        hint = "" if name is not None else " (the file carries no token: its name gives one)"
+        raise ConceptFileError(f"{source}: {error}{hint}") from error
+    return Concept(checked, vectors, found.metadata, found.source_format, vectors_2)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a file holds, before its tensors are checked; ``token`` None: the file has none."""
+
+    token: str | None
+    vectors: Any  # a torch.Tensor (from a pickle) or a StoredTensor (safetensors, unread)
+    metadata: ConceptMetadata
+    source_format: ConceptFormat
+    vectors_2: Any = None
+
+
+def _read_found(data: bytes, source: str) -> _Found:
+    if looks_like_safetensors(data):
+        stored = read_safetensors(data, source)
+        metadata = ConceptMetadata.from_header(stored.metadata, source)
+        a1111_keys = [key for key in stored.tensors if key.startswith("string_to_param.")]
+        if a1111_keys:
+            name = stored.metadata.get("name") or None
+            return _Found(name, stored.tensors[a1111_keys[0]], metadata, ConceptFormat.A1111)
+        return _found_in_state_dict(stored.tensors, source, metadata)
+    state = read_pickle(data, source)
+    if isinstance(state, torch.Tensor):
+        return _Found(None, state, ConceptMetadata(created_at=""), ConceptFormat.DIFFUSERS)
+    if not isinstance(state, dict):
+        raise ConceptFileError(f"{source}: expected a dict of tensors, got {type(state).__name__}")
+    if "string_to_param" in state:
+        return _a1111_found(state, source)
+    return _found_in_state_dict(state, source, ConceptMetadata(created_at=""))
 
 
 def _stem_token(source: str) -> str:
@@ -249,57 +307,35 @@ def _stem_token(source: str) -> str:
     return Path(source).stem
 
 
-def _concept_from_safetensors(
-    tensors: dict[str, torch.Tensor], header: dict[str, str], source: str
-) -> Concept:
-    metadata = ConceptMetadata.from_header(header)
-    a1111_keys = [key for key in tensors if key.startswith("string_to_param.")]
-    if a1111_keys:
-        name = header.get("name") or _stem_token(source)
-        return Concept(name, tensors[a1111_keys[0]], metadata, ConceptFormat.A1111)
-    return _concept_from_state_dict(tensors, source, metadata)
-
-
-def _concept_from_pickle(state: Any, source: str) -> Concept:
-    if isinstance(state, torch.Tensor):
-        return Concept(_stem_token(source), state, ConceptMetadata(created_at=""))
-    if not isinstance(state, dict):
-        raise ConceptFileError(f"{source}: expected a dict of tensors, got {type(state).__name__}")
-    if "string_to_param" in state:
-        return _a1111_concept(state, source)
-    return _concept_from_state_dict(state, source, ConceptMetadata(created_at=""))
-
-
-def _a1111_concept(state: dict[str, Any], source: str) -> Concept:
+def _a1111_found(state: dict[str, Any], source: str) -> _Found:
     params = state["string_to_param"]
     if not isinstance(params, dict) or not params:
         raise ConceptFileError(f"{source}: 'string_to_param' holds no vectors")
     vectors = params.get("*", next(iter(params.values())))
-    name = state.get("name") if isinstance(state.get("name"), str) else _stem_token(source)
-    step = state.get("step")
+    name, step, checkpoint = state.get("name"), state.get("step"), state.get("sd_checkpoint")
     metadata = ConceptMetadata(
-        base_model_hash=state.get("sd_checkpoint")
-        if isinstance(state.get("sd_checkpoint"), str)
+        base_model_hash=checkpoint
+        if isinstance(checkpoint, str) and len(checkpoint) <= MAX_METADATA_CHARS
         else None,
-        steps=step if isinstance(step, int) else None,
+        steps=step if isinstance(step, int) and 0 <= step < 2**63 else None,
         created_at="",
     )
-    return Concept(str(name), vectors, metadata, ConceptFormat.A1111)
+    return _Found(name if isinstance(name, str) else None, vectors, metadata, ConceptFormat.A1111)
 
 
-def _concept_from_state_dict(
-    state: Mapping[str, Any], source: str, metadata: ConceptMetadata
-) -> Concept:
+def _found_in_state_dict(
+    state: Mapping[Any, Any], source: str, metadata: ConceptMetadata
+) -> _Found:
     if "emb_params" in state:
-        return Concept(_stem_token(source), state["emb_params"], metadata, ConceptFormat.KOHYA)
+        return _Found(None, state["emb_params"], metadata, ConceptFormat.KOHYA)
     if "clip_l" in state and "clip_g" in state:
-        return Concept(
-            _stem_token(source), state["clip_l"], metadata, ConceptFormat.SDXL, state["clip_g"]
-        )
+        return _Found(None, state["clip_l"], metadata, ConceptFormat.SDXL, state["clip_g"])
     if len(state) == 1:
         token, vectors = next(iter(state.items()))
-        return Concept(str(token), vectors, metadata, ConceptFormat.DIFFUSERS)
-    keys = ", ".join(repr(key) for key in list(state)[:8])
+        if not isinstance(token, str):
+            raise ConceptFileError(f"{source}: the token must be text, got {quote(token)}")
+        return _Found(token, vectors, metadata, ConceptFormat.DIFFUSERS)
+    keys = ", ".join(quote(key, 20) for key in list(state)[:8])
     raise ConceptFileError(
         f"{source}: not a known concept format (keys: {keys}); expected one token → vectors "
         "(diffusers), 'string_to_param' (Automatic1111), 'emb_params' (kohya) or 'clip_l' + "

@@ -20,12 +20,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from textinv.errors import InvalidInputError
+from textinv.errors import InvalidInputError, quote
+from textinv.templates import TOKEN_PLACEHOLDER
 from textinv_client.choices import Choice
 
 MIN_IMAGE_SIDE = 64
 DEFAULT_MAX_IMAGES = 64
+# Width × height, read from the header before decoding: a 12-megapixel phone photo fits.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+# The only decoders an upload reaches (PIL has dozens, each its own attack surface).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 CAPTION_SUFFIX = ".txt"
+# CLIP reads 77 tokens; a caption is a short sentence with "{}" in it.
+MAX_CAPTION_CHARS = 1000
 # Files in an image folder that are not images and are not refused.
 _IGNORED_SUFFIXES = (CAPTION_SUFFIX,)
 
@@ -122,44 +129,72 @@ def list_image_files(folder: str | Path, max_images: int = DEFAULT_MAX_IMAGES) -
 
 
 def load_training_images(
-    folder: str | Path, max_images: int = DEFAULT_MAX_IMAGES
+    folder: str | Path,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[TrainingImage]:
     """Load and check every image of ``folder``; raise naming the first bad file."""
-    return [load_training_image(path) for path in list_image_files(folder, max_images)]
+    return [
+        load_training_image(path, max_pixels=max_pixels)
+        for path in list_image_files(folder, max_images)
+    ]
 
 
-def load_training_image(path: Path, name: str | None = None) -> TrainingImage:
+def load_training_image(
+    path: Path, name: str | None = None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> TrainingImage:
     """``name`` stands for the file in errors (an upload's name rather than a server path)."""
-    rgb, alpha = load_image(path, name)
+    rgb, alpha = load_image(path, name, max_pixels=max_pixels)
     return TrainingImage(path, rgb, alpha, read_caption(path, name))
 
 
-def load_image(path: Path, name: str | None = None) -> tuple[Image.Image, Image.Image | None]:
+def load_image(
+    path: Path, name: str | None = None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[Image.Image, Image.Image | None]:
     """``(rgb, alpha)``: EXIF orientation applied, any mode converted, alpha on white.
 
-    Raises ``InvalidInputError`` naming ``path`` for unreadable files and images under 64 px.
+    Only PNG, JPEG and WebP are opened, and the size in the header is checked against
+    ``max_pixels`` and ``MIN_IMAGE_SIDE`` before a pixel is decoded. Every failure is an
+    ``InvalidInputError`` naming ``name`` (or ``path``). Thread-safe: no global state is changed
+    (PIL's own bomb check warns above ``Image.MAX_IMAGE_PIXELS``; the limit here never exceeds it,
+    so anything that would warn is refused instead).
     """
     shown = name or str(path)
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
-        with Image.open(path) as opened:
+        with Image.open(path, formats=IMAGE_FORMATS) as opened:
+            _check_size(opened.size, shown, limit)
             opened.load()
             image = ImageOps.exif_transpose(opened)
+    except InvalidInputError:
+        raise
     except UnidentifiedImageError as error:  # PIL's message repeats the path; ours names it once
         raise InvalidInputError(
-            f"{shown!r}: not a readable image (not an image format, or a corrupt file)"
+            f"{shown!r}: not a readable image (PNG, JPEG or WebP; or a corrupt file)"
         ) from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError as error:  # a header over twice PIL's own limit
+        raise InvalidInputError(
+            f"{shown!r}: image is too large (at most {limit} pixels)"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InvalidInputError(
             f"{shown!r}: not a readable image ({_first_line(error)})"
         ) from error
-    except Image.DecompressionBombError as error:  # pragma: no cover - needs a huge file
-        raise InvalidInputError(f"{shown!r}: image is too large ({error})") from error
-    if min(image.size) < MIN_IMAGE_SIDE:
+    return _to_rgb_and_alpha(image)
+
+
+def _check_size(size: tuple[int, int], shown: str, max_pixels: int) -> None:
+    """The header's width × height, before decoding: no allocation follows a claim."""
+    width, height = size
+    if width * height > max_pixels:
         raise InvalidInputError(
-            f"{shown!r}: image is {image.width}×{image.height} px; each side must be at "
+            f"{shown!r}: image is {width}×{height} px; the limit is {max_pixels} pixels"
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidInputError(
+            f"{shown!r}: image is {width}×{height} px; each side must be at "
             f"least {MIN_IMAGE_SIDE} px"
         )
-    return _to_rgb_and_alpha(image)
 
 
 def _to_rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
@@ -188,27 +223,33 @@ def _to_rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | No
 
 
 def read_caption(image_path: Path, name: str | None = None) -> str | None:
-    """The caption in ``NAME.txt`` beside ``NAME.png``; it must hold ``{}`` for the token."""
+    """The caption in ``NAME.txt`` beside ``NAME.png``; it must hold ``{}`` for the token.
+
+    Only ``{}`` means anything in a caption: other braces are text (captions are never format
+    strings; see ``textinv.templates.fill_template``).
+    """
     caption_path = image_path.with_suffix(CAPTION_SUFFIX)
     shown = f"{name} (caption)" if name else str(caption_path)
     if not caption_path.is_file():
         return None
     try:
-        text = caption_path.read_text(encoding="utf-8").strip()
+        with caption_path.open("rb") as stream:
+            # UTF-8 takes at most 4 bytes a character: one more than this is over the limit.
+            raw = stream.read(4 * MAX_CAPTION_CHARS + 1)
+        text = raw.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"{shown!r}: cannot read the caption ({error})") from error
-    if "{}" not in text:
+        raise InvalidInputError(
+            f"{shown!r}: cannot read the caption ({type(error).__name__})"
+        ) from error
+    if len(raw) > 4 * MAX_CAPTION_CHARS or len(text) > MAX_CAPTION_CHARS:
+        raise InvalidInputError(
+            f"{shown!r}: a caption is at most {MAX_CAPTION_CHARS} characters, got {quote(text)}"
+        )
+    if TOKEN_PLACEHOLDER not in text:
         raise InvalidInputError(
             f"{shown!r}: a caption must contain '{{}}' where the token goes, "
-            f"e.g. 'a photo of {{}} on a table'; got {text!r}"
+            f"e.g. 'a photo of {{}} on a table'; got {quote(text)}"
         )
-    try:
-        text.format("x")
-    except (IndexError, KeyError, ValueError) as error:
-        raise InvalidInputError(
-            f"{shown!r}: use '{{}}' only for the token; write other braces as "
-            f"'{{{{' and '}}}}' ({error})"
-        ) from error
     return text
 
 

@@ -49,3 +49,23 @@ class OverloadedError(TextInvError):
 
 class CancelledError(TextInvError):
     """Work stopped because its caller cancelled it or its deadline passed."""
+
+
+def quote(value: object, limit: int = 40) -> str:
+    """``value`` for an error message: its ``repr``, cut to its first ``limit`` characters.
+
+    A request may carry megabytes of text; a message quotes only enough to recognize it, and
+    says how long the whole was (``'aaaa…' (1000000 characters)``).
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+class StorageFullError(OverloadedError):
+    """The disk (or a job's byte budget) is full: the write was refused and rolled back."""
+
+
+class DataFolderLockedError(TextInvError):
+    """Another server process uses the data folder (its lock file is held)."""

@@ -1,9 +1,10 @@
 """Host-side prompt handling: a prompt with learned words → the text encoder's ``inputs_embeds``.
 
 DESIGN decision 1: learned words never enter a vocabulary. A prompt is split on the registered
-concept tokens; the text between them goes through the base tokenizer; each concept occupies K
-consecutive positions (diffusers' ``<tok> <tok>_1 ...`` expansion). The embeddings are the base
-table's rows with the concept rows spliced in.
+concept tokens, each matched as a whole word, case-insensitively (``textinv.concept_table``); the
+text between them goes through the base tokenizer; each concept occupies K consecutive positions
+(diffusers' ``<tok> <tok>_1 ...`` expansion). The embeddings are the base table's rows with the
+concept rows spliced in. The cost of a prompt does not depend on how many concepts exist.
 
 Prompts over the 77-token budget are truncated as diffusers truncates them (the first 75 tokens
 between the start and end tokens are kept), and the result carries a warning naming what was
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from textinv.concept_table import ConceptTable, TokenIndex, as_table
 from textinv.errors import ConceptFileError, UnknownConceptError
 
 MAX_LENGTH = 77
@@ -78,25 +80,34 @@ class PromptEncoder:
 
     def tokenize(self, prompt: str, num_vectors: Mapping[str, int]) -> TokenizedPrompt:
         """Split on concept tokens, tokenize the text between, and lay out 77 positions."""
+        return self._tokenize(prompt, TokenIndex(num_vectors), num_vectors.__getitem__)
+
+    def embed(
+        self, prompts: Sequence[str], concepts: Mapping[str, torch.Tensor]
+    ) -> PromptEmbeddings:
+        """``inputs_embeds [B, 77, D]``: base rows, with each concept's rows at its slots.
+
+        Pass a ``ConceptTable`` (the server's registry snapshot) to reuse its index; any other
+        mapping is indexed for this call.
+        """
+        table = as_table(concepts)
+        tokenized = [self._tokenize(p, table.index, _row_count(table)) for p in prompts]
+        self._check_widths({s.token: table[s.token] for t in tokenized for s in t.slots})
+        return self.embed_tokenized(tokenized, table)
+
+    def _tokenize(
+        self, prompt: str, index: TokenIndex, num_vectors: Callable[[str], int]
+    ) -> TokenizedPrompt:
         content: list[int | ConceptSlot] = []
-        for piece, is_concept in _split_on_tokens(prompt, num_vectors):
-            if is_concept:
-                content += [ConceptSlot(0, piece, i) for i in range(num_vectors[piece])]
+        for piece, token in index.split(prompt):
+            if token is not None:
+                content += [ConceptSlot(0, token, i) for i in range(num_vectors(token))]
             else:
                 _refuse_unknown_placeholders(piece)
                 content += self._text_ids(piece)
         budget = MAX_LENGTH - 2
         warnings = (self._truncation_warning(content[budget:]),) if len(content) > budget else ()
         return self._layout(content[:budget], warnings)
-
-    def embed(
-        self, prompts: Sequence[str], concepts: Mapping[str, torch.Tensor]
-    ) -> PromptEmbeddings:
-        """``inputs_embeds [B, 77, D]``: base rows, with each concept's rows at its slots."""
-        self._check_widths(concepts)
-        sizes = {token: int(vectors.shape[0]) for token, vectors in concepts.items()}
-        tokenized = [self.tokenize(prompt, sizes) for prompt in prompts]
-        return self.embed_tokenized(tokenized, concepts)
 
     def embed_tokenized(
         self, tokenized: Sequence[TokenizedPrompt], concepts: Mapping[str, torch.Tensor]
@@ -153,17 +164,8 @@ class PromptEncoder:
                 )
 
 
-def _split_on_tokens(prompt: str, tokens: Mapping[str, int]) -> list[tuple[str, bool]]:
-    """``'a <x> dog'`` → ``[('a ', False), ('<x>', True), (' dog', False)]``.
-
-    Longer tokens match first, so ``<x>`` never eats the start of ``<x-large>``.
-    """
-    if not tokens:
-        return [(prompt, False)]
-    pattern = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
-    pieces = re.split(f"({pattern})", prompt)
-    # re.split with one group alternates text, match, text, ...
-    return [(piece, i % 2 == 1) for i, piece in enumerate(pieces) if piece]
+def _row_count(table: ConceptTable) -> Callable[[str], int]:
+    return lambda token: int(table[token].shape[0])
 
 
 def _refuse_unknown_placeholders(text: str) -> None:

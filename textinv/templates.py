@@ -1,13 +1,18 @@
 """The prompt templates of the Textual Inversion paper (Gal et al. 2022), as its code uses them.
 
-``{}`` stands for the placeholder token. Objects use the ImageNet-style "a photo of a {}" list and
-styles the "a painting in the style of {}" list (``imagenet_templates_small`` and
-``imagenet_style_templates_small`` in the original implementation and in diffusers' example).
+``{}`` stands for the placeholder token, in these templates and in a user's captions alike. It is
+the only thing substituted: a template is never a ``str.format`` string, so a caption such as
+``{0.__class__}`` or ``{:999999999}`` is text (``fill_template``). Objects use the
+ImageNet-style "a photo of a {}" list and styles the "a painting in the style of {}" list
+(``imagenet_templates_small`` and ``imagenet_style_templates_small`` in the original
+implementation and in diffusers' example).
 """
 
 from __future__ import annotations
 
 from textinv_client.choices import ConceptProperty
+
+TOKEN_PLACEHOLDER = "{}"
 
 OBJECT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}",
@@ -67,3 +72,12 @@ _TEMPLATES = {ConceptProperty.OBJECT: OBJECT_TEMPLATES, ConceptProperty.STYLE: S
 def templates_for(learnable_property: ConceptProperty | str) -> tuple[str, ...]:
     """The template list for ``object`` or ``style`` (another value raises, naming it)."""
     return _TEMPLATES[ConceptProperty.parse(learnable_property)]
+
+
+def fill_template(template: str, token: str) -> str:
+    """``template`` with every ``{}`` replaced by ``token``; nothing else is interpreted.
+
+    One pass over the text: braces in ``token`` are not substituted again, and the result is at
+    most len(template) + count("{}") × len(token) long.
+    """
+    return template.replace(TOKEN_PLACEHOLDER, token)

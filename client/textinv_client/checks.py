@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# A seed is a uint64 on the wire.
+# A seed is a uint64 on the wire; a generation takes any (image i uses (seed + i) mod 2^64).
 MAX_SEED = 2**64 - 1
+# An inversion job's seed: the trainer adds small offsets to it, so one bit of headroom.
+MAX_TRAIN_SEED = 2**63 - 1
 # K, the number of vectors per concept, as the trainer allows it (issue 3).
 MAX_VECTORS = 16
 
@@ -29,9 +31,10 @@ def check_multiple_of_8(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
 
 
-def check_seed(seed: int | None) -> None:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+def check_seed(seed: int | None, highest: int = MAX_SEED) -> None:
+    if seed is not None and not 0 <= seed <= highest:
+        bound = {MAX_SEED: "2**64-1", MAX_TRAIN_SEED: "2**63-1"}.get(highest, str(highest))
+        raise ValueError(f"seed must be in 0..{bound}, got {seed}")
 
 
 def check_not_blank(name: str, text: str) -> None:
@@ -74,6 +77,13 @@ def seed_int(text: str) -> int:
     value = int(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be in 0..2**64-1, got {value}")
+    return value
+
+
+def train_seed_int(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_TRAIN_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
     return value
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from textinv_client.checks import MAX_SEED as MAX_SEED
+from textinv_client.checks import MAX_TRAIN_SEED as MAX_TRAIN_SEED
 from textinv_client.checks import MAX_VECTORS as MAX_VECTORS
 from textinv_client.checks import (
     check_multiple_of_8,
@@ -26,6 +27,7 @@ from textinv_client.checks import (
     positive_int,
     seed_int,
     size_int,
+    train_seed_int,
 )
 
 # One home per closed choice; re-exported (``X as X``) so ``textinv_client.types.Scheduler`` stays.
@@ -207,7 +209,8 @@ class InversionParams:
         default=None, metadata=flag("precision of the frozen model (default: the trainer's)")
     )
     seed: int | None = field(
-        default=None, metadata=flag("seed of the run (default: server picks)", parse=seed_int)
+        default=None,
+        metadata=flag("seed of the run, 0..2**63-1 (default: server picks)", parse=train_seed_int),
     )
     checkpoint_every: int | None = field(
         default=None, metadata=flag("checkpoint every N steps", parse=positive_int)
@@ -225,7 +228,7 @@ class InversionParams:
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         check_multiple_of_8("resolution", self.resolution)
-        check_seed(self.seed)
+        check_seed(self.seed, MAX_TRAIN_SEED)
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,22 @@ class Limits:
     max_batch: int = 0
     batch_wait_ms: int = 0
     max_queue: int = 0
+    max_queued_jobs: int = 0
+    max_job_steps: int = 0
+    max_guidance_scale: float = 0.0
+    max_token_chars: int = 0
+    max_init_text_chars: int = 0
+    max_caption_chars: int = 0
+    max_filename_chars: int = 0
+    max_page_token_chars: int = 0
+    max_page_size: int = 0
+    max_job_id_chars: int = 0
+    max_training_resolution: int = 0
+    max_concepts: int = 0
+    max_stored_jobs: int = 0
+    job_retention_seconds: int = 0
+    max_job_bytes: int = 0
+    max_job_attempts: int = 0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Start-up: load the backend, open the data folder (concepts and jobs), run one wa
 and only then report SERVING on the standard ``grpc.health.v1`` service. Shutdown (SIGTERM or
 SIGINT): report NOT_SERVING, stop accepting calls, let in-flight calls finish within the grace
 period (then cancel them), checkpoint running jobs, and close the database.
+
+Every connection has the same HTTP/2 limits (``CONNECTIONS``): streams per connection, keepalive
+and a maximum age. API keys are checked before anything loads; without one the server warns.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -20,6 +24,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from textinv.errors import InvalidInputError
 from textinv_client.pb.v1 import textinv_pb2, textinv_pb2_grpc
 from textinv_server import metrics
 from textinv_server.config import ServerConfig, TlsConfig
@@ -30,6 +35,56 @@ from textinv_server.servicer import TextInvServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = textinv_pb2.DESCRIPTOR.services_by_name["TextInv"].full_name
+SECOND_MS, MINUTE_MS, HOUR_MS = 1000, 60_000, 3_600_000
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """The HTTP/2 limits of every client connection, as gRPC core channel arguments."""
+
+    # Calls one connection may have in flight; more wait in the client for a free stream instead
+    # of failing, so one client cannot hold every handler. RFC 9113 §6.5.2 advises at least 100.
+    max_concurrent_streams: int = 100
+    # Ping a connection after a minute without reads and drop it if the ping is not answered in
+    # 20 s: a client that vanished (crashed host, dropped NAT entry) frees its streams, such as a
+    # WatchJob, within about 80 s instead of gRPC's default of 2 hours.
+    keepalive_time_ms: int = 1 * MINUTE_MS
+    keepalive_timeout_ms: int = 20 * SECOND_MS
+    # Clients may ping idle connections (to keep them open through load balancers' idle timeouts),
+    # and so does the server; without this, gRPC allows a client one ping per 2 hours on a
+    # connection with no call, and answers a second with GOAWAY.
+    keepalive_permit_without_calls: int = 1
+    # A client may ping at most every 10 s while no data flows; after 2 faster pings ("strikes")
+    # it gets GOAWAY (ENHANCE_YOUR_CALM), so pings cannot become a flood.
+    min_client_ping_interval_ms: int = 10 * SECOND_MS
+    max_ping_strikes: int = 2
+    # After 30 minutes (gRPC adds ±10% jitter) a connection gets GOAWAY and the client's next call
+    # opens a new one, transparently: long-lived clients spread over replicas added since, and
+    # no connection's state grows for ever.
+    max_connection_age_ms: int = 30 * MINUTE_MS
+    # Calls in flight on an aged connection may finish. A WatchJob stream lasts as long as its
+    # job and the client does not re-watch, so the grace covers a long job; after it, whatever is
+    # still open on the connection is cancelled.
+    max_connection_age_grace_ms: int = 24 * HOUR_MS
+
+    def options(self, max_message_bytes: int) -> list[tuple[str, int]]:
+        """The server's channel arguments; messages are bounded by the server's upload limit
+        (gRPC's default of 4 MiB is too small for a job's images)."""
+        return [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", self.keepalive_permit_without_calls),
+            ("grpc.http2.min_ping_interval_without_data_ms", self.min_client_ping_interval_ms),
+            ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
+            ("grpc.max_connection_age_ms", self.max_connection_age_ms),
+            ("grpc.max_connection_age_grace_ms", self.max_connection_age_grace_ms),
+        ]
+
+
+CONNECTIONS = ConnectionPolicy()
 
 
 class RunningServer:
@@ -62,14 +117,12 @@ class RunningServer:
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
-    """Load everything, bind the port, warm up, then report SERVING."""
+    """Check the keys, load everything, bind the port, warm up, then report SERVING."""
+    check_api_keys(config.api_keys)
     service = await asyncio.to_thread(build_service, config)
     server = aio.server(
         interceptors=_interceptors(config),
-        options=[
-            ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-            ("grpc.max_send_message_length", config.limits.max_request_bytes),
-        ],
+        options=CONNECTIONS.options(config.limits.max_request_bytes),
     )
     textinv_pb2_grpc.add_TextInvServicer_to_server(TextInvServicer(service), server)
     health_servicer = health.aio.HealthServicer()
@@ -108,10 +161,31 @@ async def serve(config: ServerConfig, on_ready: Callable[[int], None] | None = N
     await running.stop(config.grace_seconds)
 
 
+def check_api_keys(keys: Sequence[str]) -> None:
+    """Refuse a key that no client could send; the message never quotes a key."""
+    for number, key in enumerate(keys, start=1):
+        if not key.strip():
+            raise InvalidInputError(
+                f"--api-key #{number} (or $TEXTINV_API_KEYS) is empty or only whitespace: "
+                "give a real key, or none"
+            )
+        if not key.isascii() or not key.isprintable() or " " in key:
+            raise InvalidInputError(
+                f"--api-key #{number} (or $TEXTINV_API_KEYS) must be printable ASCII without "
+                "spaces: gRPC metadata cannot carry anything else, so no client could send it"
+            )
+
+
 def _interceptors(config: ServerConfig) -> list[aio.ServerInterceptor]:
     interceptors: list[aio.ServerInterceptor] = []
     if config.api_keys:
         interceptors.append(ApiKeyInterceptor(config.api_keys))
+    else:
+        log.warning(
+            "no API key configured: anyone who can reach %s may call every RPC; "
+            "give --api-key (or $TEXTINV_API_KEYS) before exposing this server",
+            config.host,
+        )
     interceptors.append(StatusInterceptor())
     return interceptors
 

@@ -11,47 +11,38 @@ goes away is flagged; the runtime checks the flag every denoising step.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from textinv.errors import OverloadedError
 from textinv_server import metrics
 
-Request = TypeVar("Request")
+
+class Cancellable(Protocol):
+    """What the batcher needs of a request: to flag it cancelled when its caller goes away (the
+    runtime polls the flag every denoising step), and to see the flag while it waits."""
+
+    def cancel(self) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+Request = TypeVar("Request", bound=Cancellable)
 Result = TypeVar("Result")
-ProgressFn = Callable[[Any], None]  # the runtime's per-step event, passed through
 
-
-@dataclass
-class BatchItem(Generic[Request]):
-    """One waiting request, as the batch runner sees it."""
-
-    request: Request
-    progress: ProgressFn | None = None
-    enqueued_at: float = field(default_factory=time.perf_counter)
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-
-    def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
-
-    def report(self, event: Any) -> None:
-        if self.progress is not None:
-            self.progress(event)
-
-
-# Runs a batch; returns one result or exception per item, in order.
-BatchRunner = Callable[[Sequence[BatchItem[Request]]], Sequence[Result | BaseException]]
+# Runs a batch; returns one result or exception per request, in order.
+BatchRunner = Callable[[Sequence[Request]], Sequence[Result | BaseException]]
 
 
 @dataclass
 class _Waiting(Generic[Request, Result]):
-    item: BatchItem[Request]
+    request: Request
     future: asyncio.Future[Result]
     key: Hashable
+    enqueued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher(Generic[Request, Result]):
@@ -92,7 +83,7 @@ class MicroBatcher(Generic[Request, Result]):
         """A batch is running on the model."""
         return self._busy
 
-    async def submit(self, request: Request, progress: ProgressFn | None = None) -> Result:
+    async def submit(self, request: Request) -> Result:
         """Queue ``request`` and wait for its result; refuse at once when the queue is full."""
         if self._closed:
             raise OverloadedError("the server is shutting down and accepts no new requests")
@@ -101,8 +92,7 @@ class MicroBatcher(Generic[Request, Result]):
             raise OverloadedError(
                 f"generation queue is full ({self.max_queue} waiting); retry later"
             )
-        item = BatchItem(request, progress)
-        waiting = _Waiting(item, asyncio.get_running_loop().create_future(), self._key(request))
+        waiting = _Waiting(request, asyncio.get_running_loop().create_future(), self._key(request))
         self._waiting.append(waiting)
         metrics.QUEUE_DEPTH.set(len(self._waiting))
         self._arrived.set()
@@ -110,7 +100,7 @@ class MicroBatcher(Generic[Request, Result]):
             return await asyncio.shield(waiting.future)
         except asyncio.CancelledError:
             # The caller went away (cancel or deadline): stop its work within one step.
-            item.cancel_event.set()
+            request.cancel()
             self._drop(waiting)
             raise
 
@@ -121,7 +111,7 @@ class MicroBatcher(Generic[Request, Result]):
         while (self._waiting or self._busy) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for waiting in list(self._waiting):
-            waiting.item.cancel_event.set()
+            waiting.request.cancel()
         if self._worker is not None:
             self._worker.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -136,7 +126,7 @@ class MicroBatcher(Generic[Request, Result]):
             self._busy = True
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [w.item for w in batch]
+                    self._executor, self._run_batch, [w.request for w in batch]
                 )
             except BaseException as error:  # the runner itself failed: fail each request
                 results = [error] * len(batch)
@@ -168,7 +158,7 @@ class MicroBatcher(Generic[Request, Result]):
         return batch
 
     def _compatible(self, key: Hashable) -> list[_Waiting[Request, Result]]:
-        return [w for w in self._waiting if w.key == key and not w.item.cancelled()]
+        return [w for w in self._waiting if w.key == key and not w.request.cancelled()]
 
     def _drop(self, waiting: _Waiting[Request, Result]) -> None:
         if waiting in self._waiting:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textinv.choices import coerce_choices
+from textinv.concept_tokens import MAX_TOKEN_LENGTH
+from textinv.data import MAX_CAPTION_CHARS
 from textinv_client.choices import Precision
 from textinv_client.flags import Flag, flag
 from textinv_server.choices import BackendName, Provider
@@ -40,6 +42,25 @@ class Limits:
     max_concurrent_jobs: int = _limit(1, "inversion jobs that train at once")
     max_queued_jobs: int = _limit(16, "inversion jobs that may wait; more are refused")
     max_job_steps: int = _limit(20000, "training steps one inversion job may ask for")
+    max_guidance_scale: float = field(
+        default=50.0,
+        metadata=flag("largest guidance scale a generate request may ask for", group=LIMITS_GROUP),
+    )
+    max_token_chars: int = _limit(MAX_TOKEN_LENGTH, "longest concept token, in characters")
+    max_init_text_chars: int = _limit(1000, "longest initializer text of a job, in characters")
+    max_caption_chars: int = _limit(
+        MAX_CAPTION_CHARS, "longest caption of a training image, in characters"
+    )
+    max_filename_chars: int = _limit(255, "longest file name of an upload, in characters")
+    max_page_token_chars: int = _limit(128, "longest page token, in characters")
+    max_page_size: int = _limit(1000, "most concepts or jobs one list page returns")
+    max_job_id_chars: int = _limit(64, "longest job id a request may name, in characters")
+    max_training_resolution: int = _limit(1024, "largest training side of a job, in pixels")
+    max_concepts: int = _limit(10_000, "concepts the server may hold; registering more is refused")
+    max_stored_jobs: int = _limit(256, "jobs whose files are kept; creating more is refused")
+    job_retention_seconds: int = _limit(7 * 24 * 3600, "seconds a finished job's files are kept")
+    max_job_bytes: int = _limit(128 * MIB, "bytes one job may store (uploads, checkpoints)")
+    max_job_attempts: int = _limit(3, "starts of a job after server crashes before it fails")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ protobuf messages besides the servicer's signatures (STYLE: convert at the edge)
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -11,10 +12,10 @@ from typing import Any, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from textinv.errors import InvalidInputError
+from textinv.trainer import InvertConfig
 from textinv_client.choices import (
     Choice,
     ConceptProperty,
-    JobState,
     LrSchedule,
     Precision,
     Scheduler,
@@ -37,8 +38,18 @@ from textinv_client.pb.v1 import (
     jobs_pb2,
     server_info_pb2,
 )
+from textinv_server.config import BatchingConfig, Limits
 from textinv_server.jobs import JobProgress, UploadedImage
 from textinv_server.requests import GenerationRequest, GenerationResult
+from textinv_server.rpc_requests import (
+    ConceptLookup,
+    CreateJobRequest,
+    JobLookup,
+    ListJobsRequest,
+    Page,
+    RegisterConceptRequest,
+    page_of,
+)
 from textinv_server.store import ConceptRow, JobRow
 
 C = TypeVar("C", bound=Choice)
@@ -79,14 +90,16 @@ def _enum(table: Mapping[Any, C], value: int, field: str) -> C:
 # --- generation -------------------------------------------------------------------------------
 
 
-def generation_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerationRequest:
-    # Unset fields (0 or absent) keep GenerationRequest's defaults.
+def generation_request_from_pb(
+    message: generate_pb2.GenerateRequest, limits: Limits, default_size: int
+) -> GenerationRequest:
+    """The checked request; unset fields (0 or absent) keep ``GenerationRequest``'s defaults."""
     given: dict[str, Any] = {}
     if message.steps:
         given["steps"] = message.steps
     if message.HasField("guidance_scale"):
         given["guidance_scale"] = message.guidance_scale
-    return GenerationRequest(
+    request = GenerationRequest(
         prompt=message.prompt,
         negative_prompt=message.negative_prompt,
         seed=message.seed if message.HasField("seed") else None,
@@ -96,6 +109,8 @@ def generation_request_from_pb(message: generate_pb2.GenerateRequest) -> Generat
         scheduler=_enum(SCHEDULERS, message.scheduler, "scheduler"),
         **given,
     )
+    request.check(limits, default_size)
+    return request
 
 
 def generate_response_to_pb(
@@ -140,43 +155,90 @@ def concept_info_to_pb(row: ConceptRow) -> concepts_pb2.ConceptInfo:
     )
 
 
+def register_concept_from_pb(
+    message: concepts_pb2.RegisterConceptRequest, limits: Limits
+) -> RegisterConceptRequest:
+    request = RegisterConceptRequest(
+        data=message.data,
+        filename=message.filename,
+        token=message.token if message.HasField("token") else None,
+        replace=message.replace,
+    )
+    request.check(limits)
+    return request
+
+
+def concept_lookup_from_pb(
+    message: concepts_pb2.GetConceptRequest | concepts_pb2.DeleteConceptRequest, limits: Limits
+) -> ConceptLookup:
+    include = isinstance(message, concepts_pb2.GetConceptRequest) and message.include_file
+    lookup = ConceptLookup(message.token, include_file=include)
+    lookup.check(limits)
+    return lookup
+
+
+def concept_page_from_pb(message: concepts_pb2.ListConceptsRequest, limits: Limits) -> Page:
+    return page_of(message.page_size, message.page_token, limits)
+
+
 # --- jobs -------------------------------------------------------------------------------------
 
 
-def uploaded_images_from_pb(images: Any) -> list[UploadedImage]:
-    return [
+def create_job_from_pb(
+    message: jobs_pb2.CreateInversionJobRequest, limits: Limits
+) -> CreateJobRequest:
+    """The job's images and complete trainer config, checked (``CreateJobRequest.check``)."""
+    images = tuple(
         UploadedImage(
             data=image.data,
             filename=image.filename,
             caption=image.caption if image.HasField("caption") else None,
         )
-        for image in images
-    ]
+        for image in message.images
+    )
+    params = message.params
+    config = InvertConfig(
+        images="",
+        out="",
+        token=params.token,
+        init=params.init_text,
+        vectors=params.num_vectors or 1,
+        learnable_property=_enum(PROPERTIES, params.property, "params.property"),
+        steps=params.steps or JOB_DEFAULTS["steps"],
+        batch_size=params.batch_size or JOB_DEFAULTS["batch_size"],
+        grad_accum=params.grad_accum or JOB_DEFAULTS["grad_accum"],
+        lr=params.learning_rate if params.HasField("learning_rate") else JOB_DEFAULTS["lr"],
+        scale_lr=params.scale_lr,
+        lr_schedule=_enum(LR_SCHEDULES, params.lr_schedule, "params.lr_schedule"),
+        warmup=params.warmup_steps,
+        resolution=params.resolution or None,
+        precision=_enum(PRECISIONS, params.precision, "params.precision"),
+        seed=params.seed if params.HasField("seed") else secrets.randbelow(2**31),
+        checkpoint_every=params.checkpoint_every or JOB_DEFAULTS["checkpoint_every"],
+    )
+    request = CreateJobRequest(images, config, message.skip_register)
+    request.check(limits)
+    return request
 
 
-def trainer_params_from_pb(message: jobs_pb2.InversionParams) -> dict[str, Any]:
-    """The trainer's keyword arguments (``InvertConfig`` fields), every default resolved."""
-    if not message.token:
-        raise InvalidInputError("params.token is required, e.g. '<cat-toy>'")
-    if not message.init_text.strip():
-        raise InvalidInputError("params.init_text is required, e.g. 'toy'")
-    return {
-        "token": message.token,
-        "init": message.init_text,
-        "vectors": message.num_vectors or 1,
-        "learnable_property": _enum(PROPERTIES, message.property, "params.property"),
-        "steps": message.steps or JOB_DEFAULTS["steps"],
-        "batch_size": message.batch_size or JOB_DEFAULTS["batch_size"],
-        "grad_accum": message.grad_accum or JOB_DEFAULTS["grad_accum"],
-        "lr": message.learning_rate if message.HasField("learning_rate") else JOB_DEFAULTS["lr"],
-        "scale_lr": message.scale_lr,
-        "lr_schedule": _enum(LR_SCHEDULES, message.lr_schedule, "params.lr_schedule"),
-        "warmup": message.warmup_steps,
-        "resolution": message.resolution or None,
-        "precision": _enum(PRECISIONS, message.precision, "params.precision"),
-        "seed": message.seed if message.HasField("seed") else secrets.randbelow(2**31),
-        "checkpoint_every": message.checkpoint_every or JOB_DEFAULTS["checkpoint_every"],
-    }
+def job_lookup_from_pb(
+    message: jobs_pb2.GetJobRequest | jobs_pb2.CancelJobRequest | jobs_pb2.WatchJobRequest,
+    limits: Limits,
+) -> JobLookup:
+    include = isinstance(message, jobs_pb2.GetJobRequest) and message.include_file
+    lookup = JobLookup(message.job_id, include_file=include)
+    lookup.check(limits)
+    return lookup
+
+
+def list_jobs_from_pb(message: jobs_pb2.ListJobsRequest, limits: Limits) -> ListJobsRequest:
+    # JOB_STATE_UNSPECIFIED (0) matches no job; any other unknown number is bad input.
+    named = [value for value in message.states if value != jobs_pb2.JOB_STATE_UNSPECIFIED]
+    states = tuple(_enum(JOB_STATES, value, "states") for value in named)
+    return ListJobsRequest(
+        states=states if message.states else None,
+        page=page_of(message.page_size, message.page_token, limits),
+    )
 
 
 def _params_to_pb(params: dict[str, Any]) -> jobs_pb2.InversionParams:
@@ -230,10 +292,6 @@ def job_progress_to_pb(progress: JobProgress) -> jobs_pb2.JobProgress:
     )
 
 
-def job_state_from_pb(value: int) -> JobState:
-    return _enum(JOB_STATES, value, "job state")
-
-
 # --- server info ------------------------------------------------------------------------------
 
 
@@ -259,3 +317,13 @@ def engine_profiles_to_pb(manifest: Any) -> list[server_info_pb2.EngineProfile]:
         )
         for component, entry in manifest.components.items()
     ]
+
+
+def limits_to_pb(limits: Limits, batching: BatchingConfig) -> server_info_pb2.Limits:
+    """Every limit the server enforces: each ``Limits`` field has a field of the same name."""
+    return server_info_pb2.Limits(
+        **{item.name: getattr(limits, item.name) for item in dataclasses.fields(limits)},
+        max_batch=batching.max_batch,
+        batch_wait_ms=int(batching.batch_wait_ms),
+        max_queue=batching.max_queue,
+    )

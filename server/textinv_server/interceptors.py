@@ -4,13 +4,18 @@ Every RPC passes through ``StatusInterceptor``: it gives the call a request id (
 back as ``x-request-id`` trailing metadata), times it for the metrics, and maps what the handler
 raised to a status code. Only messages written for callers reach them: an unexpected exception is
 logged with its traceback and answered ``INTERNAL`` with the request id, nothing more.
+
+Refused calls (``UNAUTHENTICATED`` here, ``RESOURCE_EXHAUSTED`` from an ``OverloadedError``) are
+counted in ``textinv_refused_calls_total`` by RPC and reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -52,6 +57,18 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
+def method_name(details: grpc.HandlerCallDetails) -> str:
+    """``/textinv.v1.TextInv/Generate`` → ``Generate``: the RPC's label in logs and metrics."""
+    return details.method.rsplit("/", 1)[-1]
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The metrics label of a refusal: ``OverloadedError`` → ``overloaded``, a subclass
+    ``DiskFullError`` → ``disk_full``. Error types are the server's own, so labels are bounded."""
+    name = type(error).__name__.removesuffix("Error") or "refused"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 Behavior = Callable[[Any, aio.ServicerContext], Any]
 
 
@@ -66,7 +83,7 @@ class StatusInterceptor(aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        method = method_name(details)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _guard_unary(handler.unary_unary, method),
@@ -91,6 +108,10 @@ def _guard_unary(behavior: Behavior, method: str) -> Behavior:
 
 
 def _guard_stream(behavior: Behavior, method: str) -> Behavior:
+    if not inspect.isasyncgenfunction(behavior):
+        # A coroutine that writes with ``context.write`` (grpc's own Health.Watch): awaited whole.
+        return _guard_unary(behavior, method)
+
     async def guarded(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Call(context, method):
             async for response in behavior(request, context):
@@ -117,6 +138,8 @@ class _Call:
                 self.code = grpc.StatusCode.CANCELLED  # the caller left or its deadline passed
             elif isinstance(error, Exception):
                 self.code, message = _answer(error, self.method, self.request_id)
+                if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    metrics.count_refusal(self.method, refusal_reason(error))
                 await self.context.abort(self.code, message)
         finally:
             _finish(self.method, self.code, self.started, self.request_id)
@@ -158,21 +181,29 @@ class ApiKeyInterceptor(aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        if details.method.startswith(UNAUTHENTICATED_PREFIXES) or self._authorized(details):
+        if details.method.startswith(UNAUTHENTICATED_PREFIXES):
             return await continuation(details)
+        reason = self._refusal_reason(details)
         handler = await continuation(details)
+        if reason is None:
+            return handler
+        # A method the server does not have is "unknown": callers choose method names freely.
+        metrics.count_refusal("unknown" if handler is None else method_name(details), reason)
         return _refusal(handler)
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+    def _refusal_reason(self, details: grpc.HandlerCallDetails) -> str | None:
+        """``None`` for a valid key, else why the call is refused: missing_key or invalid_key."""
         metadata = dict(details.invocation_metadata or ())
-        value = metadata.get("authorization", "")
+        value = metadata.get("authorization")
+        if value is None:
+            return "missing_key"
         presented = (value.decode() if isinstance(value, bytes) else value).encode()
         if not presented.startswith(b"Bearer "):
-            return False
+            return "invalid_key"
         key = presented[len(b"Bearer ") :]
         # Compare with every key, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(key, candidate) for candidate in self._keys]
-        return any(matches)
+        return None if any(matches) else "invalid_key"
 
 
 def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:

@@ -1,5 +1,6 @@
-"""Prometheus metrics: request latency per RPC and status, queue depth, batch sizes, step time,
-and jobs by state. Served on ``--metrics-port`` by ``prometheus_client``'s HTTP server.
+"""Prometheus metrics: request latency per RPC and status, calls refused per RPC and reason, queue
+depth, batch sizes, step time, and jobs by state. Served on ``--metrics-port`` by
+``prometheus_client``'s HTTP server.
 """
 
 from __future__ import annotations
@@ -25,10 +26,21 @@ STEP_SECONDS = Histogram(
 )
 JOBS = Gauge("textinv_jobs", "Inversion jobs by state", ["state"])
 REJECTED = Counter("textinv_rejected_requests_total", "Requests refused at once", ["reason"])
+# Every label value comes from the server's code (its RPC names, its error types), never from a
+# caller, so a caller cannot grow the registry: an unknown method is counted as "unknown".
+REFUSED = Counter(
+    "textinv_refused_calls_total",
+    "Calls refused before their work (UNAUTHENTICATED, RESOURCE_EXHAUSTED), by RPC and reason",
+    ["method", "reason"],
+)
 
 
 def observe_request(method: str, code: grpc.StatusCode, seconds: float) -> None:
     REQUEST_SECONDS.labels(method=method, code=code.name).observe(seconds)
+
+
+def count_refusal(method: str, reason: str) -> None:
+    REFUSED.labels(method=method, reason=reason).inc()
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> WSGIServer:

@@ -1,8 +1,9 @@
 """What a caller asks the generation pipeline for, and what it gets back.
 
-Plain frozen dataclasses: the gRPC layer converts protobuf to these at its edge and back. Every
-check that can be made without the model is made here (``check_request``); the pipeline adds the
-checks that need the backend's shape limits.
+Plain frozen dataclasses: the gRPC layer converts protobuf to these at its edge and back
+(``textinv_server.convert``), and ``GenerationRequest.check`` is the one place a generation
+request is checked against the server's ``Limits`` (the one source of limits). The pipeline adds
+only what needs the backend (its shape profile) and the registry (which concepts exist).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import secrets
 from dataclasses import dataclass, replace
 
 from textinv.choices import coerce_choices
-from textinv.errors import InvalidInputError
+from textinv.errors import InvalidInputError, quote
+from textinv.prompts import PLACEHOLDER
 from textinv_client.choices import Scheduler
+from textinv_server.config import Limits
 
-# A seed is a uint64 on the wire; image i of a request uses seed + i, which must fit too.
-MAX_SEED = 2**64 - 1
-MAX_STEPS = 500
-MAX_GUIDANCE = 50.0
-MAX_IMAGES = 16
+# A seed is a uint64 on the wire; image i of a request uses (seed + i) mod 2^64.
+SEED_MODULUS = 2**64
 # Pixel sizes are multiples of this (the UNet's latent grid is H/vae_scale_factor).
 SIZE_MULTIPLE = 8
 
@@ -28,8 +28,8 @@ SIZE_MULTIPLE = 8
 class GenerationRequest:
     """One prompt → ``num_images`` images. ``seed``/``width``/``height`` None: see ``resolved``.
 
-    Image i is drawn from seed + i (its own CPU generator), so an image never depends on the
-    number of images in its request or on the requests batched beside it.
+    Image i is drawn from (seed + i) mod 2^64 (its own CPU generator, which takes any uint64), so
+    an image never depends on the number of images in its request or on its batch mates.
     """
 
     prompt: str
@@ -54,7 +54,7 @@ class GenerationRequest:
     def seeds(self) -> tuple[int, ...]:
         if self.seed is None:
             raise InvalidInputError("the request has no seed yet; call resolved() first")
-        return tuple(self.seed + i for i in range(self.num_images))
+        return tuple((self.seed + i) % SEED_MODULUS for i in range(self.num_images))
 
     def resolved(self, default_size: int) -> GenerationRequest:
         """A copy with a concrete seed (random when None) and size (``default_size`` when None)."""
@@ -70,35 +70,68 @@ class GenerationRequest:
         """Requests with equal keys can share one batch (one UNet call per step)."""
         return (self.width, self.height, self.steps, self.scheduler, self.uses_guidance)
 
-
-def check_request(request: GenerationRequest) -> None:
-    """Raise ``InvalidInputError`` naming the first bad value of a resolved request."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise InvalidInputError(f"prompt must not be empty, got {request.prompt!r}")
-    if not isinstance(request.negative_prompt, str):
-        raise InvalidInputError(f"negative_prompt must be text, got {request.negative_prompt!r}")
-    _check_int_range("steps", request.steps, 1, MAX_STEPS)
-    _check_int_range("num_images", request.num_images, 1, MAX_IMAGES)
-    guidance = request.guidance_scale
-    if not isinstance(guidance, int | float) or not (
-        math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE
-    ):
-        raise InvalidInputError(f"guidance_scale must be in 0..{MAX_GUIDANCE:g}, got {guidance!r}")
-    for name, size in (("width", request.width), ("height", request.height)):
-        if not isinstance(size, int) or size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+    def check(self, limits: Limits, default_size: int | None = None) -> None:
+        """Raise ``InvalidInputError`` naming the first bad field; O(1) in every value but the
+        prompts' lengths. ``default_size`` stands in for an unset width or height."""
+        check_text("prompt", self.prompt, limits.max_prompt_chars)
+        if not self.prompt.strip():
+            raise InvalidInputError(f"prompt must not be empty, got {quote(self.prompt)}")
+        check_text("negative_prompt", self.negative_prompt, limits.max_prompt_chars)
+        check_int("steps", self.steps, 1, limits.max_steps)
+        check_int("num_images", self.num_images, 1, limits.max_images_per_request)
+        _check_guidance(self.guidance_scale, limits.max_guidance_scale)
+        if self.seed is not None:
+            check_int("seed", self.seed, 0, SEED_MODULUS - 1)
+        self._check_size(limits, default_size)
+        named = {*PLACEHOLDER.findall(self.prompt), *PLACEHOLDER.findall(self.negative_prompt)}
+        if len(named) > limits.max_concepts_per_prompt:
             raise InvalidInputError(
-                f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {size!r}"
+                f"the prompts name {len(named)} concepts; the limit is "
+                f"{limits.max_concepts_per_prompt}"
             )
-    seed = request.seed
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - (request.num_images - 1):
+
+    def _check_size(self, limits: Limits, default_size: int | None) -> None:
+        sides = []
+        for name, size in (("width", self.width), ("height", self.height)):
+            if size is None:
+                sides.append(default_size)
+                continue
+            check_int(name, size, SIZE_MULTIPLE, limits.max_image_pixels // SIZE_MULTIPLE)
+            if size % SIZE_MULTIPLE:
+                raise InvalidInputError(
+                    f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {size!r}"
+                )
+            sides.append(size)
+        width, height = sides
+        if width is not None and height is not None and width * height > limits.max_image_pixels:
+            raise InvalidInputError(
+                f"{width}×{height} is {width * height} pixels; the limit is "
+                f"{limits.max_image_pixels}"
+            )
+
+
+def check_text(name: str, value: object, max_chars: int) -> None:
+    """``value`` is text of at most ``max_chars`` characters; the error quotes a prefix only."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be text, got {quote(value)}")
+    if len(value) > max_chars:
         raise InvalidInputError(
-            f"seed must be in 0..2**64-1 with room for seed + num_images - 1, got {seed!r}"
+            f"{name} is {len(value)} characters; the limit is {max_chars} (got {quote(value)})"
         )
 
 
-def _check_int_range(name: str, value: object, low: int, high: int) -> None:
+def check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInputError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer in {low}..{high}, got {quote(value)}")
+
+
+def _check_guidance(guidance: object, high: float) -> None:
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, int | float)
+        or not (math.isfinite(guidance) and 0.0 <= guidance <= high)
+    ):
+        raise InvalidInputError(f"guidance_scale must be in 0..{high:g}, got {guidance!r}")
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,12 @@ codes.
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
 
 from textinv import __version__
-from textinv.errors import InvalidInputError
 from textinv.prompts import MAX_LENGTH
 from textinv_client.pb.v1 import (
     concepts_pb2,
@@ -24,24 +22,31 @@ from textinv_client.pb.v1 import (
     textinv_pb2_grpc,
 )
 from textinv_server import convert
+from textinv_server.config import Limits
 from textinv_server.jobs import JobProgress
+from textinv_server.requests import GenerationRequest
 from textinv_server.service import Service, library_versions
 from textinv_server.store import JobRow
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 
 class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     def __init__(self, service: Service) -> None:
         self.service = service
 
+    @property
+    def limits(self) -> Limits:
+        return self.service.limits
+
+    def _generation_request(self, request: generate_pb2.GenerateRequest) -> GenerationRequest:
+        side = self.service.pipeline.host.default_resolution
+        return convert.generation_request_from_pb(request, self.limits, side)
+
     # --- generation -----------------------------------------------------------------------------
 
     async def Generate(
         self, request: generate_pb2.GenerateRequest, context: aio.ServicerContext
     ) -> generate_pb2.GenerateResponse:
-        result, wait_ms = await self.service.generate(convert.generation_request_from_pb(request))
+        result, wait_ms = await self.service.generate(self._generation_request(request))
         return convert.generate_response_to_pb(result, wait_ms)
 
     async def GenerateStream(
@@ -53,9 +58,8 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
         def on_step(progress: Any) -> None:  # called on the generation thread
             loop.call_soon_threadsafe(events.put_nowait, progress)
 
-        generation = asyncio.ensure_future(
-            self.service.generate(convert.generation_request_from_pb(request), on_step)
-        )
+        checked = self._generation_request(request)
+        generation = asyncio.ensure_future(self.service.generate(checked, on_step))
         try:
             while not generation.done() or not events.empty():
                 waiter = asyncio.ensure_future(events.get())
@@ -81,39 +85,31 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     async def RegisterConcept(
         self, request: concepts_pb2.RegisterConceptRequest, context: aio.ServicerContext
     ) -> concepts_pb2.RegisterConceptResponse:
-        row = self.service.registry.register(
-            request.data,
-            request.filename,
-            token=request.token if request.HasField("token") else None,
-            replace=request.replace,
-        )
+        checked = convert.register_concept_from_pb(request, self.limits)
+        row = await self.service.register_concept(checked)
         return concepts_pb2.RegisterConceptResponse(concept=convert.concept_info_to_pb(row))
 
     async def ListConcepts(
         self, request: concepts_pb2.ListConceptsRequest, context: aio.ServicerContext
     ) -> concepts_pb2.ListConceptsResponse:
-        size = _page_size(request.page_size)
-        rows = self.service.registry.list(
-            after=_decode_page_token(request.page_token), limit=size + 1
-        )
-        next_token = _encode_page_token(rows[size - 1].token) if len(rows) > size else ""
+        page = convert.concept_page_from_pb(request, self.limits)
+        rows, next_token = await self.service.list_concepts(page)
         return concepts_pb2.ListConceptsResponse(
-            concepts=[convert.concept_info_to_pb(row) for row in rows[:size]],
-            next_page_token=next_token,
+            concepts=[convert.concept_info_to_pb(row) for row in rows], next_page_token=next_token
         )
 
     async def GetConcept(
         self, request: concepts_pb2.GetConceptRequest, context: aio.ServicerContext
     ) -> concepts_pb2.GetConceptResponse:
-        registry = self.service.registry
-        row = registry.get(request.token)
-        data = registry.file_bytes(request.token) if request.include_file else b""
+        lookup = convert.concept_lookup_from_pb(request, self.limits)
+        row, data = await self.service.get_concept(lookup)
         return concepts_pb2.GetConceptResponse(concept=convert.concept_info_to_pb(row), file=data)
 
     async def DeleteConcept(
         self, request: concepts_pb2.DeleteConceptRequest, context: aio.ServicerContext
     ) -> concepts_pb2.DeleteConceptResponse:
-        row = self.service.registry.delete(request.token)
+        lookup = convert.concept_lookup_from_pb(request, self.limits)
+        row = await self.service.delete_concept(lookup)
         return concepts_pb2.DeleteConceptResponse(concept=convert.concept_info_to_pb(row))
 
     # --- jobs -----------------------------------------------------------------------------------
@@ -121,49 +117,39 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     async def CreateInversionJob(
         self, request: jobs_pb2.CreateInversionJobRequest, context: aio.ServicerContext
     ) -> jobs_pb2.CreateInversionJobResponse:
-        row = self.service.jobs.create(
-            convert.uploaded_images_from_pb(request.images),
-            convert.trainer_params_from_pb(request.params),
-            request.skip_register,
-        )
+        row = await self.service.create_job(convert.create_job_from_pb(request, self.limits))
         return jobs_pb2.CreateInversionJobResponse(job=convert.job_info_to_pb(row))
 
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        jobs = self.service.jobs
-        row = jobs.get(request.job_id)
-        data = jobs.concept_file(request.job_id) if request.include_file else b""
+        row, data = await self.service.get_job(convert.job_lookup_from_pb(request, self.limits))
         return jobs_pb2.GetJobResponse(job=convert.job_info_to_pb(row), file=data)
 
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        states = [convert.job_state_from_pb(value) for value in request.states]
-        rows = self.service.jobs.list(states)
-        size = _page_size(request.page_size)
-        start = _decode_page_offset(request.page_token)
-        page = rows[start : start + size]
-        more = start + size < len(rows)
+        rows, next_token = await self.service.list_jobs(
+            convert.list_jobs_from_pb(request, self.limits)
+        )
         return jobs_pb2.ListJobsResponse(
-            jobs=[convert.job_info_to_pb(row) for row in page],
-            next_page_token=_encode_page_token(str(start + size)) if more else "",
+            jobs=[convert.job_info_to_pb(row) for row in rows], next_page_token=next_token
         )
 
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: aio.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
-        return jobs_pb2.CancelJobResponse(
-            job=convert.job_info_to_pb(self.service.jobs.cancel(request.job_id))
-        )
+        row = await self.service.cancel_job(convert.job_lookup_from_pb(request, self.limits))
+        return jobs_pb2.CancelJobResponse(job=convert.job_info_to_pb(row))
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
+        lookup = convert.job_lookup_from_pb(request, self.limits)
         jobs = self.service.jobs
-        events = jobs.subscribe(request.job_id)
+        events = jobs.subscribe(lookup.job_id)
         try:
-            row = jobs.get(request.job_id)
+            row = await self.service.find_job(lookup)
             yield jobs_pb2.WatchJobResponse(job=convert.job_info_to_pb(row))
             while not row.state.is_terminal:
                 event = await events.get()
@@ -173,7 +159,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
                     row = event
                     yield jobs_pb2.WatchJobResponse(job=convert.job_info_to_pb(row))
         finally:
-            jobs.unsubscribe(request.job_id, events)
+            jobs.unsubscribe(lookup.job_id, events)
 
     # --- the server -----------------------------------------------------------------------------
 
@@ -199,51 +185,9 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
             engine_profiles=convert.engine_profiles_to_pb(
                 getattr(service.pipeline.backend, "manifest", None)
             ),
-            limits=server_info_pb2.Limits(
-                max_request_bytes=limits.max_request_bytes,
-                max_image_pixels=limits.max_image_pixels,
-                max_images_per_request=limits.max_images_per_request,
-                max_steps=limits.max_steps,
-                max_prompt_chars=limits.max_prompt_chars,
-                max_concepts_per_prompt=limits.max_concepts_per_prompt,
-                max_concept_file_bytes=limits.max_concept_file_bytes,
-                max_images_per_job=limits.max_images_per_job,
-                max_concurrent_jobs=limits.max_concurrent_jobs,
-                max_batch=batching.max_batch,
-                batch_wait_ms=int(batching.batch_wait_ms),
-                max_queue=batching.max_queue,
-            ),
+            limits=convert.limits_to_pb(limits, batching),
             schedulers=convert.schedulers_to_pb(),
             server_version=__version__,
             api_version="textinv.v1",
             library_versions=library_versions(),
         )
-
-
-def _page_size(requested: int) -> int:
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _encode_page_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def _decode_page_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
-        raise _foreign_page_token(token) from None
-
-
-def _decode_page_offset(token: str) -> int:
-    """The list offset a page token of ``ListJobs`` carries (0 without a token)."""
-    offset = _decode_page_token(token) or "0"
-    if not offset.isdigit():
-        raise _foreign_page_token(token)
-    return int(offset)
-
-
-def _foreign_page_token(token: str) -> InvalidInputError:
-    return InvalidInputError(f"page_token {token!r} is not one this server issued")

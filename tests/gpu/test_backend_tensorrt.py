@@ -25,7 +25,7 @@ from textinv_export.tensorrt import tensorrt_missing
 from textinv_server.backends.tensorrt_backend import TensorRTBackend
 from textinv_server.backends.torch_backend import TorchBackend
 from textinv_server.host_model import HostModel
-from textinv_server.pipeline import GenerationJob, GenerationPipeline
+from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest, Scheduler
 
 MISSING = tensorrt_missing()
@@ -81,7 +81,7 @@ def test_tensorrt_batched_equals_unbatched(tiny_model, engines, concepts) -> Non
     )
     requests = [request(seed=1), request(seed=2, guidance_scale=3.0)]
     alone = [pixels(pipeline(req, concepts)) for req in requests]
-    batched = pipeline.run_batch([GenerationJob(pipeline.prepare(r, concepts)) for r in requests])
+    batched = pipeline.run_batch([pipeline.prepare(r, concepts) for r in requests])
     for one, result in zip(alone, batched, strict=True):
         assert max_pixel_difference(one, pixels(result)) <= 2  # type: ignore[arg-type]
 

@@ -23,6 +23,7 @@ from textinv_client import (
     TextInvClient,
     TrainingImage,
 )
+from textinv_client.pb.v1 import jobs_pb2, textinv_pb2_grpc
 
 
 def training_images(count: int = 2) -> list[TrainingImage]:
@@ -78,6 +79,25 @@ def test_cancel_stops_a_running_job(textinv_server) -> None:
         assert textinv.list_concepts() == []
         with pytest.raises(NotFound):
             textinv.watch_job("no-such-job").__next__()
+
+
+def test_states_unspecified_lists_nothing_and_an_unfinished_job_has_no_file(
+    textinv_server,
+) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        job = textinv.create_inversion_job(training_images(), params("<unfinished>", steps=5000))
+    with grpc.insecure_channel(textinv_server.target) as channel:
+        stub = textinv_pb2_grpc.TextInvStub(channel)
+        # JOB_STATE_UNSPECIFIED matches no job (jobs.proto); no states at all matches every job.
+        unspecified = stub.ListJobs(
+            jobs_pb2.ListJobsRequest(states=[jobs_pb2.JOB_STATE_UNSPECIFIED])
+        )
+        assert list(unspecified.jobs) == [] and unspecified.next_page_token == ""
+        assert job.job_id in [j.job_id for j in stub.ListJobs(jobs_pb2.ListJobsRequest()).jobs]
+        # include_file on an unfinished job: its state, and an empty file (not an error).
+        reply = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.job_id, include_file=True))
+        assert reply.job.job_id == job.job_id and reply.file == b""
+        stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.job_id))
 
 
 def test_metrics_endpoint_counts_requests(start_textinv: Callable[..., ServerThread]) -> None:

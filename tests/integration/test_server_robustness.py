@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -107,7 +108,46 @@ BAD_REQUESTS: list[tuple[str, Any, grpc.StatusCode, str]] = [
     ("CreateInversionJob", job(init_text=" "), Code.INVALID_ARGUMENT, "init_text"),
     ("CreateInversionJob", job(images=50), Code.INVALID_ARGUMENT, "50"),
     ("CreateInversionJob", job(), Code.INVALID_ARGUMENT, "a.png"),
+    # Every trainer parameter is checked at creation, named as the request names it.
+    ("CreateInversionJob", job(num_vectors=100), Code.INVALID_ARGUMENT, "params.num_vectors"),
+    ("CreateInversionJob", job(resolution=2**30), Code.INVALID_ARGUMENT, "params.resolution"),
+    ("CreateInversionJob", job(resolution=100), Code.INVALID_ARGUMENT, "params.resolution"),
+    ("CreateInversionJob", job(batch_size=10**6), Code.INVALID_ARGUMENT, "params.batch_size"),
+    ("CreateInversionJob", job(steps=10**6), Code.INVALID_ARGUMENT, "params.steps"),
+    (
+        "CreateInversionJob",
+        job(learning_rate=float("inf")),
+        Code.INVALID_ARGUMENT,
+        "params.learning_rate",
+    ),
+    ("CreateInversionJob", job(seed=2**64 - 1), Code.INVALID_ARGUMENT, "params.seed"),
+    ("CreateInversionJob", job(init_text="y" * 10**5), Code.INVALID_ARGUMENT, "init_text"),
+    ("CreateInversionJob", job(token="<" + "t" * 500 + ">"), Code.INVALID_ARGUMENT, "token"),
+    (
+        "RegisterConcept",
+        concepts_pb2.RegisterConceptRequest(data=concept_file(), filename="f" * 10_000),
+        Code.INVALID_ARGUMENT,
+        "filename",
+    ),
+    ("GetJob", jobs_pb2.GetJobRequest(job_id="j" * 10_000), Code.INVALID_ARGUMENT, "job_id"),
+    (
+        "ListJobs",
+        jobs_pb2.ListJobsRequest(page_token=base64.urlsafe_b64encode("²".encode()).decode()),
+        Code.INVALID_ARGUMENT,
+        "page_token",
+    ),
+    (
+        "ListJobs",
+        jobs_pb2.ListJobsRequest(page_token=base64.urlsafe_b64encode(b"9" * 100).decode()),
+        Code.INVALID_ARGUMENT,
+        "page_token",
+    ),
+    ("ListJobs", jobs_pb2.ListJobsRequest(page_token="p" * 5000), Code.INVALID_ARGUMENT, "page"),
+    ("ListJobs", jobs_pb2.ListJobsRequest(states=cast(Any, [77])), Code.INVALID_ARGUMENT, "77"),
 ]
+
+# No error message quotes more than a short prefix of a bad value.
+MAX_DETAILS_CHARS = 400
 
 
 def call(stub: textinv_pb2_grpc.TextInvStub, rpc: str, request: Any) -> Any:
@@ -130,6 +170,7 @@ def test_bad_inputs_get_their_status_codes_and_keep_state(textinv_server: Server
             assert (rpc, error.code()) == (rpc, code), error.details()
             assert word in error.details(), (rpc, error.details())
             assert "Traceback" not in error.details()
+            assert len(error.details()) <= MAX_DETAILS_CHARS, (rpc, len(error.details()))
             assert str(textinv_server.config.data_dir) not in error.details()  # no server paths
         duplicate = concepts_pb2.RegisterConceptRequest(data=concept_file("<kept>"), filename="k")
         with pytest.raises(grpc.RpcError) as raised:

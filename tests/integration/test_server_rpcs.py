@@ -49,6 +49,14 @@ def test_generate_returns_pngs_seeds_and_timings(textinv_server) -> None:
     assert result.timings.total_ms > 0 and result.timings.unet_total_ms > 0
 
 
+def test_the_largest_seed_wraps_modulo_two_to_the_64(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        wrapped = textinv.generate(small("a red star", num_images=2, seed=2**64 - 1))
+        zero = textinv.generate(small("a red star", seed=0))
+    assert wrapped.seeds == (2**64 - 1, 0) and wrapped.seed == 2**64 - 1
+    assert wrapped.images[1] == zero.images[0]
+
+
 def test_unset_seed_is_picked_and_reported(textinv_server) -> None:
     with TextInvClient(textinv_server.target) as textinv:
         first = textinv.generate(small("a red star", seed=None))
@@ -88,6 +96,13 @@ def test_server_info_reports_model_limits_and_versions(textinv_server) -> None:
     assert info.model.embedding_dim == WIDTH and len(info.model.sha256) == 64
     assert info.backend == "torch"
     assert info.limits.max_concurrent_jobs == 1
+    # Every limit the server enforces is reported, text lengths included.
+    limits = textinv_server.config.limits
+    assert info.limits.max_job_steps == limits.max_job_steps
+    assert info.limits.max_token_chars == limits.max_token_chars > 0
+    assert info.limits.max_caption_chars == limits.max_caption_chars > 0
+    assert info.limits.max_page_token_chars == limits.max_page_token_chars > 0
+    assert info.limits.max_guidance_scale == limits.max_guidance_scale
     assert Scheduler.EULER_ANCESTRAL in info.schedulers
     assert "torch" in info.library_versions
 

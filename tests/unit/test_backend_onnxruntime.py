@@ -20,7 +20,7 @@ from textinv_export.manifest import MANIFEST_NAME, ManifestError
 from textinv_server.backends import BackendName
 from textinv_server.backends.onnxruntime_backend import OnnxRuntimeBackend, Provider
 from textinv_server.host_model import HostModel
-from textinv_server.pipeline import GenerationJob, GenerationPipeline
+from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest, Scheduler
 
 
@@ -67,7 +67,7 @@ def test_matches_diffusers_on_the_cpu(
 def test_batched_equals_unbatched(pipeline, concepts) -> None:
     requests = [request(seed=1), request(seed=2, prompt="a <cat-toy> cat", guidance_scale=4.0)]
     alone = [pixels(pipeline(req, concepts)) for req in requests]
-    jobs = [GenerationJob(pipeline.prepare(req, concepts)) for req in requests]
+    jobs = [pipeline.prepare(req, concepts) for req in requests]
     batched = pipeline.run_batch(jobs)
     for one, result in zip(alone, batched, strict=True):
         assert max_pixel_difference(one, pixels(result)) <= 1  # type: ignore[arg-type]

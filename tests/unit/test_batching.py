@@ -5,11 +5,31 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from textinv.errors import OverloadedError
-from textinv_server.batching import BatchItem, MicroBatcher
+from textinv_server.batching import MicroBatcher
+
+
+@dataclass(frozen=True)
+class Item:
+    """A request as the batcher needs one: a value, and a cancellation flag."""
+
+    value: int
+    flag: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def cancel(self) -> None:
+        self.flag.set()
+
+    def cancelled(self) -> bool:
+        return self.flag.is_set()
+
+
+def submit(batcher: MicroBatcher[Item, int], value: int) -> Any:
+    return batcher.submit(Item(value))
 
 
 class Recorder:
@@ -21,14 +41,10 @@ class Recorder:
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, items: Sequence[BatchItem[int]]) -> list[int | BaseException]:
+    def __call__(self, items: Sequence[Item]) -> list[int | BaseException]:
         self.release.wait(5)
-        self.batches.append([item.request for item in items])
-        results: list[int | BaseException] = []
-        for item in items:
-            item.report((1, 1))
-            results.append(ValueError("odd") if item.request == 13 else item.request * 2)
-        return results
+        self.batches.append([item.value for item in items])
+        return [ValueError("odd") if item.value == 13 else item.value * 2 for item in items]
 
 
 def run(coroutine):
@@ -38,9 +54,11 @@ def run(coroutine):
 def test_compatible_requests_share_a_batch_and_others_wait() -> None:
     async def scenario() -> tuple[list[int], list[list[int]]]:
         recorder = Recorder()
-        batcher = MicroBatcher(recorder, key=lambda r: r % 2, max_batch=3, wait_s=0.2, max_queue=10)
+        batcher = MicroBatcher(
+            recorder, key=lambda r: r.value % 2, max_batch=3, wait_s=0.2, max_queue=10
+        )
         batcher.start()
-        results = await asyncio.gather(*(batcher.submit(r) for r in [2, 4, 5, 6, 8]))
+        results = await asyncio.gather(*(submit(batcher, r) for r in [2, 4, 5, 6, 8]))
         await batcher.close(1)
         return list(results), recorder.batches
 
@@ -54,14 +72,14 @@ def test_full_queue_is_refused_at_once() -> None:
     async def scenario() -> None:
         recorder = Recorder()
         recorder.release.clear()  # hold the first batch so the queue fills
-        batcher = MicroBatcher(recorder, key=lambda r: r, max_batch=1, wait_s=0, max_queue=2)
+        batcher = MicroBatcher(recorder, key=lambda r: r.value, max_batch=1, wait_s=0, max_queue=2)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit(1))
+        first = asyncio.ensure_future(submit(batcher, 1))
         await asyncio.sleep(0.05)  # the worker has taken it
-        queued = [asyncio.ensure_future(batcher.submit(r)) for r in (2, 3)]
+        queued = [asyncio.ensure_future(submit(batcher, r)) for r in (2, 3)]
         await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError, match="queue is full"):
-            await batcher.submit(4)
+            await submit(batcher, 4)
         recorder.release.set()
         assert await first == 2 and [await q for q in queued] == [4, 6]
         await batcher.close(1)
@@ -74,7 +92,7 @@ def test_an_error_fails_only_its_request() -> None:
         batcher = MicroBatcher(Recorder(), key=lambda r: 0, max_batch=4, wait_s=0.05, max_queue=8)
         batcher.start()
         results = await asyncio.gather(
-            batcher.submit(1), batcher.submit(13), return_exceptions=True
+            submit(batcher, 1), submit(batcher, 13), return_exceptions=True
         )
         assert results[0] == 2 and isinstance(results[1], ValueError)
         await batcher.close(1)
@@ -84,9 +102,9 @@ def test_an_error_fails_only_its_request() -> None:
 
 def test_cancelled_caller_flags_its_item() -> None:
     async def scenario() -> None:
-        seen: list[BatchItem[int]] = []
+        seen: list[Item] = []
 
-        def runner(items: Sequence[BatchItem[int]]) -> list[int | BaseException]:
+        def runner(items: Sequence[Item]) -> list[int | BaseException]:
             seen.extend(items)
             for _ in range(200):
                 if items[0].cancelled():
@@ -96,7 +114,7 @@ def test_cancelled_caller_flags_its_item() -> None:
 
         batcher = MicroBatcher(runner, key=lambda r: 0, max_batch=1, wait_s=0, max_queue=8)
         batcher.start()
-        task = asyncio.ensure_future(batcher.submit(1))
+        task = asyncio.ensure_future(submit(batcher, 1))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -105,3 +123,26 @@ def test_cancelled_caller_flags_its_item() -> None:
         await batcher.close(1)
 
     run(scenario())
+
+
+def test_a_request_cancelled_while_it_waits_never_runs() -> None:
+    async def scenario() -> list[list[int]]:
+        recorder = Recorder()
+        recorder.release.clear()  # hold the first batch: the second request waits
+        batcher = MicroBatcher(recorder, key=lambda r: 0, max_batch=1, wait_s=0, max_queue=8)
+        batcher.start()
+        first = asyncio.ensure_future(submit(batcher, 1))
+        await asyncio.sleep(0.05)
+        waiting = Item(2)
+        second = asyncio.ensure_future(batcher.submit(waiting))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert waiting.cancelled() and batcher.depth == 0
+        recorder.release.set()
+        assert await first == 2
+        await batcher.close(1)
+        return recorder.batches
+
+    assert run(scenario()) == [[1]]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from textinv import __version__
 from textinv.cli import main
@@ -59,3 +61,32 @@ def test_bad_file_prints_one_line_and_no_traceback(
     assert main(["concept", "inspect", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "broken.pt" in err and "Traceback" not in err
+
+
+def test_inspect_refuses_a_strided_pt_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "expanded.pt"
+    torch.save({"<x>": torch.zeros(1).expand(1_000_000, 768)}, bad)
+    assert bad.stat().st_size < 4000
+    assert main(["concept", "inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "strided or expanded" in err and "Traceback" not in err
+
+
+def test_inspect_refuses_a_huge_safetensors_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "huge.safetensors"
+    bad.write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    assert main(["concept", "inspect", str(bad)]) == 2
+    assert "header claims" in capsys.readouterr().err
+
+
+def test_inspect_names_a_kohya_file_after_its_stem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_file({"emb_params": torch.randn(2, 32)}, tmp_path / "EasyNegative.safetensors")
+    assert main(["concept", "inspect", str(tmp_path / "EasyNegative.safetensors"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["token"] == "EasyNegative" and facts["format"] == "kohya"

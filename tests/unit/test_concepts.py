@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import pickle
+import resource
+import struct
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
+from textinv.concept_io import MAX_HEADER_BYTES
 from textinv.concepts import (
+    MAX_WIDTH,
     Concept,
     ConceptFormat,
     ConceptMetadata,
@@ -175,3 +186,238 @@ def test_token_colliding_with_vocabulary_is_refused(tiny_model) -> None:
 def test_rename_on_load(tmp_path: Path) -> None:
     path = save_concept(make_concept(), tmp_path / "c.safetensors")
     assert load_concept(path, token="<renamed>").token == "<renamed>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: each is refused in bounded time and memory, before anything is copied.
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def _cheap() -> Iterator[None]:
+    """The block must take well under a second and must not grow the process's peak memory
+    (every claim below is ≥ 3 GB, so a conversion of any of them would show)."""
+    before, start = _peak_rss_mib(), time.perf_counter()
+    yield
+    assert time.perf_counter() - start < 1.0
+    assert _peak_rss_mib() - before < 200
+
+
+def _pt(state: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _safetensors(header: dict | bytes, body: bytes = b"", length: int | None = None) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text) if length is None else length) + text + body
+
+
+_ONE_ROW = torch.ones(1, WIDTH).numpy().tobytes()
+
+
+@pytest.mark.parametrize(
+    ("tensor", "match"),
+    [
+        (torch.zeros(1).expand(1_000_000, 768), "strided or expanded"),
+        (torch.ones(1).as_strided((1_000_000, 768), (0, 0)), "strided or expanded"),
+        (torch.randn(100, WIDTH)[:2], "exactly their elements"),
+        (torch.randn(8, WIDTH).t(), "strided or expanded"),
+        (torch.empty(1_000_000, 768, device="meta"), "no data"),
+        (torch.randn(2, WIDTH).to_sparse(), "dense"),
+        (torch.randn(2, WIDTH, dtype=torch.complex64), "floating point"),
+    ],
+)
+def test_pickled_tensors_that_claim_more_than_they_hold(tensor: torch.Tensor, match: str) -> None:
+    data = _pt({"<x>": tensor})
+    with _cheap(), pytest.raises(ConceptFileError, match=match) as error:
+        parse_concept(data, "tiny.pt")
+    assert "tiny.pt" in str(error.value)
+
+
+def test_quantized_tensor_is_refused() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensors
+        quantized = torch.quantize_per_tensor(torch.randn(2, WIDTH), 0.1, 0, torch.qint8)
+        data = _pt({"<x>": quantized})
+        with pytest.raises(ConceptFileError, match="quantized"):
+            parse_concept(data, "q.pt")
+
+
+@pytest.mark.parametrize(
+    ("vectors", "match"),
+    [
+        (torch.randn(17, WIDTH), "17 vectors; the limit is 16"),
+        (torch.randn(2, MAX_WIDTH + 1), "width 4097"),
+        (torch.randn(1, 0), "width 0"),
+    ],
+)
+def test_rows_and_width_are_bounded(vectors: torch.Tensor, match: str) -> None:
+    for data in (_pt({"<x>": vectors}), save_safetensors({"<x>": vectors})):
+        with pytest.raises(ConceptFileError, match=match):
+            parse_concept(data, "c.bin")
+
+
+def test_the_callers_row_limit_applies() -> None:
+    data = save_safetensors({"<x>": torch.randn(3, WIDTH)})
+    with pytest.raises(ConceptFileError, match="3 vectors; the limit is 2"):
+        parse_concept(data, "c.safetensors", max_vectors=2)
+    assert parse_concept(data, "c.safetensors", max_vectors=3).num_vectors == 3
+
+
+def test_file_size_is_bounded_before_reading(tmp_path: Path) -> None:
+    path = save_concept(make_concept(), tmp_path / "c.safetensors")
+    with pytest.raises(ConceptFileError, match="over the limit of 100 bytes"):
+        load_concept(path, max_bytes=100)
+    with pytest.raises(ConceptFileError, match="over the limit"):
+        parse_concept(path.read_bytes(), "c.safetensors", max_bytes=100)
+
+
+def test_compressed_and_legacy_pickles_are_refused() -> None:
+    plain = zipfile.ZipFile(io.BytesIO(_pt({"<x>": torch.randn(1, WIDTH)})))
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as out:
+        for member in plain.infolist():
+            out.writestr(member.filename, plain.read(member))
+    with pytest.raises(ConceptFileError, match="compressed"):
+        parse_concept(deflated.getvalue(), "bomb.pt")
+    legacy = io.BytesIO()
+    torch.save({"<x>": torch.randn(1, WIDTH)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ConceptFileError, match="before 1.6"):
+        parse_concept(legacy.getvalue(), "old.pt")
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (_safetensors(b"{}", length=2**62), "claims 4611686018427387904 bytes"),
+        (_safetensors(b'{"a": 1}' + b" " * 16, length=100), "claims 100 bytes"),
+        (
+            _safetensors(b"{" + b" " * (MAX_HEADER_BYTES + 1) + b"}"),
+            f"the limit is {MAX_HEADER_BYTES}",
+        ),
+        (_safetensors(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "not valid JSON"),
+        (_safetensors(b'{"<x>": {}, "<x>": {}}'), "repeats key '<x>'"),
+        (_safetensors(b'{"__metadata__": {"a": 1}}'), "metadata 'a' must be a string"),
+        (
+            _safetensors(
+                {"<x>": {"dtype": "F32", "shape": [1, WIDTH], "data_offsets": [0, 10**9]}}
+            ),
+            "outside the file",
+        ),
+        (
+            _safetensors(
+                {"<x>": {"dtype": "F32", "shape": [10**6, 768], "data_offsets": [0, 4 * WIDTH]}},
+                _ONE_ROW,
+            ),
+            "does not fill its 128 bytes",
+        ),
+        (
+            _safetensors({"<x>": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 0]}}),
+            "unknown dtype 'Q9'",
+        ),
+        (
+            _safetensors({"<x>": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
+            "shape must be a list",
+        ),
+        (
+            _safetensors(
+                {"<x>": {"dtype": "I32", "shape": [1, WIDTH], "data_offsets": [0, 4 * WIDTH]}},
+                _ONE_ROW,
+            ),
+            "floating point, got I32",
+        ),
+    ],
+)
+def test_hostile_safetensors_headers(data: bytes, match: str) -> None:
+    with _cheap(), pytest.raises(ConceptFileError, match=match) as error:
+        parse_concept(data, "upload.safetensors")
+    assert "upload.safetensors" in str(error.value) and len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize("value", ["abc", "²", "1" * 40, "-3", "1.5"])
+def test_metadata_that_is_not_a_number_is_named(value: str) -> None:
+    data = save_safetensors({"<x>": torch.randn(1, WIDTH)}, metadata={"textinv.steps": value})
+    with pytest.raises(ConceptFileError, match=r"metadata textinv\.steps must be a whole number"):
+        parse_concept(data, "m.safetensors")
+
+
+def test_metadata_text_is_bounded() -> None:
+    metadata = {"textinv.base_model_hash": "f" * 10_000}
+    data = save_safetensors({"<x>": torch.randn(1, WIDTH)}, metadata=metadata)
+    with pytest.raises(ConceptFileError, match="base_model_hash") as error:
+        parse_concept(data, "m.safetensors")
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("clip_l", "clip_g", "match"),
+    [
+        (torch.randn(2, 768), torch.zeros(0), r"clip_g.*width 0"),
+        (torch.randn(2, 768), torch.zeros(0, 1280), r"clip_g.*zero vectors"),
+        (torch.zeros(0, 768), torch.randn(2, 1280), "zero vectors"),
+        (torch.randn(2, 768), torch.randn(3, 1280), r"clip_g.*3 vectors, but clip_l has 2"),
+    ],
+)
+def test_sdxl_pairs_must_agree(clip_l: torch.Tensor, clip_g: torch.Tensor, match: str) -> None:
+    for data in (
+        save_safetensors({"clip_l": clip_l, "clip_g": clip_g}),
+        _pt({"clip_l": clip_l, "clip_g": clip_g}),
+    ):
+        with pytest.raises(ConceptFileError, match=match):
+            parse_concept(data, "xl.safetensors", expected_width=768)
+
+
+def test_a_very_long_token_is_quoted_short() -> None:
+    data = save_safetensors({"<x>": torch.randn(1, WIDTH)})
+    for token in ("x" * 1_000_000, "\ufb03" * 60):  # the ligature ffi: NFKC triples it
+        with _cheap(), pytest.raises(ConceptFileError, match="1 to 64 characters") as error:
+            parse_concept(data, "c.safetensors", token=token)
+        assert len(str(error.value)) < 300
+    with pytest.raises(ConceptFileError, match="1 to 64 characters") as error:
+        parse_concept(save_safetensors({"y" * 100_000: torch.randn(1, WIDTH)}), "c.safetensors")
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize("token", ["<a\x00b>", "<a\u202eb>", "<a\u00a0b>", "<a\u2028b>"])
+def test_control_and_space_characters_are_refused(token: str) -> None:
+    with pytest.raises(InvalidInputError, match="whitespace or control"):
+        check_token(token)
+
+
+def test_huge_num_vectors_is_refused_before_building_names() -> None:
+    with _cheap(), pytest.raises(InvalidInputError, match="num_vectors must be 1..16"):
+        check_token("<ok>", {"a": 1}, num_vectors=10**12)
+
+
+def test_tokens_are_nfkc_normalized(tmp_path: Path) -> None:
+    assert check_token("＜ｃａｔ＞") == "<cat>"
+    data = save_safetensors({"＜ｃａｔ＞": torch.randn(1, WIDTH)})
+    assert parse_concept(data, "c.safetensors").token == "<cat>"
+    assert parse_concept(data, "c.safetensors", token="<ｄｏｇ>").token == "<dog>"
+    assert make_concept().renamed("＜ｘ＞").token == "<x>"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        save_safetensors({"emb_params": torch.randn(2, WIDTH)}),
+        save_safetensors({"string_to_param.*": torch.randn(2, WIDTH)}),
+        _pt({"string_to_param": {"*": torch.randn(2, WIDTH)}}),
+        _pt(torch.randn(2, WIDTH)),
+        _pt({"clip_l": torch.randn(2, WIDTH), "clip_g": torch.randn(2, 64)}),
+    ],
+)
+def test_files_without_a_token_are_named_after_their_stem(data: bytes) -> None:
+    assert parse_concept(data, "dir/Easy-Negative.pt").token == "Easy-Negative"
+
+
+def test_a_stem_that_is_no_token_says_so() -> None:
+    data = save_safetensors({"emb_params": torch.randn(2, WIDTH)})
+    with pytest.raises(ConceptFileError, match="carries no token"):
+        parse_concept(data, "uploaded file")
+    assert parse_concept(data, "uploaded file", token="<ok>").token == "<ok>"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +14,19 @@ import torch
 from PIL import Image
 
 from textinv.data import (
+    MAX_CAPTION_CHARS,
     AugmentationSpec,
     augmentation_pool,
     crop_boxes,
     encode_latent_cache,
     list_image_files,
     load_image,
+    load_training_image,
     load_training_images,
     read_caption,
 )
 from textinv.errors import InvalidInputError
+from textinv.templates import fill_template, templates_for
 
 
 def _rgb(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
@@ -90,7 +97,8 @@ def test_small_corrupt_and_non_images_are_refused_by_name(tmp_path: Path) -> Non
     _rgb(63, 200).save(tmp_path / "small.png")
     with pytest.raises(InvalidInputError, match=r"small\.png.*63×200.*64 px"):
         load_image(tmp_path / "small.png")
-    data = (tmp_path / "small.png").read_bytes()
+    _rgb().save(tmp_path / "whole.png")  # large enough: the size check passes, decoding fails
+    data = (tmp_path / "whole.png").read_bytes()
     (tmp_path / "broken.png").write_bytes(data[: len(data) // 3])
     with pytest.raises(InvalidInputError, match=r"broken\.png.*not a readable image"):
         load_image(tmp_path / "broken.png")
@@ -166,3 +174,112 @@ def test_latent_cache_shapes_and_sampling(tiny_model, tmp_path: Path) -> None:  
     first = cache.sample(*pick, torch.Generator().manual_seed(3), 0.5)
     second = cache.sample(*pick, torch.Generator().manual_seed(3), 0.5)
     assert first.shape == (2, 4, 32, 32) and torch.equal(first, second)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile uploads: refused from the header, in bounded time and memory.
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims ``width`` × ``height`` RGB pixels, with one tiny IDAT."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "max_pixels", "match"),
+    [
+        (100_000, 100_000, None, "too large|the limit is"),
+        (5000, 5000, None, "5000×5000 px; the limit is"),
+        (300, 300, 256 * 256, "300×300 px; the limit is 65536 pixels"),
+        (10, 100_000, None, "at least 64 px"),
+    ],
+)
+def test_pixel_bombs_are_refused_from_the_header(
+    tmp_path: Path, width: int, height: int, max_pixels: int | None, match: str
+) -> None:
+    path = tmp_path / "000.img"
+    path.write_bytes(_png_header_only(width, height))
+    assert len(path.read_bytes()) < 400
+    limits = {} if max_pixels is None else {"max_pixels": max_pixels}
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError, match=match) as error:
+        load_image(path, "cat.png", **limits)
+    assert time.perf_counter() - start < 0.5
+    assert "cat.png" in str(error.value) and str(tmp_path) not in str(error.value)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "PPM", "ICO"])
+def test_only_png_jpeg_and_webp_are_decoded(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "000.img"
+    _rgb().save(path, format=fmt)
+    with pytest.raises(InvalidInputError, match=r"'up\.gif'.*PNG, JPEG or WebP"):
+        load_training_image(path, name="up.gif")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_the_three_formats_load(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "000.img"
+    _rgb().save(path, format=fmt)
+    assert load_image(path)[0].size == (96, 80)
+
+
+def test_truncated_upload_names_the_upload_not_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "000.img"
+    _rgb(300, 300).save(path, format="JPEG")
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(InvalidInputError, match="'holiday.jpg': not a readable image") as error:
+        load_training_image(path, name="holiday.jpg")
+    assert str(tmp_path) not in str(error.value)
+
+
+def test_loading_is_thread_safe(tmp_path: Path) -> None:
+    for i in range(8):
+        _rgb(seed=i).save(tmp_path / f"{i}.png")
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(100_000, 100_000))
+    paths = [tmp_path / f"{i}.png" for i in range(8)] * 2 + [tmp_path / "bomb.png"] * 4
+
+    def load(path: Path) -> str:
+        try:
+            return load_image(path)[0].mode
+        except InvalidInputError:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(load, paths))
+    assert results == ["RGB"] * 16 + ["refused"] * 4
+
+
+@pytest.mark.parametrize(
+    "caption",
+    ["{0.__class__} a photo of {}", "{:999999999} of {}", "{} and {{}} and {x}", "a {}}{{ b"],
+)
+def test_captions_are_not_format_strings(tmp_path: Path, caption: str) -> None:
+    _rgb().save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text(caption)
+    start = time.perf_counter()
+    text = read_caption(tmp_path / "a.png")
+    assert text == caption
+    filled = fill_template(text, "<tok>")
+    assert filled == caption.replace("{}", "<tok>") and len(filled) < 100
+    assert time.perf_counter() - start < 0.5
+
+
+def test_long_captions_are_refused_quoted_short(tmp_path: Path) -> None:
+    _rgb().save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("{} " + "x" * 1_000_000)
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_CAPTION_CHARS} characters") as error:
+        read_caption(tmp_path / "a.png", name="a.png")
+    assert len(str(error.value)) < 300
+
+
+def test_templates_fill_only_the_placeholder() -> None:
+    assert fill_template("a photo of a {}", "<{0}>") == "a photo of a <{0}>"
+    assert all(fill_template(t, "T") == t.format("T") for t in templates_for("object"))

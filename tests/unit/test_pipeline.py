@@ -20,7 +20,7 @@ from textinv.errors import CancelledError, ConceptFileError, InvalidInputError, 
 from textinv_server.backends import ShapeLimits
 from textinv_server.backends.torch_backend import TorchBackend
 from textinv_server.host_model import HostModel, load_host_model
-from textinv_server.pipeline import GenerationJob, GenerationPipeline
+from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest, Scheduler, StepProgress
 
 SIZE = 32  # pixels; the tiny VAE's factor is 2, so latents are 16 × 16
@@ -140,7 +140,7 @@ def test_batched_and_unbatched_runs_give_the_same_images(pipeline, backend, conc
     ]
     alone = [pixels(pipeline(req, concepts)) for req in requests]
     backend.unet_rows.clear()
-    jobs = [GenerationJob(pipeline.prepare(req, concepts)) for req in requests]
+    jobs = [pipeline.prepare(req, concepts) for req in requests]
     batched = [pixels(result) for result in pipeline.run_batch(jobs)]  # type: ignore[arg-type]
     assert backend.unet_rows == [8, 8, 8]  # 4 images, both halves, one call per step
     for one, many in zip(alone, batched, strict=True):
@@ -149,8 +149,8 @@ def test_batched_and_unbatched_runs_give_the_same_images(pipeline, backend, conc
 
 def test_requests_that_cannot_share_a_batch_are_refused(pipeline, concepts) -> None:
     jobs = [
-        GenerationJob(pipeline.prepare(request(steps=3), concepts)),
-        GenerationJob(pipeline.prepare(request(steps=4), concepts)),
+        pipeline.prepare(request(steps=3), concepts),
+        pipeline.prepare(request(steps=4), concepts),
     ]
     with pytest.raises(InvalidInputError, match="share size, steps"):
         pipeline.run_batch(jobs)
@@ -184,10 +184,8 @@ def test_cancelling_one_request_leaves_its_batch_mates_unchanged(
     backend.unet_rows.clear()
     steps: list[StepProgress] = []
     jobs = [
-        GenerationJob(pipeline.prepare(keep, concepts)),
-        GenerationJob(
-            pipeline.prepare(drop, concepts), on_step=steps.append, is_cancelled=lambda: bool(steps)
-        ),
+        pipeline.prepare(keep, concepts),
+        pipeline.prepare(drop, concepts, on_step=steps.append, is_cancelled=lambda: bool(steps)),
     ]
     kept, dropped = pipeline.run_batch(jobs)
     assert isinstance(dropped, CancelledError)
@@ -258,7 +256,10 @@ def test_concept_of_another_width_is_refused_naming_it(pipeline, tiny_model) -> 
         ({"guidance_scale": float("nan")}, "nan"),
         ({"scheduler": "heun"}, "'heun'"),
         ({"seed": -3}, "-3"),
-        ({"seed": 2**64 - 1, "num_images": 2}, str(2**64 - 1)),
+        ({"seed": 2**64}, str(2**64)),
+        ({"prompt": "x" * 5000}, "5000 characters"),
+        ({"num_images": 9}, "num_images"),
+        ({"width": 4096, "height": 4096}, "pixels"),
         ({"num_images": 0}, "num_images"),
     ],
 )
@@ -269,6 +270,21 @@ def test_bad_requests_are_refused_naming_the_value(
         pipeline(request(**overrides), concepts)
     assert named in str(caught.value)
     assert backend.text_calls == 0
+
+
+def test_seeds_wrap_modulo_two_to_the_64(pipeline, concepts) -> None:
+    top = 2**64 - 1
+    result = pipeline(request(seed=top, num_images=2), concepts)
+    assert result.seeds == (top, 0)
+    # Image 1 is the image that seed 0 draws alone: the generator takes every uint64 as is.
+    alone = pipeline(request(seed=0), concepts)
+    assert result.images[1] == alone.images[0]
+
+
+def test_a_long_bad_value_is_quoted_by_a_short_prefix_only(pipeline, concepts) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        pipeline(request(prompt="y" * 100_000), concepts)
+    assert len(str(caught.value)) < 200
 
 
 def test_sizes_outside_the_backend_profile_are_refused(tiny_model, concepts) -> None:

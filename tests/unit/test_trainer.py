@@ -132,16 +132,15 @@ def test_resume_is_bit_identical(tiny_model, tiny_model_dir, image_dir, tmp_path
         config_for(image_dir, tmp_path / "a", tiny_model_dir, **common), model=tiny_model
     )
 
-    # 10 steps, interrupted by should_stop, then --resume for 10 more.
+    # 10 steps, interrupted by should_stop (asked between micro-batches too), then --resume.
     out = tmp_path / "b"
     config = config_for(image_dir, out, tiny_model_dir, **common)
-    calls = {"n": 0}
+    steps: list[int] = [0]
 
     def stop_at_ten() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= 10
+        return steps[-1] >= 10
 
-    half = invert(config, should_stop=stop_at_ten, model=tiny_model)
+    half = invert(config, lambda p: steps.append(p.step), should_stop=stop_at_ten, model=tiny_model)
     assert half.metadata.steps == 10
     resumed = invert(dataclasses.replace(config, resume=True), model=tiny_model)
     assert resumed.metadata.steps == 20
@@ -231,11 +230,14 @@ BAD_INPUTS = [
     ("token in vocabulary", {"token": "toy"}, "collides with the tokenizer's vocabulary"),
     ("empty init", {"init": "  "}, "initializer text is empty"),
     ("init of nothing", {"init": "<|endoftext|>"}, "tokenizes to nothing"),
-    ("K zero", {"vectors": 0}, "--vectors 0"),
-    ("K 17", {"vectors": 17}, "--vectors 17"),
-    ("resolution", {"resolution": 100}, "--resolution 100"),
-    ("steps zero", {"steps": 0}, "--steps 0"),
-    ("steps negative", {"steps": -5}, "--steps -5"),
+    ("K zero", {"vectors": 0}, r"--vectors must be 1\.\.16, got 0"),
+    ("K 17", {"vectors": 17}, r"--vectors must be 1\.\.16, got 17"),
+    ("resolution", {"resolution": 100}, "--resolution must be a multiple of 8.*got 100"),
+    ("huge resolution", {"resolution": 2**20}, f"--resolution .*got {2**20}"),
+    ("steps zero", {"steps": 0}, "--steps must be 1..1000000, got 0"),
+    ("steps negative", {"steps": -5}, "got -5"),
+    ("huge batch", {"batch_size": 10**6}, "--batch-size must be 1..64"),
+    ("nan lr", {"lr": float("nan")}, "--lr must be a number > 0.*got nan"),
     ("missing model", {"model": "no-such-model"}, "no-such-model.*does not exist"),
 ]
 
@@ -396,4 +398,29 @@ def test_cli_invert(tiny_model_dir, image_dir, tmp_path, capsys) -> None:  # typ
     assert main([*argv, "--resume", "--steps", "3"]) == 0
     assert load_concept(out / CONCEPT_FILE).metadata.steps == 3
     assert main([*argv[:-1], "--overwrite", "--vectors", "17"]) == 2
-    assert "--vectors 17" in capsys.readouterr().err
+    assert "--vectors must be 1..16, got 17" in capsys.readouterr().err
+
+
+def test_check_config_names_fields_as_the_caller_knows_them() -> None:
+    from textinv.trainer import check_config
+
+    config = InvertConfig(images="", token="<t>", init="toy", out="", vectors=100, warmup=-1)
+    with pytest.raises(InvalidInputError) as by_flag:
+        check_config(config)
+    assert "--vectors must be 1..16, got 100" in str(by_flag.value)
+    assert "--warmup must be 0..1000000, got -1" in str(by_flag.value)
+    with pytest.raises(InvalidInputError) as by_field:
+        check_config(config, {"vectors": "params.num_vectors", "warmup": "params.warmup_steps"})
+    assert "params.num_vectors must be 1..16, got 100" in str(by_field.value)
+    assert "params.warmup_steps must be 0..1000000, got -1" in str(by_field.value)
+    assert "--vectors" not in str(by_field.value)
+
+
+def test_check_config_quotes_only_a_prefix_of_a_huge_value() -> None:
+    from textinv.trainer import check_config
+
+    config = InvertConfig(images="", token="<t>", init="x" * 1_000_000, out="", vectors=10**18)
+    with pytest.raises(InvalidInputError) as caught:
+        check_config(config)
+    assert len(str(caught.value)) < 400
+    assert "1000000 characters" in str(caught.value)

@@ -44,6 +44,7 @@ def _registrars() -> list[Registrar]:
 
 def _bench_registrars() -> list[Registrar]:
     """The ``textinv bench ...`` subcommands (benchmarks are entry points too)."""
+    from textinv.cli.bench.concepts import add_concepts_bench
     from textinv.cli.bench.export import add_export_bench
     from textinv.cli.bench.generate import add_generate_bench
     from textinv.cli.bench.invert import add_invert_bench
@@ -54,6 +55,7 @@ def _bench_registrars() -> list[Registrar]:
         add_invert_bench,
         add_export_bench,
         add_generate_bench,
+        add_concepts_bench,
         add_serve_bench,
         add_report_bench,
     ]

@@ -10,20 +10,23 @@ string ("fp32"), which ``__post_init__`` parses (a bad spelling is bad input tha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from textinv.choices import coerce_choices
+from textinv.concept_tokens import MAX_VECTORS, normalize_token
 from textinv.data import DEFAULT_MAX_IMAGES, CropMode
-from textinv.errors import InvalidInputError
+from textinv.errors import InvalidInputError, quote
 from textinv.trainer.run_files import CONCEPT_FILE, list_checkpoints
 from textinv_client.choices import ConceptProperty, LrSchedule, Precision
-from textinv_client.flags import flag
+from textinv_client.flags import flag, flag_fields, flag_name
 
-MAX_TRAIN_VECTORS = 16
+MAX_TRAIN_VECTORS = MAX_VECTORS  # K: the concept files' own limit
 # A model name that needs no folder: SD 1.5's exact shapes with seeded random weights.
 SD15_SHAPE = "sd15-shape"
 
@@ -183,6 +186,8 @@ class InvertConfig:
 
     def __post_init__(self) -> None:
         coerce_choices(self)  # callers may spell a choice as a string ("fp32"); keep the member
+        if isinstance(self.token, str):  # the one spelling a prompt and a concept file will use
+            object.__setattr__(self, "token", normalize_token(self.token))
         object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
 
     def to_json(self) -> dict[str, Any]:
@@ -202,40 +207,121 @@ class InvertConfig:
         return 25 if self.early_stop > 0 else 0
 
 
-_POSITIVE = ("batch_size", "grad_accum", "max_images", "num_crops", "eval_batch_size")
-_NOT_NEGATIVE = ("checkpoint_every", "validate_every", "eval_every", "warmup", "early_stop")
+# Upper bounds: a value past one is refused before anything is built from it (a huge K or
+# resolution must never allocate first). Each range is inclusive.
+MAX_TRAIN_STEPS = 1_000_000
+MAX_TRAIN_RESOLUTION = 2048
+MAX_BATCH_SIZE = 64
+MAX_GRAD_ACCUM = 1024
+# The trainer seeds generators with seed + small offsets, so one bit of headroom below 2^64.
+MAX_TRAIN_SEED = 2**63 - 1
+MAX_INIT_CHARS = 1000
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "vectors": (1, MAX_TRAIN_VECTORS),
+    "steps": (1, MAX_TRAIN_STEPS),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "grad_accum": (1, MAX_GRAD_ACCUM),
+    "warmup": (0, MAX_TRAIN_STEPS),
+    "checkpoint_every": (0, MAX_TRAIN_STEPS),
+    "seed": (0, MAX_TRAIN_SEED),
+    "max_images": (1, 10_000),
+    "num_crops": (1, 64),
+    "eval_every": (0, MAX_TRAIN_STEPS),
+    "eval_batch_size": (1, MAX_BATCH_SIZE),
+    "early_stop": (0, 10_000),
+    "validate_every": (0, MAX_TRAIN_STEPS),
+    "num_validation_images": (1, 16),
+    "validation_steps": (1, 1000),
+}
+# (low, high, low excluded): finite floats only.
+_FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr": (0.0, 10.0, True),
+    "weight_decay": (0.0, 10.0, False),
+    "embedding_reg_weight": (0.0, 1e6, False),
+    "early_stop_threshold": (0.0, 1e6, False),
+}
 
 
-def check_config(config: InvertConfig) -> None:
-    """Refuse bad values, naming each, before anything is loaded."""
-    problems = []
-    if not 1 <= config.vectors <= MAX_TRAIN_VECTORS:
-        problems.append(f"--vectors {config.vectors}: K must be 1 to {MAX_TRAIN_VECTORS}")
-    if config.resolution is not None and (config.resolution <= 0 or config.resolution % 8):
-        problems.append(f"--resolution {config.resolution}: must be a positive multiple of 8")
-    if config.steps <= 0:
-        problems.append(f"--steps {config.steps}: must be positive")
-    for name in _POSITIVE:
-        if getattr(config, name) <= 0:
-            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: must be positive")
-    for name in _NOT_NEGATIVE:
-        if getattr(config, name) < 0:
-            problems.append(f"--{name.replace('_', '-')} {getattr(config, name)}: must be ≥ 0")
-    if not config.lr > 0 or not math.isfinite(config.lr):
-        problems.append(f"--lr {config.lr}: must be a positive number")
-    low, high = config.crop_scale
-    if not 0 < low <= high <= 1:
-        problems.append(f"--crop-scale {low} {high}: need 0 < min ≤ max ≤ 1")
-    if config.min_snr_gamma is not None and not config.min_snr_gamma > 0:
-        problems.append(f"--min-snr-gamma {config.min_snr_gamma}: must be positive")
-    if config.embedding_reg_weight < 0:
-        problems.append(f"--embedding-reg-weight {config.embedding_reg_weight}: must be ≥ 0")
-    if not config.init or not config.init.strip():
-        problems.append("--init: the initializer text is empty; give a word such as 'toy'")
-    if config.resume and config.overwrite:
-        problems.append("--resume and --overwrite contradict each other; pass one")
+def check_config(config: InvertConfig, names: Mapping[str, str] | None = None) -> None:
+    """Refuse bad values before anything is loaded, naming each as the caller knows it.
+
+    ``names`` maps a field to the caller's name for it (the server passes ``params.num_vectors``
+    for ``vectors``); a field it leaves out is named by its flag (``--vectors``). Every check is
+    O(1) in the value: nothing is built from a value before it is known to be in range.
+    """
+    name = _namer(names or {})
+    problems = [
+        f"{name(key)} must be {low}..{high}, got {quote(value)}"
+        for key, (low, high) in _INT_RANGES.items()
+        if not _int_in(value := getattr(config, key), low, high)
+    ]
+    for key, (low, high, open_low) in _FLOAT_RANGES.items():
+        if not _float_in(value := getattr(config, key), low, high, open_low):
+            bounds = f"{'>' if open_low else '≥'} {low:g} and ≤ {high:g}"
+            problems.append(f"{name(key)} must be a number {bounds}, got {quote(value)}")
+    problems += _special_problems(config, name)
     if problems:
         raise InvalidInputError("; ".join(problems))
+
+
+def _special_problems(config: InvertConfig, name: Callable[[str], str]) -> list[str]:
+    """The checks that are not one range: optional values, pairs and text."""
+    problems = []
+    resolution = config.resolution
+    if resolution is not None and not (
+        _int_in(resolution, 8, MAX_TRAIN_RESOLUTION) and resolution % 8 == 0
+    ):
+        problems.append(
+            f"{name('resolution')} must be a multiple of 8 in 8..{MAX_TRAIN_RESOLUTION}, "
+            f"got {quote(resolution)}"
+        )
+    gamma = config.min_snr_gamma
+    if gamma is not None and not _float_in(gamma, 0.0, 1e6, True):
+        problems.append(f"{name('min_snr_gamma')} must be a number > 0, got {quote(gamma)}")
+    low, high = config.crop_scale
+    if not (_float_in(low, 0.0, 1.0, True) and _float_in(high, 0.0, 1.0, True) and low <= high):
+        problems.append(f"{name('crop_scale')} needs 0 < min ≤ max ≤ 1, got {low!r} {high!r}")
+    if not isinstance(config.init, str) or len(config.init) > MAX_INIT_CHARS:
+        problems.append(
+            f"{name('init')} must be text of at most {MAX_INIT_CHARS} characters, "
+            f"got {quote(config.init)}"
+        )
+    elif not config.init.strip():
+        problems.append(f"{name('init')}: the initializer text is empty; give a word such as 'toy'")
+    if not isinstance(config.token, str) or not config.token.strip():
+        problems.append(f"{name('token')} must not be empty, got {quote(config.token)}")
+    prompt = config.validation_prompt
+    if prompt is not None and len(prompt) > MAX_INIT_CHARS:
+        problems.append(
+            f"{name('validation_prompt')} must be at most {MAX_INIT_CHARS} characters, "
+            f"got {quote(prompt)}"
+        )
+    if config.resume and config.overwrite:
+        problems.append(f"{name('resume')} and {name('overwrite')} contradict each other; pass one")
+    return problems
+
+
+def _namer(names: Mapping[str, str]) -> Callable[[str], str]:
+    flags = _flag_names()
+    return lambda key: names.get(key) or flags.get(key, key)
+
+
+@functools.cache
+def _flag_names() -> dict[str, str]:
+    """Each field's command-line flag (``vectors`` → ``--vectors``)."""
+    return {item.name: flag_name(item, spec) for item, spec, _ in flag_fields(InvertConfig)}
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _float_in(value: object, low: float, high: float, open_low: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not math.isfinite(value) or value > high:
+        return False
+    return value > low if open_low else value >= low
 
 
 def check_output_folder(config: InvertConfig) -> None:

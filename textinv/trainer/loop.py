@@ -100,13 +100,16 @@ def _run_steps(
 ) -> Concept:
     state = trainer.state
     clock = _Clock(time.perf_counter(), state.step, trainer.config.steps)
-    event = "done"
+    event = "early_stop" if state.stopped_early else "done"
     with open(trainer.out / LOG_FILE, "a", encoding="utf-8") as log_file:
-        if state.stopped_early:
-            event = "early_stop"
         while trainer.state.step < clock.total_steps and not trainer.state.stopped_early:
-            # 1. One optimizer step, its evaluation and its log line.
-            info = _step(trainer, log_file, clock)
+            # 1. One optimizer step, its evaluation and its log line; a stop between its
+            #    micro-batches drops it whole, and the last complete step is checkpointed.
+            info = _step(trainer, log_file, clock, should_stop)
+            if info is None:
+                _checkpoint_at_stop(trainer, report, clock)
+                event = "stopped"
+                break
             report(info)
             if not math.isfinite(info.loss):
                 raise FloatingPointError(
@@ -130,10 +133,15 @@ def _run_steps(
     return concept
 
 
-def _step(trainer: Trainer, log_file: TextIO, clock: _Clock) -> Progress:
-    """One optimizer step, then the evaluation it is due, then its line in the step log."""
+def _step(
+    trainer: Trainer, log_file: TextIO, clock: _Clock, should_stop: Callable[[], bool]
+) -> Progress | None:
+    """One optimizer step, then the evaluation it is due, then its line in the step log;
+    ``None`` when a stop came between its micro-batches (nothing of it was applied)."""
     step_started = time.perf_counter()
-    loss = trainer._optimizer_step()
+    loss = trainer._optimizer_step(should_stop)
+    if loss is None:
+        return None
     trainer.state.step += 1
     step = trainer.state.step
     now = time.perf_counter()
@@ -150,6 +158,15 @@ def _step(trainer: Trainer, log_file: TextIO, clock: _Clock) -> Progress:
     log_file.write(json.dumps(record) + "\n")
     log_file.flush()
     return clock.progress(step, loss, lr, now, eval_loss)
+
+
+def _checkpoint_at_stop(trainer: Trainer, report: ProgressCallback, clock: _Clock) -> None:
+    """After a stop mid-step: a checkpoint of the last complete step, so a resume starts there."""
+    if not trainer.config.checkpoint_every:
+        return
+    path = save_checkpoint(trainer)
+    info = _final_progress(trainer, clock, "checkpoint")
+    report(dataclasses.replace(info, path=str(path)))
 
 
 def _evaluate(trainer: Trainer, step: int) -> float | None:

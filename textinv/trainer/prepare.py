@@ -18,7 +18,7 @@ from textinv.dtypes import torch_dtype
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel, load_base_model
 from textinv.prompts import PromptEncoder, TokenizedPrompt
-from textinv.templates import templates_for
+from textinv.templates import fill_template, templates_for
 from textinv.trainer.batches import TrainingData
 from textinv.trainer.config import SD15_SHAPE, InvertConfig, check_config, check_output_folder
 from textinv.trainer.loss import noise_schedule
@@ -132,7 +132,7 @@ def _tokenize_prompts(
     prompts = []
     for image in images:
         texts = [image.caption] if image.caption else list(templates)
-        prompts.append([encoder.tokenize(t.format(config.token), sizes) for t in texts])
+        prompts.append([encoder.tokenize(fill_template(t, config.token), sizes) for t in texts])
     return prompts
 
 

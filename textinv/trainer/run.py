@@ -154,25 +154,41 @@ class Trainer:
             return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return base
 
-    def _optimizer_step(self) -> float:
-        """One optimizer step over ``grad_accum`` micro-batches; the summed, scaled loss."""
+    def _optimizer_step(self, should_stop: Callable[[], bool] | None = None) -> float | None:
+        """One optimizer step over ``grad_accum`` micro-batches; the summed, scaled loss.
+
+        ``should_stop`` is asked between micro-batches, so a stop waits for one forward/backward
+        at most. A stop drops the step whole: its gradients are discarded and the generator is
+        rewound, so the trainer stays exactly at its last complete step (what a checkpoint of it
+        restores) and ``None`` is returned. Without a stop nothing differs from an unasked run.
+        """
         config = self.config
+        generator_state = self.generator.get_state()  # [5056] uint8: cheap to keep
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(config.grad_accum):
+            if micro and should_stop is not None and should_stop():
+                self.optimizer.zero_grad(set_to_none=True)
+                self.generator.set_state(generator_state)
+                return None
+            total += self._micro_step()
         lr = self.lr_at(self.state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(config.grad_accum):
-            batch = self.data.sample(config.batch_size, self.generator)
-            loss = self.loss(self.vectors, batch)
-            if config.embedding_reg_weight:
-                loss = loss + self.regularization(self.vectors)
-            loss = loss / config.grad_accum
-            self.scaler.scale(loss).backward()
-            total += float(loss.detach())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return total
+
+    def _micro_step(self) -> float:
+        """Forward and backward of one micro-batch; its gradients add to the vectors' ``.grad``."""
+        config = self.config
+        batch = self.data.sample(config.batch_size, self.generator)
+        loss = self.loss(self.vectors, batch)
+        if config.embedding_reg_weight:
+            loss = loss + self.regularization(self.vectors)
+        loss = loss / config.grad_accum
+        self.scaler.scale(loss).backward()
+        return float(loss.detach())
 
     # -- the run ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from textinv_server.pipeline.latents import RunningRequest
 from textinv_server.pipeline.planning import Outcome
 from textinv_server.requests import StepProgress
 
-# Outcomes of finished or cancelled requests, by ``id(job)``.
+# Outcomes of finished or cancelled requests, by ``id(prepared)``.
 Outcomes = dict[int, Outcome]
 
 
@@ -89,8 +89,7 @@ def denoise(backend: Backend, running: list[RunningRequest], outcomes: Outcomes)
         step(backend, active, timestep, unet_timesteps[index], hidden, buffer, guided)
         host_ms = clock.stop()
         for state in active:
-            if state.job.on_step is not None:
-                state.job.on_step(StepProgress(index + 1, total, host_ms))
+            state.prepared.report(StepProgress(index + 1, total, host_ms))
     # A request cancelled during the last step skips the decode too.
     drop_cancelled(active, outcomes, total, total)
     return clock.step_ms()
@@ -165,9 +164,8 @@ def drop_cancelled(
     """The requests still wanted; each cancelled one gets its ``CancelledError`` outcome."""
     still = []
     for state in active:
-        check = state.job.is_cancelled
-        if check is not None and check():
-            outcomes[id(state.job)] = CancelledError(
+        if state.prepared.cancelled():
+            outcomes[id(state.prepared)] = CancelledError(
                 f"generation cancelled after {step} of {total} steps"
             )
         else:

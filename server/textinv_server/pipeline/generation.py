@@ -13,6 +13,7 @@ from textinv.model import BaseModel
 from textinv.prompts import PromptEncoder
 from textinv_server.backends import Backend, BackendName, BackendOptions
 from textinv_server.backends.factory import load_backend
+from textinv_server.config import Limits
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline.decoding import decode
 from textinv_server.pipeline.denoising import Outcomes, denoise
@@ -21,14 +22,16 @@ from textinv_server.pipeline.planning import (
     NO_CONCEPTS,
     CancelCheck,
     Concepts,
-    GenerationJob,
     Outcome,
     PreparedRequest,
     ProgressCallback,
     check_batch,
 )
 from textinv_server.pipeline.text_encoding import EncodedPrompts, embed_prompts, encode_prompts
-from textinv_server.requests import GenerationRequest, GenerationResult, StageTimings, check_request
+from textinv_server.requests import GenerationRequest, GenerationResult, StageTimings
+
+# The limits of a direct call (``textinv generate``, benchmarks): the server's defaults.
+DEFAULT_LIMITS = Limits()
 
 
 class GenerationPipeline:
@@ -45,16 +48,21 @@ class GenerationPipeline:
         self.prompts = PromptEncoder(host.tokenizer, host.token_embedding)
 
     def prepare(
-        self, request: GenerationRequest, concepts: Concepts = NO_CONCEPTS
+        self,
+        request: GenerationRequest,
+        concepts: Concepts = NO_CONCEPTS,
+        *,
+        on_step: ProgressCallback | None = None,
+        is_cancelled: CancelCheck | None = None,
     ) -> PreparedRequest:
-        """Check a request and embed its prompts: every error the request can cause, before any
-        backend work (the server's batcher calls this when a request arrives)."""
+        """Resolve a checked request (``GenerationRequest.check``) and embed its prompts: every
+        error that needs the backend or the concepts, before any backend work (the server calls
+        this when a request arrives, before it queues)."""
         request = request.resolved(self.host.default_resolution)
-        check_request(request)
         assert request.width is not None and request.height is not None
         self.backend.limits.check(request.width, request.height, request.num_images)
         embeddings = embed_prompts(self.prompts, request, concepts)
-        return PreparedRequest(request, embeddings, embeddings.warnings)
+        return PreparedRequest(request, embeddings, embeddings.warnings, on_step, is_cancelled)
 
     def __call__(
         self,
@@ -63,28 +71,31 @@ class GenerationPipeline:
         *,
         on_step: ProgressCallback | None = None,
         is_cancelled: CancelCheck | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> GenerationResult:
-        """Generate one request; raises ``CancelledError`` if ``is_cancelled`` turns true."""
-        job = GenerationJob(self.prepare(request, concepts), on_step, is_cancelled)
-        (outcome,) = self.run_batch([job])
+        """Check and generate one request; raises ``CancelledError`` if ``is_cancelled`` turns
+        true. ``limits`` are the server's defaults unless given."""
+        request.check(limits, self.host.default_resolution)
+        prepared = self.prepare(request, concepts, on_step=on_step, is_cancelled=is_cancelled)
+        (outcome,) = self.run_batch([prepared])
         if isinstance(outcome, CancelledError):
             raise outcome
         return outcome
 
-    def run_batch(self, jobs: Sequence[GenerationJob]) -> list[Outcome]:
-        """Run prepared requests with one ``batch_key()`` as one batch; one outcome per job."""
+    def run_batch(self, batch: Sequence[PreparedRequest], /) -> list[Outcome]:
+        """Run prepared requests with one ``batch_key()`` as one batch; one outcome each."""
         start = time.perf_counter()
         # 1. Check that the requests can share a batch.
-        check_batch(jobs, self.backend.limits)
+        check_batch(batch, self.backend.limits)
         # 2. Encode all prompts in one text-encoder call.
-        encoded = encode_prompts(self.backend, jobs)
+        encoded = encode_prompts(self.backend, batch)
         # 3. Draw each request's initial noise from its own seeds; give it its own scheduler.
-        running = self._start(jobs, encoded)
+        running = self._start(batch, encoded)
         # 4. Denoising loop with classifier-free guidance; drops requests cancelled on the way.
         outcomes: Outcomes = {}
         step_ms = denoise(self.backend, running, outcomes)
         # 5. Decode what finished and encode PNGs.
-        finished = [state for state in running if id(state.job) not in outcomes]
+        finished = [state for state in running if id(state.prepared) not in outcomes]
         images, vae_ms = decode(self.backend, self.host.latent_scaling, finished)
         # 6. Package each request's images with the batch's stage timings.
         timings = StageTimings(
@@ -93,22 +104,22 @@ class GenerationPipeline:
             unet_step_ms=tuple(step_ms),
             vae_decode_ms=vae_ms,
             total_ms=(time.perf_counter() - start) * 1000,
-            batch_size=len(jobs),
+            batch_size=len(batch),
         )
         for state, pngs in zip(finished, images, strict=True):
-            prepared = state.job.prepared
-            outcomes[id(state.job)] = GenerationResult(
+            prepared = state.prepared
+            outcomes[id(prepared)] = GenerationResult(
                 pngs, prepared.request.seeds, prepared.request, timings, prepared.warnings
             )
-        return [outcomes[id(job)] for job in jobs]
+        return [outcomes[id(prepared)] for prepared in batch]
 
     def _start(
-        self, jobs: Sequence[GenerationJob], encoded: EncodedPrompts
+        self, batch: Sequence[PreparedRequest], encoded: EncodedPrompts
     ) -> list[RunningRequest]:
-        uncond: list[torch.Tensor | None] = [*encoded.uncond] or [None] * len(jobs)
+        uncond: list[torch.Tensor | None] = [*encoded.uncond] or [None] * len(batch)
         return [
-            start_request(job, self.host, self.backend.device, uncond[i], encoded.cond[i])
-            for i, job in enumerate(jobs)
+            start_request(prepared, self.host, self.backend.device, uncond[i], encoded.cond[i])
+            for i, prepared in enumerate(batch)
         ]
 
 

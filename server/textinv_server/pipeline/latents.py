@@ -1,7 +1,7 @@
 """Latents and noise preparation: each request's scheduler, generators and initial noise.
 
 Seeds (DESIGN decision 5): image i of a request is drawn from its own CPU generator seeded with
-``seed + i``, both for the initial noise (``randn_tensor`` exactly as diffusers'
+``(seed + i) mod 2^64``, both for the initial noise (``randn_tensor`` exactly as diffusers'
 ``prepare_latents``) and for the noise ancestral schedulers draw in ``step``. So a request's
 images match ``StableDiffusionPipeline`` given ``generator=[Generator().manual_seed(seed + i)]``,
 and batching never changes an image.
@@ -16,7 +16,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from textinv_server.host_model import HostModel
-from textinv_server.pipeline.planning import GenerationJob
+from textinv_server.pipeline.planning import PreparedRequest
 from textinv_server.requests import GenerationRequest
 from textinv_server.schedulers import make_scheduler, step_kwargs
 
@@ -25,7 +25,7 @@ from textinv_server.schedulers import make_scheduler, step_kwargs
 class RunningRequest:
     """The mutable state of one request inside the denoising loop."""
 
-    job: GenerationJob
+    prepared: PreparedRequest
     scheduler: Any
     generators: list[torch.Generator]
     latents: torch.Tensor  # [n, C, h, w] on the backend's device
@@ -35,11 +35,11 @@ class RunningRequest:
 
     @property
     def request(self) -> GenerationRequest:
-        return self.job.request
+        return self.prepared.request
 
 
 def start_request(
-    job: GenerationJob,
+    prepared: PreparedRequest,
     host: HostModel,
     device: torch.device,
     uncond: torch.Tensor | None,
@@ -49,7 +49,7 @@ def start_request(
 
     ``uncond`` and ``cond`` are the request's hidden states ``[T, D]``, shared by its images.
     """
-    request = job.request
+    request = prepared.request
     # The scheduler's timesteps and tables stay on the CPU: its scalars reach the device
     # kernels as arguments, so stepping never waits for the GPU (an index with a CUDA
     # timestep would be a host sync every step). The UNet gets device timesteps (denoising).
@@ -60,7 +60,7 @@ def start_request(
     noise = initial_noise(request, host, generators, device)
     n = request.num_images
     return RunningRequest(
-        job=job,
+        prepared=prepared,
         scheduler=scheduler,
         generators=generators,
         latents=noise * scheduler.init_noise_sigma,

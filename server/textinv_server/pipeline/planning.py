@@ -2,14 +2,16 @@
 
 A request is checked and its prompts embedded when it arrives (``GenerationPipeline.prepare``),
 so every error it can cause is raised before any backend work. Requests with equal
-``batch_key()`` (size, steps, scheduler, whether guidance runs) then run as one batch; each keeps
-its own progress callback and cancellation check.
+``batch_key()`` (size, steps, scheduler, whether guidance runs) then run as one batch; each
+``PreparedRequest`` keeps its own progress callback and cancellation, and is the only wrapper of
+a request between its arrival and its ``RunningRequest`` (the denoising loop's mutable state).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -28,39 +30,42 @@ Outcome = GenerationResult | CancelledError
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A checked request with a concrete seed and size, its prompts already embedded.
+    """A checked request with a concrete seed and size, its prompts already embedded, and the
+    one home of its progress callback and cancellation.
 
-    ``embeddings`` rows: ``[negative, prompt]`` when guidance runs, else ``[prompt]``.
+    ``embeddings`` rows: ``[negative, prompt]`` when guidance runs, else ``[prompt]``. It is
+    cancelled once ``cancel()`` was called (the batcher, when its caller goes away) or the
+    caller's own ``is_cancelled`` check turns true (the Python API).
     """
 
     request: GenerationRequest
     embeddings: PromptEmbeddings
     warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class GenerationJob:
-    """One request of a batch, with its own progress callback and cancellation check."""
-
-    prepared: PreparedRequest
     on_step: ProgressCallback | None = None
     is_cancelled: CancelCheck | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
-    @property
-    def request(self) -> GenerationRequest:
-        return self.prepared.request
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set() or (self.is_cancelled is not None and self.is_cancelled())
+
+    def report(self, progress: StepProgress) -> None:
+        if self.on_step is not None:
+            self.on_step(progress)
 
 
-def check_batch(jobs: Sequence[GenerationJob], limits: ShapeLimits) -> None:
+def check_batch(batch: Sequence[PreparedRequest], limits: ShapeLimits) -> None:
     """Refuse a batch whose requests cannot share one UNet call per step, or that is too big."""
-    if not jobs:
+    if not batch:
         raise InvalidInputError("a batch needs at least one request, got none")
-    keys = {job.request.batch_key() for job in jobs}
+    keys = {prepared.request.batch_key() for prepared in batch}
     if len(keys) > 1:
         raise InvalidInputError(
             f"requests in one batch must share size, steps, scheduler and whether guidance "
             f"runs; got {sorted(map(str, keys))}"
         )
-    first = jobs[0].request
+    first = batch[0].request
     assert first.width is not None and first.height is not None
-    limits.check(first.width, first.height, sum(job.request.num_images for job in jobs))
+    limits.check(first.width, first.height, sum(prepared.request.num_images for prepared in batch))

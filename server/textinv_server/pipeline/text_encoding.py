@@ -15,7 +15,7 @@ import torch
 
 from textinv.prompts import PromptEmbeddings, PromptEncoder
 from textinv_server.backends import Backend
-from textinv_server.pipeline.planning import Concepts, GenerationJob
+from textinv_server.pipeline.planning import Concepts, PreparedRequest
 from textinv_server.requests import GenerationRequest
 
 
@@ -38,15 +38,15 @@ class EncodedPrompts:
     milliseconds: float
 
 
-def encode_prompts(backend: Backend, jobs: Sequence[GenerationJob]) -> EncodedPrompts:
+def encode_prompts(backend: Backend, batch: Sequence[PreparedRequest]) -> EncodedPrompts:
     """One text-encoder call over every request's rows."""
     start = time.perf_counter()
-    inputs_embeds = torch.cat([job.prepared.embeddings.inputs_embeds for job in jobs])
-    eos_positions = torch.cat([job.prepared.embeddings.eos_positions for job in jobs])
+    inputs_embeds = torch.cat([prepared.embeddings.inputs_embeds for prepared in batch])
+    eos_positions = torch.cat([prepared.embeddings.eos_positions for prepared in batch])
     hidden = backend.encode_text(inputs_embeds, eos_positions)  # [rows, T, D]
     backend.synchronize()
-    per_request = hidden.split([len(job.prepared.embeddings.eos_positions) for job in jobs])
-    guided = jobs[0].request.uses_guidance
+    per_request = hidden.split([len(prepared.embeddings.eos_positions) for prepared in batch])
+    guided = batch[0].request.uses_guidance
     uncond = [rows[0] for rows in per_request] if guided else []
     cond = [rows[-1] for rows in per_request]
     return EncodedPrompts(uncond, cond, (time.perf_counter() - start) * 1000)

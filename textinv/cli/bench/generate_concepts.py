@@ -1,12 +1,19 @@
 """What concepts cost in ``textinv bench generate``: 0 against 3 in one request, end to end and in
-the host-side prompt work, and adding one to a running pipeline's table (no reload)."""
+the host-side prompt work, and adding one to a running pipeline's table (no reload).
+
+``registry_scaling`` (``textinv bench concepts``): the host-side cost of a request with 10 and
+with 10,000 concepts registered, as a ratio: it should stay near 1.
+"""
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +22,9 @@ from textinv.cli.bench.generate_runners import Stats, our_runner, round_robin
 from textinv.concepts import Concept, concept_to_bytes, parse_concept
 from textinv_server.backends import BackendName
 from textinv_server.pipeline import GenerationPipeline
+from textinv_server.registry import DEFAULT_MAX_CONCEPTS, ConceptRegistry
 from textinv_server.requests import GenerationRequest
+from textinv_server.store import Store
 
 PROMPT_CONCEPTS = "a photo of <c0> with <c1> in <c2> style"
 CONCEPT_VECTORS = 2  # K, each concept's vectors
@@ -90,3 +99,87 @@ def median_ms(work: Callable[[], object], repeats: int) -> float:
         work()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def registry_scaling(
+    pipeline: GenerationPipeline,
+    request: GenerationRequest,
+    counts: tuple[int, int] = (10, 10_000),
+    repeats: int = 200,
+) -> dict[str, Any]:
+    """The host-side cost of one ``Generate`` with ``counts[0]`` and ``counts[1]`` concepts
+    registered: the registry's snapshot, then prompt parsing, embedding lookup and splice
+    (``pipeline.prepare``). Both registries are real (SQLite, files on tmpfs where there is one)
+    and filled through ``register``; the prompt names three of their concepts."""
+    with_concepts = replace(request, prompt=PROMPT_CONCEPTS)
+    figures: dict[str, Any] = {"prompt": PROMPT_CONCEPTS, "few": counts[0], "many": counts[1]}
+    registries: dict[int, ConceptRegistry] = {}
+    with tempfile.TemporaryDirectory(prefix="textinv-bench-concepts-", dir=_scratch()) as scratch:
+        for count in counts:
+            folder = Path(scratch) / str(count)
+            fill_ms = _fill_registry(folder, pipeline.host.text_width, count)
+            figures[f"register_{count}_concepts_ms_each"] = fill_ms / count
+            start = time.perf_counter()
+            registries[count] = _open_registry(folder, pipeline.host.text_width, count)
+            figures[f"start_{count}_concepts_ms"] = (time.perf_counter() - start) * 1000
+        runners = {
+            count: _host_generate(pipeline, with_concepts, registry)
+            for count, registry in registries.items()
+        }
+        for count, median in _interleaved_medians(runners, repeats).items():
+            figures[f"host_generate_{count}_concepts_ms"] = median
+        for registry in registries.values():
+            registry.store.close()
+    few, many = (figures[f"host_generate_{count}_concepts_ms"] for count in counts)
+    figures["host_generate_ratio"] = many / few
+    return figures
+
+
+def _host_generate(
+    pipeline: GenerationPipeline, request: GenerationRequest, registry: ConceptRegistry
+) -> Callable[[], object]:
+    """What ``Generate`` does on the host before the batcher: snapshot, then ``prepare``."""
+    return lambda: pipeline.prepare(request, registry.snapshot())
+
+
+def _interleaved_medians(
+    runners: dict[int, Callable[[], object]], repeats: int
+) -> dict[int, float]:
+    """Median milliseconds of each runner, taking turns so that a noisy neighbour hurts all."""
+    times: dict[int, list[float]] = {key: [] for key in runners}
+    for _ in range(repeats):
+        for key, work in runners.items():
+            start = time.perf_counter()
+            work()
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def _scratch() -> str | None:
+    """tmpfs where there is one: filling 10,000 rows is then not 10,000 disk syncs."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+def _open_registry(folder: Path, width: int, count: int) -> ConceptRegistry:
+    store = Store(folder / "textinv.db")
+    return ConceptRegistry(
+        store,
+        folder / "concepts",
+        width=width,
+        vocabulary=(),
+        max_file_bytes=1 << 20,
+        max_concepts=max(count, DEFAULT_MAX_CONCEPTS),
+    )
+
+
+def _fill_registry(folder: Path, width: int, count: int) -> float:
+    """Register ``<c0>`` … through the registry, as uploads are; returns the milliseconds."""
+    registry = _open_registry(folder, width, count)
+    generator = torch.Generator().manual_seed(3)
+    start = time.perf_counter()
+    for i in range(count):
+        vectors = torch.randn(CONCEPT_VECTORS, width, generator=generator)
+        registry.register(concept_to_bytes(Concept(f"<c{i}>", vectors)), f"c{i}.safetensors")
+    elapsed = (time.perf_counter() - start) * 1000
+    registry.store.close()
+    return elapsed

@@ -14,6 +14,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,9 @@ def train_textinv(settings: InvertBenchSettings, model: BaseModel, scratch: Path
     optimizer_step = trainer._optimizer_step
     cpu_s: list[float] = []
 
-    def timed_step() -> float:
+    def timed_step(should_stop: Callable[[], bool] | None = None) -> float | None:
         cpu_started = time.process_time()
-        loss = optimizer_step()
+        loss = optimizer_step(should_stop)
         cpu_s.append(time.process_time() - cpu_started)
         return loss
 

@@ -1,0 +1,69 @@
+"""The trainer as inversion jobs call it, and the worker threads' lower priority."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textinv.model import BaseModel
+from textinv_client.types import JobProgress
+
+log = logging.getLogger(__name__)
+
+JOB_NICENESS = 10
+
+# The trainer, as the job manager calls it: (params, images folder, output folder, resume,
+# progress, on_files, should_stop) → the learned concept. ``textinv_trainer`` is the real one.
+# ``on_files`` runs after each checkpoint or validation grid is written (it may raise to end
+# the run); ``should_stop`` is asked after every step and between micro-batches.
+TrainFn = Callable[..., Any]
+
+
+def lower_priority() -> None:
+    """Nice this thread (Linux threads have their own priority), so generation wins the CPU."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
+    except (AttributeError, OSError):
+        log.debug("could not lower the job thread's priority", exc_info=True)
+
+
+def textinv_trainer(model: BaseModel | None, model_name: str | None) -> TrainFn:
+    """The real trainer (``textinv.trainer.invert``), sharing the server's loaded model."""
+    from textinv.trainer import InvertConfig, Progress, invert
+
+    def train(
+        *,
+        params: dict[str, Any],
+        images: Path,
+        out: Path,
+        resume: bool,
+        progress: Callable[[JobProgress], None],
+        on_files: Callable[[], None],
+        should_stop: Callable[[], bool],
+    ) -> Any:
+        config = InvertConfig(
+            **params, images=str(images), out=str(out), model=model_name, resume=resume
+        )
+
+        def report(event: Progress) -> None:
+            if event.event in ("checkpoint", "validation"):
+                on_files()
+            elif event.event == "step":
+                progress(
+                    JobProgress(
+                        step=event.step,
+                        total_steps=event.total_steps,
+                        loss=event.loss,
+                        learning_rate=event.lr,
+                        steps_per_second=event.steps_per_s,
+                        eta_seconds=event.eta_s,
+                    )
+                )
+
+        return invert(config, report, should_stop, model=model)
+
+    return train
