@@ -9,7 +9,7 @@ ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:24.10-py3
 # -- stage 1: build the gRPC stubs and the two wheels (textinv-client, textinv) -----------------
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-RUN python3 -m pip install --no-cache-dir "grpcio-tools>=1.85.1,<1.86" "setuptools>=69" wheel
+RUN python3 -m pip install --no-cache-dir "grpcio-tools>=1.85.1,<1.86" "setuptools>=77" wheel
 COPY pyproject.toml README.md ./
 COPY proto/ proto/
 COPY scripts/protos.py scripts/protos.py

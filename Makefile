@@ -16,7 +16,7 @@ $(BIN)/python:
 BUF_VERSION ?= 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-install: $(BIN)/python $(BUF)
+install: $(BIN)/python
 	$(BIN)/pip install $(TORCH_PIN)
 	# The thin client is its own distribution (client/); the full one depends on it.
 	$(BIN)/pip install -e ./client -e '.[dev]'
@@ -30,7 +30,8 @@ protos:
 check-protos:
 	$(BIN)/python scripts/protos.py --check
 
-lint:
+# buf is a lint tool only: `make demo` needs neither npm nor buf.
+lint: $(BUF)
 	$(BUF) lint proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -11,12 +11,12 @@ again.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from typing import Any, TypeVar
 
 from textinv.errors import InvalidInputError
 from textinv_client.choices import Choice, UnknownChoiceError
+from textinv_client.flags import without_none
 
 C = TypeVar("C", bound=Choice)
 
@@ -34,32 +34,43 @@ def parse_input(choice: type[C], value: str | C) -> C:
 
 
 def coerce_choices(config: Any) -> None:
-    """Turn each string in a ``Choice`` (or ``Choice | None``) field of the frozen dataclass
-    ``config`` into its member; an unknown spelling raises ``InvalidChoiceError``."""
-    for name, choice in _choice_fields(type(config)):
+    """Turn each string in a ``Choice``, ``Choice | None`` or ``tuple[Choice, ...]`` field of the
+    frozen dataclass ``config`` into its member; an unknown spelling raises
+    ``InvalidChoiceError``."""
+    for name, choice, many in _choice_fields(type(config)):
         value = getattr(config, name)
-        if value is not None and not isinstance(value, choice):
-            object.__setattr__(config, name, parse_input(choice, value))
+        if value is None:
+            continue
+        if many:
+            value = tuple(parse_input(choice, item) for item in value)
+        elif not isinstance(value, choice):
+            value = parse_input(choice, value)
+        object.__setattr__(config, name, value)
 
 
-def _choice_fields(cls: type) -> tuple[tuple[str, type[Choice]], ...]:
-    """``(name, choice)`` of each field typed with a choice; read once per class."""
+# (field name, its Choice, whether the field is a tuple of them)
+ChoiceField = tuple[str, type[Choice], bool]
+
+
+def _choice_fields(cls: type) -> tuple[ChoiceField, ...]:
+    """The fields of ``cls`` typed with a choice; read once per class."""
     if cls not in _CHOICE_FIELDS:
         _CHOICE_FIELDS[cls] = _find_choice_fields(cls)
     return _CHOICE_FIELDS[cls]
 
 
-_CHOICE_FIELDS: dict[type, tuple[tuple[str, type[Choice]], ...]] = {}
+_CHOICE_FIELDS: dict[type, tuple[ChoiceField, ...]] = {}
 
 
-def _find_choice_fields(cls: type) -> tuple[tuple[str, type[Choice]], ...]:
+def _find_choice_fields(cls: type) -> tuple[ChoiceField, ...]:
     hints = typing.get_type_hints(cls)
     found = []
     for item in dataclasses.fields(cls):
-        hint = hints[item.name]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            rest = [argument for argument in typing.get_args(hint) if argument is not type(None)]
-            hint = rest[0] if len(rest) == 1 else hint
+        hint = without_none(hints[item.name])
+        arguments = typing.get_args(hint)
+        many = typing.get_origin(hint) is tuple and len(arguments) == 2 and arguments[1] is ...
+        if many:
+            hint = arguments[0]
         if isinstance(hint, type) and issubclass(hint, Choice):
-            found.append((item.name, hint))
+            found.append((item.name, hint, many))
     return tuple(found)

@@ -20,7 +20,6 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from textinv.concept_tokens import MAX_VECTORS, check_token
 from textinv.concept_tokens import normalize_token as normalize_token
 from textinv.errors import ConceptFileError, InvalidInputError, quote
 from textinv.fileio import atomic_write_bytes
+from textinv_client.choices import Choice
 
 FORMAT_VERSION = 1
 # D: the widest text encoder a concept may be for when the caller names no width (T5-XXL: 4096).
@@ -50,7 +50,11 @@ _HEADER_PREFIX = "textinv."
 _HEADER_INT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() accepts '²'
 
 
-class ConceptFormat(str, Enum):
+class ConceptFormat(Choice):
+    """The layouts of a concept file that we read; we write the first two."""
+
+    __choice_name__ = "concept format"
+
     DIFFUSERS = "diffusers"
     A1111 = "a1111"
     KOHYA = "kohya"

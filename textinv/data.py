@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from textinv.choices import coerce_choices
 from textinv.errors import InvalidInputError, quote
 from textinv.templates import TOKEN_PLACEHOLDER
 from textinv_client.choices import Choice
@@ -61,11 +62,14 @@ class AugmentationSpec:
     """How the fixed pool of variants is cut from each image."""
 
     resolution: int
-    crop: str = "center"  # "center": the largest centered square; "random": num_crops squares
+    crop: CropMode = CropMode.CENTER  # CENTER: the largest centred square; RANDOM: num_crops
     crop_scale: tuple[float, float] = (0.8, 1.0)  # random crop side / shorter image side
     num_crops: int = 4
     flip: bool = True  # add the horizontal mirror of every crop
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)  # callers may write crop="random"
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,7 @@ def crop_boxes(
     """The square crop boxes (left, top, right, bottom) of one image's pool."""
     width, height = size
     short = min(width, height)
-    if spec.crop == "center":
+    if spec.crop is CropMode.CENTER:
         left, top = (width - short) // 2, (height - short) // 2
         return [(left, top, left + short, top + short)]
     low, high = spec.crop_scale

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from textinv_client.command_support import (
     EXIT_FAILURE,
@@ -74,10 +75,16 @@ def add_remote_subcommands(subparsers: SubParsers) -> None:
     add_jobs_commands(subparsers)
 
 
+def _program_name() -> str:
+    """``textinv-client`` when run as the console script, else ``python -m textinv_client``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name == "textinv-client" else "python -m textinv_client"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The standalone client command (``python -m textinv_client``): remote commands only."""
     parser = argparse.ArgumentParser(
-        prog="python -m textinv_client", description="Talk to a textinv server (no torch needed)."
+        prog=_program_name(), description="Talk to a textinv server (no torch needed)."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_generate_command(subparsers)

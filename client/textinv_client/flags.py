@@ -132,7 +132,7 @@ def _field_default(item: dataclasses.Field[Any]) -> Any:
 
 def _argument_options(hint: Any, default: Any, spec: Flag, name: str) -> dict[str, Any]:
     """argparse options for a field of type ``hint`` (Optional unwrapped)."""
-    hint = _without_none(hint)
+    hint = without_none(hint)
     options: dict[str, Any] = {"help": spec.help, "default": default}
     if spec.metavar is not None:
         options["metavar"] = spec.metavar
@@ -142,23 +142,46 @@ def _argument_options(hint: Any, default: Any, spec: Flag, name: str) -> dict[st
         return options
     origin, arguments = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple and len(arguments) == 2 and arguments[1] is Ellipsis:
-        options["type"] = spec.parse or _parser_for(arguments[0])
+        options["type"] = _checked(spec.parse) or _parser_for(arguments[0])
+        _show_choices(options, arguments[0])
         if spec.nargs:  # --x a b: None (unset) stays None
             options.update(nargs=spec.nargs, default=None if default is None else list(default))
         else:  # --x a --x b
             options.update(action="append", default=list(default or ()))
         return options
     if origin is tuple:
-        options.update(nargs=len(arguments), type=spec.parse or _parser_for(arguments[0]))
+        options.update(nargs=len(arguments), type=_checked(spec.parse) or _parser_for(arguments[0]))
         options["default"] = None if default is None else list(default)
         return options
-    options["type"] = spec.parse or _parser_for(hint)
-    if isinstance(hint, type) and issubclass(hint, Choice):
-        options.setdefault("metavar", "{" + ",".join(member.value for member in hint) + "}")
+    options["type"] = _checked(spec.parse) or _parser_for(hint)
+    _show_choices(options, hint)
     return options
 
 
-def _without_none(hint: Any) -> Any:
+def _checked(parse: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
+    """``parse`` with a ``ValueError`` turned into argparse's error, its message kept whole."""
+    if parse is None:
+        return None
+
+    def checked(text: str) -> Any:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            raise
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    checked.__name__ = getattr(parse, "__name__", "value")
+    return checked
+
+
+def _show_choices(options: dict[str, Any], hint: Any) -> None:
+    """A ``Choice`` flag shows its spellings in ``--help`` (``{fp32,fp16,bf16}``)."""
+    if isinstance(hint, type) and issubclass(hint, Choice):
+        options.setdefault("metavar", "{" + ",".join(member.value for member in hint) + "}")
+
+
+def without_none(hint: Any) -> Any:
     """``X | None`` → ``X``; anything else as it is."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         rest = [argument for argument in typing.get_args(hint) if argument is not type(None)]

@@ -37,6 +37,7 @@ class ExportConfig:
         metadata=flag(
             "precision of the optimized graphs and engines",
             metavar="{" + ",".join(p.value for p in EXPORT_PRECISIONS) + "}",
+            parse=export_precision,
         ),
     )
     ranges: ShapeRanges = field(default_factory=ShapeRanges)

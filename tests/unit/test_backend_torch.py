@@ -9,7 +9,6 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 
 from tests.unit.generation_reference import max_pixel_difference, pixels
-from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel, load_base_model
 from textinv_client.choices import Precision
@@ -82,7 +81,7 @@ def test_attention_runs_through_sdpa(tiny_model_dir) -> None:
 
 def test_unknown_weight_dtype_names_the_value() -> None:
     with pytest.raises(InvalidInputError, match="'fp8'"):
-        parse_input(Precision, "fp8")
+        TorchOptions(weights="fp8")  # type: ignore[arg-type]
 
 
 def test_step_clock_on_the_cpu_is_the_host_clock() -> None:

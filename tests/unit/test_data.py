@@ -16,6 +16,7 @@ from PIL import Image
 from textinv.data import (
     MAX_CAPTION_CHARS,
     AugmentationSpec,
+    CropMode,
     augmentation_pool,
     crop_boxes,
     encode_latent_cache,
@@ -141,7 +142,9 @@ def test_augmentation_pool_is_fixed_and_sized() -> None:
     assert len(pool) == 2 and all(rgb.size == (64, 64) for rgb, _ in pool)
     mirrored = np.asarray(pool[1][0])
     assert np.array_equal(mirrored, np.asarray(pool[0][0])[:, ::-1])
-    random_spec = AugmentationSpec(resolution=64, crop="random", num_crops=3, crop_scale=(0.5, 0.9))
+    random_spec = AugmentationSpec(
+        resolution=64, crop=CropMode.RANDOM, num_crops=3, crop_scale=(0.5, 0.9)
+    )
     boxes = crop_boxes((128, 96), random_spec, torch.Generator().manual_seed(1))
     again = crop_boxes((128, 96), random_spec, torch.Generator().manual_seed(1))
     assert boxes == again and len(boxes) == 3

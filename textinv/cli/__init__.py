@@ -22,7 +22,7 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     from textinv.cli.demo import add_demo_subcommand
-    from textinv.concept_commands import add_concept_subcommands
+    from textinv.concept_file_commands import add_concept_subcommands
     from textinv.invert_command import add_invert_subcommand
     from textinv.toy.commands import add_toy_subcommands
     from textinv_client.cli import add_remote_subcommands

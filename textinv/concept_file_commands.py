@@ -11,6 +11,9 @@ from typing import Any
 
 from textinv.concepts import Concept, ConceptFormat, load_concept, save_concept
 
+# The formats `concept convert --to` writes (we read every ConceptFormat).
+WRITTEN_FORMATS = (ConceptFormat.DIFFUSERS, ConceptFormat.A1111)
+
 
 def add_concept_subcommands(subparsers: argparse._SubParsersAction) -> None:
     concept = subparsers.add_parser("concept", help="inspect and convert concept files")
@@ -24,7 +27,14 @@ def add_concept_subcommands(subparsers: argparse._SubParsersAction) -> None:
     convert = actions.add_parser("convert", help="convert a concept file to another format")
     convert.add_argument("input", help="a concept file in any supported format")
     convert.add_argument("output", help="where to write (.safetensors, or .pt for a1111)")
-    convert.add_argument("--to", required=True, choices=["diffusers", "a1111"], dest="to_format")
+    convert.add_argument(
+        "--to",
+        required=True,
+        type=ConceptFormat.parse,
+        choices=WRITTEN_FORMATS,
+        metavar="{" + ",".join(WRITTEN_FORMATS) + "}",
+        dest="to_format",
+    )
     convert.set_defaults(func=run_convert)
 
 
@@ -57,7 +67,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     concept = load_concept(args.input)
-    path = save_concept(concept, args.output, ConceptFormat(args.to_format))
+    path = save_concept(concept, args.output, args.to_format)
     print(
         f"wrote {concept.token} ({concept.num_vectors}×{concept.width}) as {args.to_format}: {path}"
     )
