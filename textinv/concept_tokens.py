@@ -41,10 +41,20 @@ def check_token(token: str, vocabulary: Collection[str] = (), num_vectors: int =
             f"token {quote(token)} must not contain whitespace or control characters"
         )
     names = [normalized] + [f"{normalized}_{i}" for i in range(1, num_vectors)]
-    taken = [name for name in names if name in vocabulary or f"{name}</w>" in vocabulary]
+    taken = [name for name in names if _in_vocabulary(name, vocabulary)]
     if taken:
         raise InvalidInputError(
             f"token {quote(normalized)} collides with the tokenizer's vocabulary "
             f"({', '.join(taken)}); choose a new word such as '<my-concept>'"
         )
     return normalized
+
+
+def _in_vocabulary(name: str, vocabulary: Collection[str]) -> bool:
+    """Whether ``name`` is a word of the tokenizer, in any case: prompts match tokens
+    case-insensitively, and CLIP's vocabulary is lower-case, so ``Photo`` would take ``photo``
+    from every prompt."""
+    return any(
+        spelling in vocabulary or f"{spelling}</w>" in vocabulary
+        for spelling in (name, name.lower())
+    )

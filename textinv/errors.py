@@ -35,8 +35,10 @@ class UnknownConceptError(NotFoundError):
 
     def __init__(self, tokens: list[str] | str) -> None:
         self.tokens = [tokens] if isinstance(tokens, str) else list(tokens)
-        names = ", ".join(repr(token) for token in self.tokens)
-        super().__init__(f"unknown concept {names}: register it first")
+        # A prompt may hold many long <words>: name a few, each by a short prefix.
+        names = ", ".join(quote(token) for token in self.tokens[:5])
+        more = f" and {len(self.tokens) - 5} more" if len(self.tokens) > 5 else ""
+        super().__init__(f"unknown concept {names}{more}: register it first")
 
 
 class AlreadyExistsError(TextInvError):

@@ -186,7 +186,7 @@ class AsyncTextInvClient(ClientBase):
         return convert.job_info_from_pb(response.job)
 
     async def download_job_concept(self, job_id: str, *, timeout: float | None = None) -> bytes:
-        """The concept a SUCCEEDED job learned; ValueError naming the state otherwise."""
+        """The concept a job learned (see the sync client); ValueError naming the state if none."""
         request = jobs_pb2.GetJobRequest(job_id=job_id, include_file=True)
         response = await self._unary(self._stub.GetJob, request, timeout)
         return convert.job_file_from_pb(response)

@@ -187,9 +187,10 @@ class TextInvClient(ClientBase):
         return convert.job_info_from_pb(response.job)
 
     def download_job_concept(self, job_id: str, *, timeout: float | None = None) -> bytes:
-        """The concept a SUCCEEDED job learned, as diffusers-format safetensors bytes.
+        """The concept a job learned, as diffusers-format safetensors bytes: a SUCCEEDED job's,
+        or one that FAILED only because its token was registered meanwhile.
 
-        Raises ValueError naming the job's state when it has not succeeded.
+        Raises ValueError naming the job's state when it has none.
         """
         request = jobs_pb2.GetJobRequest(job_id=job_id, include_file=True)
         response = self._unary(self._stub.GetJob, request, timeout)

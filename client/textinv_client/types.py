@@ -334,6 +334,8 @@ class Limits:
     job_retention_seconds: int = 0
     max_job_bytes: int = 0
     max_job_attempts: int = 0
+    max_training_pixels_per_step: int = 0
+    max_training_image_pixels: int = 0
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,14 @@ class Limits:
     job_retention_seconds: int = _limit(7 * 24 * 3600, "seconds a finished job's files are kept")
     max_job_bytes: int = _limit(128 * MIB, "bytes one job may store (uploads, checkpoints)")
     max_job_attempts: int = _limit(3, "starts of a job after server crashes before it fails")
+    # One micro-step's memory and time grow with batch_size × resolution², and a step cannot be
+    # cancelled inside: 4 images of 512 × 512 is what the diffusers example trains with.
+    max_training_pixels_per_step: int = _limit(
+        4 * 512 * 512, "largest batch_size × resolution² of one job's micro-step, in pixels"
+    )
+    max_training_image_pixels: int = _limit(
+        2048 * 2048, "largest width × height of a job's uploaded training image"
+    )
 
 
 @dataclass(frozen=True)

@@ -185,14 +185,18 @@ def concept_page_from_pb(message: concepts_pb2.ListConceptsRequest, limits: Limi
 
 
 def create_job_from_pb(
-    message: jobs_pb2.CreateInversionJobRequest, limits: Limits
+    message: jobs_pb2.CreateInversionJobRequest,
+    limits: Limits,
+    default_resolution: int | None = None,
 ) -> CreateJobRequest:
-    """The job's images and complete trainer config, checked (``CreateJobRequest.check``)."""
+    """The job's images and complete trainer config, checked (``CreateJobRequest.check``;
+    ``default_resolution``, the model's native side, stands in for an unset resolution)."""
     images = tuple(
         UploadedImage(
             data=image.data,
             filename=image.filename,
             caption=image.caption if image.HasField("caption") else None,
+            max_pixels=limits.max_training_image_pixels,
         )
         for image in message.images
     )
@@ -217,7 +221,7 @@ def create_job_from_pb(
         checkpoint_every=params.checkpoint_every or JOB_DEFAULTS["checkpoint_every"],
     )
     request = CreateJobRequest(images, config, message.skip_register)
-    request.check(limits)
+    request.check(limits, default_resolution)
     return request
 
 

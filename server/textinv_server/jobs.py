@@ -31,12 +31,14 @@ from typing import Any
 
 import torch
 
+from textinv.concept_table import fold
 from textinv.concepts import check_token
 from textinv.errors import (
     AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
     TextInvError,
+    quote,
 )
 from textinv.trainer import CHECKPOINT_DIR, CONCEPT_FILE
 from textinv_client.choices import JobState
@@ -195,8 +197,8 @@ class JobManager:
 
     def subscribe(self, job_id: str) -> JobEvents:
         """Events of ``job_id`` (JobProgress and JobRow) as they happen, on the caller's loop;
-        bounded: a slow reader gets the latest progress, not every step."""
-        self.get(job_id)
+        bounded: a slow reader gets the latest progress, not every step. No store access here
+        (it runs on the event loop): the caller looks the job up, off the loop."""
         events = JobEvents(asyncio.get_running_loop())
         with self._lock:
             self._watchers.setdefault(job_id, []).append(events)
@@ -365,10 +367,18 @@ class JobManager:
 
     def _check_request(self, images: Sequence[UploadedImage], params: dict[str, Any]) -> None:
         check_uploads(images, max_images=self.max_images, max_bytes=self.max_job_bytes)
-        check_token(params["token"], self.vocabulary, int(params.get("vectors", 1)))
-        if self.registry.store.get_concept(params["token"]) is not None:
+        token = check_token(params["token"], self.vocabulary, int(params.get("vectors", 1)))
+        # A token that a prompt could not tell apart (another case or Unicode form) is taken too.
+        registered = self.registry.snapshot().index.find(token)
+        if registered is not None or self.registry.store.get_concept(token) is not None:
             raise InvalidInputError(
-                f"token {params['token']!r} is registered already; delete it or choose another"
+                f"token {quote(token)} is registered already (as {quote(registered or token)}); "
+                "delete it or choose another"
+            )
+        pending = self.store.list_jobs((JobState.QUEUED, JobState.RUNNING))
+        if any(fold(str(row.params.get("token", ""))) == fold(token) for row in pending):
+            raise InvalidInputError(
+                f"token {quote(token)} is being learned by another job; wait or choose another"
             )
         # Every other parameter was checked at the edge (convert.create_job_from_pb).
 

@@ -38,7 +38,7 @@ from textinv.errors import (
     OverloadedError,
 )
 from textinv.fileio import atomic_write_bytes
-from textinv_server.store import ConceptRow, Store
+from textinv_server.store import ConceptRow, Store, disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,12 @@ class ConceptRegistry:
         """File first (atomic), then the row: a crash between leaves an unused file, no lost row."""
         data = concept_to_bytes(concept, ConceptFormat.DIFFUSERS)
         sha256 = hashlib.sha256(data).hexdigest()
-        atomic_write_bytes(self._path(sha256), data)
+        try:
+            atomic_write_bytes(self._path(sha256), data)
+        except OSError as error:  # a full disk is RESOURCE_EXHAUSTED, never a path in a reply
+            if is_disk_full(error):
+                raise disk_full_error() from error
+            raise
         row = ConceptRow(
             token=concept.token,
             sha256=sha256,

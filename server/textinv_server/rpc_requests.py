@@ -164,9 +164,12 @@ class CreateJobRequest:
     config: InvertConfig
     skip_register: bool = False
 
-    def check(self, limits: Limits) -> None:
-        """Every check that needs no model: counts and lengths first, then the trainer's own
-        checks (``check_config``) in the request's names, then the server's tighter limits."""
+    def check(self, limits: Limits, default_resolution: int | None = None) -> None:
+        """Every check that needs no model: counts and lengths first, then the server's limits
+        (before the trainer's wider ones, so that a message names the server's bound), then the
+        trainer's own checks (``check_config``) in the request's names, then the step's budget.
+        ``default_resolution`` (the model's native side) stands in for an unset resolution; None
+        leaves such a job's budget unchecked."""
         if not 1 <= len(self.images) <= limits.max_images_per_job:
             raise InvalidInputError(
                 f"images must hold 1..{limits.max_images_per_job} images, got {len(self.images)}"
@@ -175,17 +178,9 @@ class CreateJobRequest:
             _check_image(index, image, limits)
         check_token_text("params.token", self.config.token, limits)
         check_text("params.init_text", self.config.init, limits.max_init_text_chars)
+        _check_server_bounds(self.config, limits)
         check_config(self.config, {**_SERVER_NAMES, **PARAM_NAMES})
-        if self.config.steps > limits.max_job_steps:
-            raise InvalidInputError(
-                f"params.steps must be 1..{limits.max_job_steps}, got {self.config.steps}"
-            )
-        resolution = self.config.resolution
-        if resolution is not None and resolution > limits.max_training_resolution:
-            raise InvalidInputError(
-                f"params.resolution must be at most {limits.max_training_resolution}, "
-                f"got {resolution}"
-            )
+        _check_step_pixels(self.config, limits, default_resolution)
 
     def params(self) -> dict[str, Any]:
         """The trainer's fields this job sets, as the job manager stores them."""
@@ -199,3 +194,32 @@ def _check_image(index: int, image: UploadedImage, limits: Limits) -> None:
         raise InvalidInputError(f"{where} ({quote(image.filename)}) is empty")
     if image.caption is not None:
         check_text(f"{where}.caption", image.caption, limits.max_caption_chars)
+
+
+def _check_server_bounds(config: InvertConfig, limits: Limits) -> None:
+    """``steps`` and ``resolution`` within the server's limits (tighter than the trainer's)."""
+    steps, top = config.steps, limits.max_job_steps
+    if not (isinstance(steps, int) and 1 <= steps <= top):
+        raise InvalidInputError(f"params.steps must be 1..{top}, got {quote(steps)}")
+    side, top = config.resolution, limits.max_training_resolution
+    if side is not None and not (isinstance(side, int) and 8 <= side <= top and side % 8 == 0):
+        raise InvalidInputError(
+            f"params.resolution must be a multiple of 8 in 8..{top}, got {quote(side)}"
+        )
+
+
+def _check_step_pixels(
+    config: InvertConfig, limits: Limits, default_resolution: int | None
+) -> None:
+    """batch_size × resolution² within ``max_training_pixels_per_step``: one micro-step's memory
+    and time grow with it, and the job thread cannot cancel a micro-step inside."""
+    side = config.resolution or default_resolution
+    if side is None:
+        return
+    pixels, top = config.batch_size * side * side, limits.max_training_pixels_per_step
+    if pixels > top:
+        shown = f"{side}" if config.resolution else f"{side} (the model's native resolution)"
+        raise InvalidInputError(
+            f"params.batch_size × params.resolution² must be at most {top} pixels per step, "
+            f"got {config.batch_size} × {shown}² = {pixels}"
+        )

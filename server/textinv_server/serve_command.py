@@ -53,8 +53,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def environment_api_keys() -> list[str]:
-    """The keys in ``$TEXTINV_API_KEYS`` (comma-separated; empty entries skipped)."""
-    return [key for key in os.environ.get(API_KEYS_ENV, "").split(",") if key]
+    """The keys in ``$TEXTINV_API_KEYS`` (comma-separated; empty entries skipped).
+
+    A variable that is set but holds no key at all is refused: someone meant to require keys,
+    and starting an open server instead would be the wrong way to fail."""
+    value = os.environ.get(API_KEYS_ENV)
+    keys = [key for key in (value or "").split(",") if key]
+    if value is not None and not keys:
+        raise InvalidInputError(f"${API_KEYS_ENV} is set but holds no key; unset it or give keys")
+    return keys
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from textinv_client.choices import JobState
 from textinv_server.batching import MicroBatcher
 from textinv_server.config import Limits, ServerConfig
 from textinv_server.jobs import JobManager, textinv_trainer
@@ -113,11 +112,12 @@ class Service:
             )
 
     async def get_job(self, lookup: JobLookup) -> tuple[JobRow, bytes]:
-        """The job, and its concept file when asked for and the job has SUCCEEDED (else b"")."""
+        """The job, and its concept file when asked for and the job has one (else b""): it has once
+        the job SUCCEEDED, or FAILED only because its token was taken while it trained."""
 
         def read() -> tuple[JobRow, bytes]:
             row = self.jobs.get(lookup.job_id)
-            wanted = lookup.include_file and row.state is JobState.SUCCEEDED
+            wanted = lookup.include_file and row.concept_ready
             return row, self.jobs.concept_file(lookup.job_id) if wanted else b""
 
         return await asyncio.to_thread(read)

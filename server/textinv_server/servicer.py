@@ -117,7 +117,10 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     async def CreateInversionJob(
         self, request: jobs_pb2.CreateInversionJobRequest, context: aio.ServicerContext
     ) -> jobs_pb2.CreateInversionJobResponse:
-        row = await self.service.create_job(convert.create_job_from_pb(request, self.limits))
+        native = self.service.pipeline.host.default_resolution  # an unset resolution's stand-in
+        row = await self.service.create_job(
+            convert.create_job_from_pb(request, self.limits, native)
+        )
         return jobs_pb2.CreateInversionJobResponse(job=convert.job_info_to_pb(row))
 
     async def GetJob(
@@ -147,9 +150,10 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
         lookup = convert.job_lookup_from_pb(request, self.limits)
         jobs = self.service.jobs
+        await self.service.find_job(lookup)  # NOT_FOUND before anything is subscribed
         events = jobs.subscribe(lookup.job_id)
         try:
-            row = await self.service.find_job(lookup)
+            row = await self.service.find_job(lookup)  # after subscribing: no change is missed
             yield jobs_pb2.WatchJobResponse(job=convert.job_info_to_pb(row))
             while not row.state.is_terminal:
                 event = await events.get()
@@ -171,7 +175,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
         limits, batching = service.limits, service.config.batching
         return server_info_pb2.GetServerInfoResponse(
             model=server_info_pb2.ModelInfo(
-                name=str(host.path),
+                name=host.path.name,  # the folder's name: a server path never reaches a client
                 sha256=host.model_hash,
                 family="sd2" if host.text_width == 1024 else "sd1",  # OpenCLIP-H vs CLIP-L width
                 embedding_dim=host.text_width,

@@ -149,12 +149,10 @@ def test_many_registered_concepts(server: HostileServer) -> None:
             for token in tokens:
                 call(server, "DeleteConcept", concepts_pb2.DeleteConceptRequest(token=token))
 
-    # Past a configured concept limit the server may refuse with RESOURCE_EXHAUSTED.
-    allowed = frozenset({OK, Code.RESOURCE_EXHAUSTED})
-    report = run_and_check(server, "150 registered concepts", action, allowed)
-    if report.error is None:
-        assert set(tokens) <= set(report.result), "some concepts are missing from the pages"
-        assert len(report.result) == len(set(report.result)), "a concept is listed twice"
+    # 150 is far below the server's concept limit: every one must register and list.
+    report = run_and_check(server, "150 registered concepts", action, frozenset({OK}))
+    assert set(tokens) <= set(report.result), "some concepts are missing from the pages"
+    assert len(report.result) == len(set(report.result)), "a concept is listed twice"
 
 
 def test_nfkc_tokens_are_one_token(server: HostileServer) -> None:
@@ -171,13 +169,15 @@ def test_nfkc_tokens_are_one_token(server: HostileServer) -> None:
 
 
 def test_the_job_queue_is_bounded(server: HostileServer) -> None:
-    """--max-concurrent-jobs 1 and --max-queued-jobs 3: the fifth job is refused."""
-    request = job(steps=50)(Context("", ""))
+    """--max-concurrent-jobs 1 and --max-queued-jobs 3: the fifth job is refused, and the three
+    or four before it (a fourth fits once the first one runs) are accepted."""
+    created: list[str] = []
 
     def action() -> list[str]:
-        created: list[str] = []
         try:
-            for _ in range(5):
+            for index in range(5):
+                token = f"<queued-{index}>"  # one job per token: a token is learned once at a time
+                request = job(token=token, steps=50)(Context("", ""))
                 created.append(call(server, "CreateInversionJob", request).job.job_id)
             return created
         finally:
@@ -185,6 +185,7 @@ def test_the_job_queue_is_bounded(server: HostileServer) -> None:
 
     report = run_and_check(server, "job queue bound", action, frozenset({Code.RESOURCE_EXHAUSTED}))
     assert report.error is not None
+    assert 3 <= len(created) <= 4, created
 
 
 def test_many_watchers_of_one_job(server: HostileServer) -> None:
@@ -219,10 +220,10 @@ def test_captions_are_not_format_strings(server: HostileServer, caption: str) ->
         finally:
             cancel_open_jobs(server)
 
-    report = run_and_check(server, f"caption {caption!r}", action, frozenset({OK}) | BAD)
-    if report.error is None:
-        finished = report.result
-        assert finished.state == jobs_pb2.JOB_STATE_SUCCEEDED, finished.error
+    # A caption is text: the job is accepted and trains to the end with it.
+    report = run_and_check(server, f"caption {caption!r}", action, frozenset({OK}))
+    finished = report.result
+    assert finished.state == jobs_pb2.JOB_STATE_SUCCEEDED, finished.error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,3 +128,9 @@ def test_onnxruntime_backend_serves_the_same_images_as_torch(
             results.append(textinv.generate(request))
     ours, reference = (np.asarray(Image.open(io.BytesIO(r.images[0]))) for r in results)
     assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 4  # 4/255, as the runtime
+
+
+def test_server_info_names_the_model_without_a_server_path(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        info = textinv.get_server_info()
+    assert info.model is not None and info.model.name and "/" not in info.model.name

@@ -32,7 +32,7 @@ from textinv.concepts import (
     parse_concept,
     save_concept,
 )
-from textinv.errors import ConceptFileError, InvalidInputError
+from textinv.errors import ConceptFileError, InvalidInputError, UnknownConceptError
 
 WIDTH = 32
 
@@ -421,3 +421,17 @@ def test_a_stem_that_is_no_token_says_so() -> None:
     with pytest.raises(ConceptFileError, match="carries no token"):
         parse_concept(data, "uploaded file")
     assert parse_concept(data, "uploaded file", token="<ok>").token == "<ok>"
+
+
+def test_a_vocabulary_word_in_another_case_is_refused() -> None:
+    # Prompts match tokens case-insensitively; CLIP's vocabulary is lower-case.
+    vocabulary = {"photo</w>", "cat</w>"}
+    for token in ("Photo", "PHOTO", "photo"):
+        with pytest.raises(InvalidInputError, match="vocabulary"):
+            check_token(token, vocabulary)
+    assert check_token("<photo-of-me>", vocabulary) == "<photo-of-me>"
+
+
+def test_an_unknown_concept_is_named_by_a_short_prefix() -> None:
+    message = str(UnknownConceptError(["<" + "a" * 5000 + ">"] * 7))
+    assert len(message) < 600 and "(5002 characters)" in message and "2 more" in message

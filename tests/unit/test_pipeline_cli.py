@@ -130,3 +130,17 @@ def test_bench_generate_reports_every_runner_and_the_concept_costs(
     assert concepts["backend"] == "torch" and concepts["backend_reloaded"] is False
     assert concepts["first_request_images"] == 1 and concepts["add_concept_ms"] > 0
     assert "diffusers" in capsys.readouterr().out
+
+
+def test_api_keys_variable_set_but_empty_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textinv.errors import InvalidInputError
+    from textinv_server.serve_command import API_KEYS_ENV, environment_api_keys
+
+    monkeypatch.setenv(API_KEYS_ENV, "a,,b")
+    assert environment_api_keys() == ["a", "b"]
+    for empty in ("", ","):
+        monkeypatch.setenv(API_KEYS_ENV, empty)
+        with pytest.raises(InvalidInputError, match=API_KEYS_ENV):
+            environment_api_keys()
+    monkeypatch.delenv(API_KEYS_ENV)
+    assert environment_api_keys() == []

@@ -164,12 +164,11 @@ def job_info_from_pb(message: jobs_pb2.JobInfo) -> JobInfo:
 
 
 def job_file_from_pb(response: jobs_pb2.GetJobResponse) -> bytes:
-    """The learned concept file of a GetJob(include_file) reply; ValueError unless SUCCEEDED."""
+    """The learned concept file of a GetJob(include_file) reply; ValueError naming the job's state
+    when it has none (it has one once SUCCEEDED, or FAILED only because its token was taken)."""
     job = job_info_from_pb(response.job)
-    if job.state is not JobState.SUCCEEDED or not response.file:
-        raise ValueError(
-            f"job {job.job_id!r} is {job.state.value}: only a succeeded job has a concept file"
-        )
+    if not response.file:
+        raise ValueError(f"job {job.job_id!r} is {job.state.value} and has no learned concept")
     return bytes(response.file)
 
 
