@@ -31,14 +31,11 @@ from typing import Any
 
 import torch
 
-from textinv.concept_table import fold
 from textinv.concepts import check_token
 from textinv.errors import (
-    AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
     TextInvError,
-    quote,
 )
 from textinv.trainer import CHECKPOINT_DIR, CONCEPT_FILE
 from textinv_client.choices import JobState
@@ -52,6 +49,7 @@ from textinv_server.job_files import (
     purge_job_files,
     remove_orphan_folders,
 )
+from textinv_server.job_tokens import check_token_is_free, register_learned
 from textinv_server.job_trainer import TrainFn, lower_priority, textinv_trainer
 from textinv_server.job_uploads import UploadedImage, check_uploads, save_images
 from textinv_server.registry import ConceptRegistry
@@ -99,6 +97,8 @@ class JobManager:
         self._lock = threading.Lock()  # the watchers
         self._state_lock = threading.RLock()  # a job's start against its cancel
         self._watchers: dict[str, list[JobEvents]] = {}
+        self._running: set[str] = set()  # jobs a worker trains now
+        self._released: set[str] = set()  # stopped on request: the attempt was no crash
         self._workers = [
             threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True)
             for i in range(max_concurrent)
@@ -125,13 +125,18 @@ class JobManager:
         self._update_gauges()
 
     def stop(self, timeout_s: float) -> None:
-        """Ask running jobs to checkpoint and stop; they resume at the next start."""
+        """Ask running jobs to checkpoint and stop; they resume at the next start. A job still in
+        a micro-step when ``timeout_s`` ends was stopped on request too: its attempt is no crash."""
         self._shutdown.set()
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
             if worker.ident is not None:  # started
                 worker.join(timeout_s)
+        with self._state_lock:
+            still_running = list(self._running)
+        for job_id in still_running:
+            self._release(job_id)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -251,6 +256,8 @@ class JobManager:
             return
         cancel = self._cancel_event(job_id)
         folder = self._job_folder(job_id)
+        with self._state_lock:
+            self._running.add(job_id)
         try:
             concept = self._train(
                 params=row.params,
@@ -264,13 +271,24 @@ class JobManager:
         except Exception as error:
             self._fail(job_id, error)
             return
+        finally:
+            with self._state_lock:
+                self._running.discard(job_id)
         if cancel.is_set() or self.get(job_id).cancel_requested:
             self._finish(job_id, JobState.CANCELLED)
         elif self._shutdown.is_set() and concept.metadata.steps != row.total_steps:
-            self._update(job_id, attempts=max(0, row.attempts - 1))  # an orderly stop: no crash
+            self._release(job_id)
             log.info("job %s checkpointed at shutdown; it resumes at the next start", job_id)
         else:
             self._succeed(job_id, concept)
+
+    def _release(self, job_id: str) -> None:
+        """Take back the attempt that ``_begin`` counted, once: the run stopped on request."""
+        with self._state_lock:
+            if job_id in self._released:
+                return
+            self._released.add(job_id)
+            self._update(job_id, attempts=max(0, self.get(job_id).attempts - 1))
 
     def _begin(self, job_id: str) -> JobRow | None:
         """Mark the job RUNNING and count the attempt; ``None`` when it must not run."""
@@ -310,32 +328,12 @@ class JobManager:
             self._finish(job_id, JobState.SUCCEEDED, step=row.total_steps)
             return
         try:
-            token = self._register(row, concept)
+            token = register_learned(self.registry, concept, row.job_id)
         except TextInvError as error:
             message = f"training finished, but its concept was not registered: {error}"
             self._finish(job_id, JobState.FAILED, step=row.total_steps, error=message)
             return
         self._finish(job_id, JobState.SUCCEEDED, step=row.total_steps, registered_token=token)
-
-    def _register(self, row: JobRow, concept: Any) -> str:
-        """Register the learned concept, never over one that someone else registered meanwhile
-        (a row of this very job, from a run that crashed after registering, is replaced)."""
-        try:
-            current = self.registry.get(concept.token)
-        except NotFoundError:
-            current = None
-        ours = current is not None and current.job_id == row.job_id
-        try:
-            if current is not None and not ours:
-                raise AlreadyExistsError("")
-            registered = self.registry.register_concept(concept, job_id=row.job_id, replace=ours)
-        except AlreadyExistsError:
-            raise AlreadyExistsError(
-                f"token {concept.token!r} was registered by someone else while the job ran, "
-                "and was left as it is; the learned concept is kept with the job (GetJob with "
-                "include_file): register it under another token"
-            ) from None
-        return registered.token
 
     def _fail(self, job_id: str, error: Exception) -> None:
         if is_disk_full(error):
@@ -366,21 +364,10 @@ class JobManager:
     # --- helpers ----------------------------------------------------------------------------
 
     def _check_request(self, images: Sequence[UploadedImage], params: dict[str, Any]) -> None:
+        # Every other parameter was checked at the edge (convert.create_job_from_pb).
         check_uploads(images, max_images=self.max_images, max_bytes=self.max_job_bytes)
         token = check_token(params["token"], self.vocabulary, int(params.get("vectors", 1)))
-        # A token that a prompt could not tell apart (another case or Unicode form) is taken too.
-        registered = self.registry.snapshot().index.find(token)
-        if registered is not None or self.registry.store.get_concept(token) is not None:
-            raise InvalidInputError(
-                f"token {quote(token)} is registered already (as {quote(registered or token)}); "
-                "delete it or choose another"
-            )
-        pending = self.store.list_jobs((JobState.QUEUED, JobState.RUNNING))
-        if any(fold(str(row.params.get("token", ""))) == fold(token) for row in pending):
-            raise InvalidInputError(
-                f"token {quote(token)} is being learned by another job; wait or choose another"
-            )
-        # Every other parameter was checked at the edge (convert.create_job_from_pb).
+        check_token_is_free(token, self.registry, self.store)
 
     def _job_folder(self, job_id: str) -> Path:
         return self.folder / job_id

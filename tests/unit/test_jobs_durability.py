@@ -7,6 +7,7 @@ Real SQLite, real files, the real trainer on the tiny model; only the gRPC layer
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -213,3 +214,24 @@ def test_a_slow_watcher_gets_the_latest_progress_not_a_backlog() -> None:
     running, latest, done = asyncio.run(scenario())
     assert running.state is JobState.RUNNING and latest.step == 1000
     assert done.state is JobState.SUCCEEDED
+
+
+def test_a_stop_that_outlasts_its_grace_is_no_crash_attempt(open_jobs: Open) -> None:
+    """A micro-step longer than the stop's grace: the worker is still busy when stop returns, yet
+    the run was stopped on request, so its attempt is taken back (once) and the job resumes."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_train(**_: Any) -> Any:  # one micro-step that ignores should_stop for a while
+        started.set()
+        release.wait(30)
+        raise RuntimeError("stopped")  # what a torn-down process never gets to report
+
+    jobs = open_jobs(train=slow_train)
+    jobs.start()
+    job = jobs.create(images(), params("<slow>"), False)
+    assert started.wait(30)
+    assert jobs.get(job.job_id).attempts == 1
+    jobs.stop(0.1)
+    assert jobs.get(job.job_id).attempts == 0
+    assert jobs.get(job.job_id).state is JobState.RUNNING  # resumes at the next start
+    release.set()
