@@ -39,7 +39,7 @@ from textinv_client.pb.v1 import (
     server_info_pb2,
 )
 from textinv_server.config import BatchingConfig, Limits
-from textinv_server.jobs import JobProgress, UploadedImage
+from textinv_server.jobs import UploadedImage
 from textinv_server.requests import GenerationRequest, GenerationResult
 from textinv_server.rpc_requests import (
     ConceptLookup,
@@ -283,17 +283,6 @@ def job_info_to_pb(row: JobRow) -> jobs_pb2.JobInfo:
     if row.loss is not None:
         info.loss = row.loss
     return info
-
-
-def job_progress_to_pb(progress: JobProgress) -> jobs_pb2.JobProgress:
-    return jobs_pb2.JobProgress(
-        step=progress.step,
-        total_steps=progress.total_steps,
-        loss=progress.loss,
-        learning_rate=progress.learning_rate,
-        steps_per_second=progress.steps_per_second,
-        eta_seconds=progress.eta_seconds if progress.eta_seconds < 1e12 else 0.0,
-    )
 
 
 # --- server info ------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def textinv_trainer(model: BaseModel | None, model_name: str | None) -> TrainFn:
                         loss=event.loss,
                         learning_rate=event.lr,
                         steps_per_second=event.steps_per_s,
-                        eta_seconds=event.eta_s,
+                        # 0 while unknown: the trainer's ETA is infinite before a rate exists
+                        eta_seconds=event.eta_s if event.eta_s < 1e12 else 0.0,
                     )
                 )
 

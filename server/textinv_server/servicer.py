@@ -14,6 +14,7 @@ from grpc import aio
 
 from textinv import __version__
 from textinv.prompts import MAX_LENGTH
+from textinv_client.convert import job_progress_to_pb  # the server's JobProgress is the client's
 from textinv_client.pb.v1 import (
     concepts_pb2,
     generate_pb2,
@@ -158,7 +159,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
             while not row.state.is_terminal:
                 event = await events.get()
                 if isinstance(event, JobProgress):
-                    yield jobs_pb2.WatchJobResponse(progress=convert.job_progress_to_pb(event))
+                    yield jobs_pb2.WatchJobResponse(progress=job_progress_to_pb(event))
                 elif isinstance(event, JobRow) and event.state != row.state:
                     row = event
                     yield jobs_pb2.WatchJobResponse(job=convert.job_info_to_pb(row))
