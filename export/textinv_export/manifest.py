@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ __all__ = [
     "ComponentEntry",
     "EngineEntry",
     "FileEntry",
+    "FileSelector",
     "Manifest",
     "ManifestError",
     "ModelFacts",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+# Which of a component's files a loader reads: ``ComponentEntry.graph_files`` and the like.
+FileSelector = Callable[["ComponentEntry"], Iterable["FileEntry"]]
 FORMAT_VERSION = 1
 
 
@@ -98,11 +101,28 @@ class ComponentEntry(Record):
 
     @property
     def files(self) -> Iterator[FileEntry]:
+        """Every file of this component."""
+        yield from self.source_files
+        yield from self.graph_files
+        yield from self.engine_files
+
+    @property
+    def source_files(self) -> Iterator[FileEntry]:
+        """The raw export and its weights: what TensorRT (and its onnxruntime provider) parse."""
         yield self.source
+        if self.source_data is not None:
+            yield self.source_data
+
+    @property
+    def graph_files(self) -> Iterator[FileEntry]:
+        """The optimized graph and its weights: what onnxruntime's CPU and CUDA providers load."""
         yield self.graph
-        for extra in (self.source_data, self.graph_data):
-            if extra is not None:
-                yield extra
+        if self.graph_data is not None:
+            yield self.graph_data
+
+    @property
+    def engine_files(self) -> Iterator[FileEntry]:
+        """The TensorRT engine, if one was built: all the tensorrt backend loads."""
         if self.engine is not None:
             yield self.engine.file
 
@@ -212,13 +232,20 @@ def load_manifest(
     expected_model_hash: str | None = None,
     *,
     verify_checksums: bool = True,
+    components: Iterable[Component] | None = None,
+    files: FileSelector | None = None,
 ) -> Manifest:
-    """Read and validate ``DIR/manifest.json`` and every file it lists.
+    """Read and validate ``DIR/manifest.json`` and the files it lists.
 
     Raises ``ManifestError`` naming the file and why: the manifest missing or malformed, written
-    for another model than ``expected_model_hash``, or a listed file missing, of another size, or
+    for another model than ``expected_model_hash``, or a checked file missing, of another size, or
     (with ``verify_checksums``) of another sha256. Hashing reads every byte (seconds for SD 1.5);
     a server that trusts its disk may pass ``verify_checksums=False`` to check sizes only.
+
+    A loader checks only what it reads: ``components`` (default: all; a listed one that the
+    manifest lacks raises) and, of each, the files ``files(entry)`` names (default: all). So the
+    tensorrt backend hashes its engines, not the 8 GB of ONNX sources beside them, and a
+    deployment may ship only the files its backend loads.
     """
     folder = Path(directory)
     manifest = read_manifest(folder)
@@ -227,8 +254,10 @@ def load_manifest(
             f"{folder / MANIFEST_NAME}: exported from model {manifest.model_hash[:16]}…, "
             f"not the expected model {expected_model_hash[:16]}…; export this model first"
         )
-    for entry in manifest.components.values():
-        for file in entry.files:
+    wanted = manifest.components.keys() if components is None else components
+    for component in wanted:
+        entry = manifest.component(component)
+        for file in entry.files if files is None else files(entry):
             check_file(folder, file, verify_checksums=verify_checksums)
     return manifest
 

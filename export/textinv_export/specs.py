@@ -130,6 +130,21 @@ class ComponentSpec:
                 sizes[axis] = self.axes[axis].opt if own is None else own
         return sizes
 
+    def output_shapes(self, input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
+        """Each output's concrete shape for a call with these input shapes (so a caller can
+        allocate the outputs before the run, as device-side I/O binding needs)."""
+        sizes: dict[str, int] = {}
+        for tensor in self.inputs:
+            for dim, size in zip(tensor.shape, input_shapes[tensor.name], strict=True):
+                if isinstance(dim, str):
+                    sizes[dim] = int(size)
+        if "height" in sizes:  # the axes derived from the sides: pixels ↔ latent cells
+            factor = self.latent_factor
+            for side in ("height", "width"):
+                sizes[f"image_{side}"] = sizes[side] * factor  # vae_decoder: latents → pixels
+                sizes[f"latent_{side}"] = sizes[side] // factor  # vae_encoder: pixels → latents
+        return {tensor.name: tensor.concrete(sizes) for tensor in self.outputs}
+
     @property
     def spatial_divisor(self) -> int:
         """Pixels per unit of this component's ``height``/``width`` axes."""

@@ -176,6 +176,23 @@ def test_loader_names_a_missing_file(copied: Path) -> None:
         load_manifest(copied)
 
 
+def test_loader_checks_only_the_files_it_is_told_to(copied: Path) -> None:
+    manifest = load_manifest(copied)
+    for entry in manifest.components.values():  # a deployment that ships only optimized graphs
+        for file in entry.source_files:
+            (copied / file.path).unlink()
+    with pytest.raises(ManifestError, match="missing"):
+        load_manifest(copied)
+    used = (Component.TEXT_ENCODER, Component.UNET)
+    load_manifest(copied, components=used, files=lambda entry: entry.graph_files)
+    with pytest.raises(ManifestError, match=r"text_encoder\.onnx.*missing"):
+        load_manifest(copied, components=used, files=lambda entry: entry.source_files)
+    graph = copied / manifest.component(Component.UNET).graph.path
+    graph.write_bytes(graph.read_bytes()[:-1])  # a file it does read is still checked
+    with pytest.raises(ManifestError, match="truncated"):
+        load_manifest(copied, components=used, files=lambda entry: entry.graph_files)
+
+
 def test_loader_refuses_another_models_manifest(copied: Path) -> None:
     with pytest.raises(ManifestError, match="not the expected model"):
         load_manifest(copied, expected_model_hash="0" * 64)

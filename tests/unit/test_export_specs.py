@@ -93,5 +93,8 @@ def test_every_module_returns_what_its_spec_declares(tiny_model) -> None:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         assert len(outputs) == len(spec.outputs)
         assert all(out.shape[0] == 3 for out in outputs)
+        # What a caller allocates before the run (device I/O binding) is what the module returns.
+        shapes = spec.output_shapes({name: tuple(t.shape) for name, t in inputs.items()})
+        assert [shapes[t.name] for t in spec.outputs] == [tuple(o.shape) for o in outputs]
     unet_inputs = sample_inputs(specs[Component.UNET], batch=3, height=32, width=96)
     assert unet_inputs["sample"].shape == (3, 4, 32 // dims.vae_scale_factor, 96 // 2)
