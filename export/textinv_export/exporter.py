@@ -6,7 +6,7 @@ Layout of the output folder (paths in the manifest are relative to it)::
     DIR/onnx/<component>.onnx[.data]                raw fp32 export (TensorRT parses this)
     DIR/onnx/<component>.<precision>.opt.onnx[.data]  optimized for onnxruntime
     DIR/engines/<component>.<precision>.trt<version>.<key>.plan
-    DIR/engines/timing_cache.trt
+    DIR/engines/timing_cache.trt<version>.<gpu>.sm<cc>.cache
 """
 
 from __future__ import annotations
@@ -20,16 +20,19 @@ from pathlib import Path
 
 from textinv.errors import InvalidInputError
 from textinv.model import BaseModel
-from textinv_export.choices import Component, Precision, Target
+from textinv_export.choices import Component, Target
 from textinv_export.config import ExportConfig
 from textinv_export.manifest import (
+    MANIFEST_NAME,
     ComponentEntry,
     EngineEntry,
     FileEntry,
     Manifest,
     ManifestError,
     ModelFacts,
-    load_manifest,
+    check_file,
+    read_manifest,
+    target_of,
     write_manifest,
 )
 from textinv_export.modules import export_module
@@ -66,7 +69,13 @@ Progress = Callable[[str], None]
 def export_model(
     model: BaseModel, config: ExportConfig, progress: Progress | None = None
 ) -> ExportResult:
-    """Export ``config.components`` of ``model``; reuse what a matching manifest lists."""
+    """Export ``config.components`` of ``model`` into ``config.out``, keeping what is there.
+
+    A manifest already in the folder, written from the same model with the same precision, opset
+    and ranges, keeps its other components (each whose files still verify), and lends the asked
+    ones when their spec is unchanged, unless ``--force``. One that differs is replaced whole, with
+    a progress line that names why. ``reports`` cover the asked components only.
+    """
     say = progress or log.info
     # 1. Fail before any work: TensorRT missing, the output folder not writable, bad ranges.
     if config.target is Target.TENSORRT:
@@ -75,24 +84,27 @@ def export_model(
         require_tensorrt()
     check_writable(config.out)
     specs = build_specs(ModelDims.of(model), config.ranges)
-    # 2. What an earlier run with the same inputs left, unless --force.
-    previous = None if config.force else reusable_manifest(model, config)
+    # 2. What an earlier export left here that this one may keep.
+    earlier = earlier_components(model, config, say)
+    components = dict(earlier)
+    reports = []
+    # 3. Each asked component: export, optimize, build its engine (or reuse them, unless --force).
+    for component in config.components:
+        old = None if config.force else earlier.get(component)
+        entry, report = export_component(model, specs[component], config, old, say)
+        components[component] = entry
+        reports.append(report)
+    kept = [c.value for c in earlier if c not in config.components]
+    if kept:
+        say(f"kept from the earlier export: {', '.join(kept)}")
     manifest = Manifest(
         model=model_facts(model),
         precision=config.precision,
-        target=config.target,
+        target=target_of(components.values()),
         opset=config.opset,
         ranges=config.ranges,
-        components={},
+        components={c: components[c] for c in Component if c in components},
     )
-    reports = []
-    # 3. Each component: export, optimize, build its engine (or reuse them).
-    for component in config.components:
-        spec = specs[component]
-        old = None if previous is None else previous.components.get(component)
-        entry, report = export_component(model, spec, config, old, say)
-        manifest = manifest.with_component(entry)
-        reports.append(report)
     # 4. The manifest last, atomically: an interrupted export leaves the old one or none.
     write_manifest(config.out, manifest)
     return ExportResult(manifest, tuple(reports))
@@ -114,13 +126,13 @@ def export_component(
         entry, export_s, optimize_s = export_graphs(model, spec, config, say)
     if config.target is Target.TENSORRT:
         started = time.perf_counter()
-        entry = with_engine(entry, Path(config.out), config.precision)
+        entry = with_engine(entry, config, model.model_hash)
         engine_s = time.perf_counter() - started
         assert entry.engine is not None
         say(f"{spec.name}: engine {entry.engine.file.path} in {engine_s:.1f} s")
     report = ComponentReport(
         component=spec.component,
-        reused=entry is old,
+        reused=entry == old,  # graphs and engine (the same engine file is an equal entry)
         export_seconds=export_s,
         optimize_seconds=optimize_s,
         engine_seconds=engine_s,
@@ -170,15 +182,21 @@ def _bytes(graph: FileEntry, data: FileEntry | None) -> int:
     return graph.size + (data.size if data is not None else 0)
 
 
-def with_engine(entry: ComponentEntry, out: Path, precision: Precision) -> ComponentEntry:
-    """``entry`` with a TensorRT engine built (or reused) from its raw graph."""
+def with_engine(entry: ComponentEntry, config: ExportConfig, model_hash: str) -> ComponentEntry:
+    """``entry`` with a TensorRT engine built from its raw graph (or reused, unless ``--force``)."""
     from dataclasses import replace
 
     from textinv_export.tensorrt import build_engine
 
-    engines = out / "engines"
+    out = Path(config.out)
     built = build_engine(
-        out / entry.source.path, entry.source.sha256, entry.spec, engines, precision
+        out / entry.source.path,
+        entry.spec,
+        out / "engines",
+        config.precision,
+        model_hash=model_hash,
+        source_sha256s=source_hashes(entry),
+        force=config.force,
     )
     engine = EngineEntry(
         file=FileEntry.of(out, built.path),
@@ -186,10 +204,15 @@ def with_engine(entry: ComponentEntry, out: Path, precision: Precision) -> Compo
         tensorrt_version=built.tensorrt_version,
         gpu_name=built.gpu.name,
         compute_capability=built.gpu.compute_capability,
-        precision=precision,
-        bf16=built.bf16,
+        precision=config.precision,
     )
     return replace(entry, engine=engine)
+
+
+def source_hashes(entry: ComponentEntry) -> tuple[str, ...]:
+    """The sha256 of each file TensorRT parses for ``entry``: the raw graph and, over 2 GB, its
+    external weights, so the engine cache key changes with the weights."""
+    return tuple(file.sha256 for file in entry.source_files)
 
 
 def _data_entry(out: Path, graph: Path) -> FileEntry | None:
@@ -208,22 +231,54 @@ def model_facts(model: BaseModel) -> ModelFacts:
     )
 
 
-def reusable_manifest(model: BaseModel, config: ExportConfig) -> Manifest | None:
-    """The manifest already in ``config.out`` if it was written from the same model with the
-    same precision, opset and ranges and all its files verify; else ``None``."""
-    if not (Path(config.out) / "manifest.json").is_file():
-        return None
+def earlier_components(
+    model: BaseModel, config: ExportConfig, say: Progress
+) -> dict[Component, ComponentEntry]:
+    """The components of the manifest already in ``config.out`` that this export may keep: none
+    if there is none or it is incompatible (``incompatibility``), else each whose files verify."""
+    folder = Path(config.out)
+    if not (folder / MANIFEST_NAME).is_file():
+        return {}
     try:
-        manifest = load_manifest(config.out, expected_model_hash=model.model_hash)
+        manifest = read_manifest(folder)
     except ManifestError as error:
-        log.info("not reusing the earlier export: %s", error)
+        say(f"replacing the earlier export: {error}")
+        return {}
+    reason = incompatibility(manifest, model.model_hash, config)
+    if reason is not None:
+        names = ", ".join(c.value for c in manifest.components)
+        say(f"replacing the earlier export ({names}): {reason}")
+        return {}
+    kept = {}
+    for component, entry in manifest.components.items():
+        try:
+            for file in entry.files:
+                check_file(folder, file)
+        except ManifestError as error:
+            say(f"{component.value}: not kept from the earlier export: {error}")
+            continue
+        kept[component] = entry
+    return kept
+
+
+def incompatibility(manifest: Manifest, model_hash: str, config: ExportConfig) -> str | None:
+    """Why ``manifest``'s components cannot sit in one manifest with this export's, or None:
+    a manifest has one model, precision, opset and set of ranges for all its components."""
+    if manifest.model_hash != model_hash:
+        return f"it was exported from model {manifest.model_hash[:16]}…, not {model_hash[:16]}…"
+    differences = [
+        (what, theirs, ours)
+        for what, theirs, ours in (
+            ("precision", manifest.precision.value, config.precision.value),
+            ("opset", manifest.opset, config.opset),
+            ("batch sizes", manifest.ranges.batch, config.ranges.batch),
+            ("resolutions", manifest.ranges.resolution, config.ranges.resolution),
+        )
+        if theirs != ours
+    ]
+    if not differences:
         return None
-    same = (manifest.precision, manifest.opset, manifest.ranges) == (
-        config.precision,
-        config.opset,
-        config.ranges,
-    )
-    return manifest if same else None
+    return "; ".join(f"its {what} {theirs}, not {ours}" for what, theirs, ours in differences)
 
 
 def check_writable(folder: Path) -> None:

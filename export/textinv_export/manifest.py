@@ -46,6 +46,7 @@ __all__ = [
     "ToolVersions",
     "load_manifest",
     "read_manifest",
+    "target_of",
     "write_manifest",
 ]
 
@@ -81,8 +82,7 @@ class EngineEntry(Record):
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "9.0"
-    precision: Precision
-    bf16: bool  # the BF16 builder flag was set too (GPUs of compute capability ≥ 8.0)
+    precision: Precision  # the one precision flag set (an older manifest's "bf16" is ignored)
 
     def __post_init__(self) -> None:
         coerce(self, precision=export_precision)
@@ -160,7 +160,9 @@ class ModelFacts(Record):
 
 @dataclass(frozen=True)
 class Manifest:
-    """Everything one export wrote. ``components`` is keyed by ``Component``."""
+    """Everything the exports into one folder wrote. ``components`` is keyed by ``Component``;
+    ``target`` is ``tensorrt`` when every component has an engine, else ``onnx`` (``target_of``).
+    """
 
     model: ModelFacts
     precision: Precision
@@ -220,6 +222,14 @@ class Manifest:
             created_at=str(data["created_at"]),
             format_version=int(data["format_version"]),
         )
+
+
+def target_of(components: Iterable[ComponentEntry]) -> Target:
+    """``tensorrt`` if every component has an engine (and there is one), else ``onnx``: a partial
+    export keeps components an earlier run wrote, with or without engines."""
+    entries = list(components)
+    has_engines = bool(entries) and all(entry.engine is not None for entry in entries)
+    return Target.TENSORRT if has_engines else Target.ONNX
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

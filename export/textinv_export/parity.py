@@ -3,7 +3,8 @@
 Each case is one call (batch, height, width) inside the spec's profile: the spec's sample input at
 the profile's opt, then seeded random calls anywhere in the profile. Per output we report the
 maximum absolute error, the error relative to the reference's largest magnitude, and the cosine
-similarity. Tolerances: relative error ≤ 1e-4 for fp32 graphs, cosine ≥ 0.999 for fp16 graphs.
+similarity. Tolerances: relative error ≤ 1e-4 for fp32 graphs; for fp16 graphs (and TensorRT's
+fp16 engines) relative error ≤ 2e-2 and cosine ≥ 0.999, since cosine alone passes a scaled output.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ class Tolerance:
     @classmethod
     def for_precision(cls, precision: Precision) -> Tolerance:
         if precision is Precision.FP16:
-            return cls(min_cosine=0.999)
+            # The tiny model's fp16 graphs in onnxruntime (CPU) reach relative errors of 2.8e-3
+            # (UNet; 1.2e-3 to 2.5e-3 for the VAE, 4.5e-4 for the text encoder) at cosine
+            # ≥ 0.999997. 2e-2 leaves 7× that for larger models and TensorRT's kernels, and an
+            # output off by 5 % in scale (relative error 0.05, cosine 1.0) still fails.
+            return cls(max_relative_error=2e-2, min_cosine=0.999)
         return cls(max_relative_error=1e-4)
 
     def __str__(self) -> str:
+        bounds = []
+        if self.max_relative_error is not None:
+            bounds.append(f"relative error ≤ {self.max_relative_error:g}")
         if self.min_cosine is not None:
-            return f"cosine ≥ {self.min_cosine}"
-        return f"relative error ≤ {self.max_relative_error:g}"
+            bounds.append(f"cosine ≥ {self.min_cosine}")
+        return " and ".join(bounds) or "no bound"
 
 
 @dataclass(frozen=True)

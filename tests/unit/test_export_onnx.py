@@ -16,7 +16,7 @@ from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from textinv_export.modules import export_module
 from textinv_export.optimize import optimize_graph
-from textinv_export.parity import Case, ParityError, check_parity
+from textinv_export.parity import Case, ParityError, Tolerance, check_parity, compare
 from textinv_export.specs import (
     Component,
     ComponentSpec,
@@ -97,7 +97,7 @@ def test_parity_fails_on_a_mismatch(tiny_model, exported: Path) -> None:
 
 
 @pytest.mark.parametrize("component", [Component.TEXT_ENCODER, Component.UNET])
-def test_fp16_graph_keeps_fp32_io_and_passes_cosine(
+def test_fp16_graph_keeps_fp32_io_and_passes_the_fp16_tolerance(
     tiny_model, exported: Path, tmp_path: Path, component: Component
 ) -> None:
     entry = load_manifest(exported).component(component)
@@ -122,6 +122,32 @@ def test_fp16_graph_keeps_fp32_io_and_passes_cosine(
         export_module(component, tiny_model), entry.spec, graph, Precision.FP16, CASES
     )
     assert report.passed, report.lines()
+    assert report.tolerance.max_relative_error is not None  # not cosine alone
+
+
+@pytest.mark.parametrize("component", [Component.VAE_DECODER, Component.VAE_ENCODER])
+def test_fp16_vae_graphs_pass_the_fp16_tolerance(
+    tiny_model, exported: Path, tmp_path: Path, component: Component
+) -> None:
+    entry = load_manifest(exported).component(component)
+    graph = optimize_graph(
+        exported / entry.source.path, tmp_path / "fp16.onnx", component, Precision.FP16
+    )
+    report = check_parity(
+        export_module(component, tiny_model), entry.spec, graph, Precision.FP16, CASES
+    )
+    assert report.passed, report.lines()
+
+
+def test_fp16_tolerance_fails_a_scaled_output_that_cosine_passes() -> None:
+    reference = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    scaled = compare("noise_pred", 1.05 * reference, reference)
+    assert scaled.cosine == pytest.approx(1.0)  # same direction: cosine cannot tell
+    assert scaled.passes(Tolerance(min_cosine=0.999))
+    fp16 = Tolerance.for_precision(Precision.FP16)
+    assert not scaled.passes(fp16)
+    assert compare("noise_pred", 1.005 * reference, reference).passes(fp16)  # rounding-sized
+    assert str(fp16) == "relative error ≤ 0.02 and cosine ≥ 0.999"
 
 
 def test_rerun_reuses_and_force_rebuilds(tiny_model, tmp_path: Path) -> None:
