@@ -1,4 +1,4 @@
-"""The generation pipeline on CUDA: the tensorrt backend and the torch backend on the GPU.
+"""The generation pipeline on the tensorrt backend (the torch backend on CUDA: test_torch_cuda).
 
 Skipped, with the reason, where TensorRT or CUDA is missing (``pip install 'textinv[gpu]'``).
 References are diffusers' pipeline on the CPU, as in the unit tests.
@@ -6,6 +6,7 @@ References are diffusers' pipeline on the CPU, as in the unit tests.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,11 @@ from tests.unit.generation_reference import (
     reference_images,
     reference_pipeline,
 )
-from textinv.model import load_base_model
 from textinv_export.exporter import ExportConfig, export_model
-from textinv_export.manifest import ManifestError, Target
+from textinv_export.manifest import ManifestError, Target, load_manifest
 from textinv_export.specs import Component, Precision, Range, ShapeRanges
 from textinv_export.tensorrt import tensorrt_missing
 from textinv_server.backends.tensorrt_backend import TensorRTBackend
-from textinv_server.backends.torch_backend import TorchBackend
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest, Scheduler
@@ -91,9 +90,26 @@ def test_tensorrt_refuses_a_manifest_for_another_model(engines) -> None:
         TensorRTBackend(engines, "f" * 64)
 
 
-def test_torch_backend_on_cuda_matches_diffusers(tiny_model_dir, concepts, reference) -> None:
-    model = load_base_model(tiny_model_dir, device="cuda")
-    pipeline = GenerationPipeline(HostModel.of(model), TorchBackend(model, channels_last=True))
-    req = request(scheduler=Scheduler.DPM_SOLVER_PP_2M)
-    ours = pixels(pipeline(req, concepts))
-    assert max_pixel_difference(ours, reference_images(reference, req)) <= 2
+def test_the_unet_replays_a_cuda_graph_with_the_same_images(tiny_model, engines, concepts) -> None:
+    host = HostModel.of(tiny_model)
+    plain = GenerationPipeline(host, TensorRTBackend(engines, tiny_model.model_hash))
+    graphed_backend = TensorRTBackend(engines, tiny_model.model_hash, cuda_graph=True)
+    graphed = GenerationPipeline(host, graphed_backend)
+    req = request(num_images=2)
+    assert max_pixel_difference(pixels(plain(req, concepts)), pixels(graphed(req, concepts))) <= 1
+    unet = graphed_backend.unet.engine
+    assert unet.graph_failure is None, unet.graph_failure
+    assert unet.captured_shapes is not None  # the last shapes' graph, replayed every step
+
+
+def test_tensorrt_loads_from_its_engines_alone(tiny_model, engines, concepts, tmp_path) -> None:
+    """The backend checks (and needs) only the engine files: the ONNX beside them can go."""
+    folder = shutil.copytree(engines, tmp_path / "engines")
+    manifest = load_manifest(folder)
+    for entry in manifest.components.values():
+        for file in (*entry.source_files, *entry.graph_files):
+            (folder / file.path).unlink()
+    pipeline = GenerationPipeline(
+        HostModel.of(tiny_model), TensorRTBackend(folder, tiny_model.model_hash)
+    )
+    assert pixels(pipeline(request(), concepts)).std() > 5

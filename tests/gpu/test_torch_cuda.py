@@ -1,4 +1,5 @@
-"""The torch backend's fast CUDA path: bf16, channels-last, torch.compile, CUDA graphs, events.
+"""The torch backend on CUDA, against diffusers, and its fast path: bf16, channels-last,
+cudnn.benchmark, torch.compile, CUDA graphs (on the model's device), events.
 
 Needs CUDA only (no TensorRT); skipped, with the reason, elsewhere. ``scripts/gpu_check.sh``
 runs these. The reference is diffusers' pipeline on the CPU in fp32, as in the unit tests.
@@ -21,6 +22,7 @@ from textinv.model import load_base_model
 from textinv_client.choices import Precision
 from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 from textinv_server.backends.torch_backend import CudaGraphUNet, TorchBackend
+from textinv_server.host_model import HostModel
 from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
 from textinv_server.requests import GenerationRequest, Scheduler
 
@@ -58,6 +60,16 @@ def on_cuda(folder: Path, options: TorchOptions) -> GenerationPipeline:
     )
 
 
+def test_torch_backend_on_cuda_matches_diffusers(tiny_model_dir, concepts, reference) -> None:
+    # A model of its own, loaded onto the GPU: the session's tiny model stays on the CPU.
+    model = load_base_model(tiny_model_dir, device="cuda")
+    pipeline = GenerationPipeline(HostModel.of(model), TorchBackend(model, channels_last=True))
+    req = request(Scheduler.DPM_SOLVER_PP_2M)
+    ours = pixels(pipeline(req, concepts))
+    assert max_pixel_difference(ours, reference_images(reference, req)) <= 2
+    assert torch.backends.cudnn.benchmark  # set by a backend on CUDA
+
+
 @pytest.mark.parametrize("scheduler", [Scheduler.DDIM, Scheduler.EULER_ANCESTRAL])
 def test_cuda_graphs_and_channels_last_match_diffusers(
     tiny_model_dir, concepts, reference, scheduler
@@ -70,6 +82,7 @@ def test_cuda_graphs_and_channels_last_match_diffusers(
     assert isinstance(backend, TorchBackend) and backend.attention == ("AttnProcessor2_0",)
     graphs = backend._unet_forward
     assert isinstance(graphs, CudaGraphUNet) and len(graphs.graphs) == 1  # one shape, captured once
+    assert graphs._stream is not None and graphs._stream.device == backend.device
 
 
 def test_replay_equals_eager_for_two_shapes(tiny_model_dir, concepts) -> None:
@@ -102,3 +115,21 @@ def test_step_times_come_from_cuda_events(tiny_model_dir, concepts) -> None:
     result = pipeline(request(), concepts)
     assert len(result.timings.unet_step_ms) == 4
     assert all(ms > 0 for ms in result.timings.unet_step_ms)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graphs_capture_on_the_models_device(tiny_model_dir, concepts) -> None:
+    """The model on cuda:1 while cuda:0 is current: capture and replay follow the model."""
+    model = load_base_model(tiny_model_dir, device="cuda:1")
+    options = BackendOptions(device="cuda:1", torch_options=TorchOptions(cuda_graph=True))
+    graphed = load_generation_pipeline(model, BackendName.TORCH, options)
+    eager = load_generation_pipeline(
+        load_base_model(tiny_model_dir, device="cuda:1"),
+        BackendName.TORCH,
+        BackendOptions(device="cuda:1"),
+    )
+    with torch.cuda.device(0):
+        a, b = pixels(graphed(request(), concepts)), pixels(eager(request(), concepts))
+    assert max_pixel_difference(a, b) <= 1
+    graphs = graphed.backend._unet_forward  # type: ignore[attr-defined]
+    assert graphs._stream.device == torch.device("cuda", 1)

@@ -1,4 +1,5 @@
-"""The onnxruntime backend (CPU) on the export stage's graphs, against diffusers' pipeline."""
+"""The onnxruntime backend (CPU) on the export stage's graphs, against diffusers' pipeline; the
+GPU providers' options and the provider check, on the CPU with a real export."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -16,9 +19,20 @@ from tests.unit.generation_reference import (
     reference_pipeline,
 )
 from textinv.errors import InvalidInputError
-from textinv_export.manifest import MANIFEST_NAME, ManifestError
+from textinv_export.exporter import ExportConfig, export_model
+from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from textinv_export.specs import Component, Precision, Range, ShapeRanges
 from textinv_server.backends import BackendName
-from textinv_server.backends.onnxruntime_backend import OnnxRuntimeBackend, Provider
+from textinv_server.backends.factory import cuda_index
+from textinv_server.backends.onnxruntime_backend import (
+    GENERATION_COMPONENTS,
+    OnnxRuntimeBackend,
+    Provider,
+    ProviderUnavailableError,
+    check_provider,
+    loaded_files,
+    provider_options,
+)
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest, Scheduler
@@ -104,8 +118,121 @@ def test_an_altered_graph_is_refused(tiny_model, engines, tmp_path) -> None:
 def test_an_unknown_or_missing_provider_is_named(tiny_model, engines) -> None:
     with pytest.raises(InvalidInputError, match="'metal'"):
         OnnxRuntimeBackend(engines, tiny_model.model_hash, provider="metal")
-    import onnxruntime
-
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(InvalidInputError, match="'cuda'.*not available"):
             OnnxRuntimeBackend(engines, tiny_model.model_hash, provider=Provider.CUDA)
+
+
+def test_the_bound_run_equals_session_run_bit_for_bit(pipeline) -> None:
+    """The I/O-binding path (what the GPU providers run) against onnxruntime's plain run."""
+    unet = pipeline.backend.unet
+    generator = torch.Generator().manual_seed(3)
+    sample = torch.randn(4, 4, 24, 16, generator=generator)  # 2 images of 48 × 32 px, guided
+    timestep = torch.full((4,), 501.0)
+    hidden = torch.randn(4, 77, 32, generator=generator)
+    bound = unet.run(sample, timestep, hidden)
+    feeds = {
+        "sample": sample.numpy(),
+        "timestep": timestep.numpy(),
+        "encoder_hidden_states": hidden.numpy(),
+    }
+    (plain,) = unet.session.run(["noise_pred"], feeds)
+    assert bound.shape == (4, 4, 24, 16) and bound.dtype == torch.float32
+    assert bound.std() > 0 and np.array_equal(bound.numpy(), plain)
+
+
+def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> None:
+    manifest = load_manifest(engines)
+    unet = manifest.component(Component.UNET)
+    # Batch 1..4 images (2..8 UNet rows under guidance), sides 32..64 px (16..32 latent cells).
+    providers = provider_options(Provider.TENSORRT, unet, manifest.precision, engines, device_id=1)
+    assert providers[1:] == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+    assert providers[0] == (
+        "TensorrtExecutionProvider",
+        {
+            "device_id": 1,
+            "trt_fp16_enable": False,  # an fp32 manifest
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(engines / "ort_trt_cache"),
+            "trt_profile_min_shapes": "sample:1x4x16x16,timestep:1,encoder_hidden_states:1x77x32",
+            "trt_profile_opt_shapes": "sample:2x4x16x16,timestep:2,encoder_hidden_states:2x77x32",
+            "trt_profile_max_shapes": "sample:8x4x32x32,timestep:8,encoder_hidden_states:8x77x32",
+        },
+    )
+    text = manifest.component(Component.TEXT_ENCODER)
+    first = provider_options(Provider.TENSORRT, text, Precision.FP16, engines)[0]
+    assert isinstance(first, tuple) and first[0] == "TensorrtExecutionProvider"
+    fp16 = first[1]
+    assert (fp16["device_id"], fp16["trt_fp16_enable"]) == (0, True)
+    assert fp16["trt_profile_max_shapes"] == "inputs_embeds:8x77x32,eos_positions:8"
+
+
+def test_cpu_and_cuda_options_name_the_device(engines) -> None:
+    manifest = load_manifest(engines)
+    unet = manifest.component(Component.UNET)
+    assert provider_options(Provider.CPU, unet, manifest.precision, engines) == [
+        "CPUExecutionProvider"
+    ]
+    assert provider_options(Provider.CUDA, unet, manifest.precision, engines, device_id=2) == [
+        ("CUDAExecutionProvider", {"device_id": 2}),
+        "CPUExecutionProvider",
+    ]
+
+
+def test_the_gpu_index_comes_from_the_device_option() -> None:
+    assert [cuda_index(d) for d in ("cuda:1", "cuda", "cpu")] == [1, 0, 0]
+
+
+def test_a_session_that_fell_back_to_the_cpu_is_refused(engines) -> None:
+    if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the TensorRT provider: no fallback to show")
+    manifest = load_manifest(engines)
+    entry = manifest.component(Component.UNET)
+    path = engines / entry.source.path
+    providers = provider_options(Provider.TENSORRT, entry, manifest.precision, engines)
+    # Without the TensorRT (and CUDA) provider onnxruntime only warns, and runs on the CPU.
+    with pytest.warns(UserWarning, match="not in available provider names"):
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    wanted = "asked for TensorrtExecutionProvider but runs on CPUExecutionProvider"
+    with pytest.raises(ProviderUnavailableError, match=wanted):
+        check_provider(session, Provider.TENSORRT, path)
+    check_provider(session, Provider.CPU, path)  # what it runs on passes
+
+
+def test_only_the_files_a_provider_reads_are_checked(tiny_model, tmp_path, concepts) -> None:
+    """An export stripped of the raw sources and of the VAE encoder still serves the CPU
+    provider (it reads only the optimized graphs of three components)."""
+    folder = tmp_path / "full"
+    ranges = ShapeRanges(batch=Range(1, 1, 4), resolution=Range(32, 32, 64))
+    export_model(tiny_model, ExportConfig(folder, ranges=ranges), progress=lambda _: None)
+    whole = GenerationPipeline(
+        HostModel.of(tiny_model), OnnxRuntimeBackend(folder, tiny_model.model_hash, threads=1)
+    )
+    expected = pixels(whole(request(), concepts))
+    manifest = load_manifest(folder)
+    for component, entry in manifest.components.items():
+        doomed = entry.files if component is Component.VAE_ENCODER else entry.source_files
+        for file in doomed:
+            (folder / file.path).unlink()
+    backend = OnnxRuntimeBackend(folder, tiny_model.model_hash, threads=1)
+    assert backend.device == torch.device("cpu")
+    stripped = pixels(GenerationPipeline(HostModel.of(tiny_model), backend)(request(), concepts))
+    assert max_pixel_difference(stripped, expected) == 0
+    # The TensorRT provider parses the sources: for it this folder is incomplete.
+    with pytest.raises(
+        ManifestError, match="text_encoder.onnx' is listed in the manifest but missing"
+    ):
+        load_manifest(
+            folder, components=GENERATION_COMPONENTS, files=loaded_files(Provider.TENSORRT)
+        )
+    # What it does read is still checked.
+    graph = folder / manifest.component(Component.VAE_DECODER).graph.path
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="vae_decoder.fp32.opt.onnx.*altered"):
+        OnnxRuntimeBackend(folder, tiny_model.model_hash, threads=1)

@@ -64,6 +64,28 @@ def test_compiled_unet_gives_the_same_image(tiny_model_dir, baseline) -> None:
     assert max_pixel_difference(pixels(pipeline(REQUEST)), baseline) == 0
 
 
+def test_compile_makes_one_static_graph_per_shape(tiny_model_dir) -> None:
+    """dynamic=False: each new input shape compiles a graph of its own, where dynamo's default
+    would compile one dynamic-shape graph at the second shape and reuse it for the third; a
+    shape seen before compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    options = TorchOptions(compile=True, compile_backend="eager")
+    backend = TorchBackend(fresh(tiny_model_dir), options=options)
+    width = backend.unet.config.cross_attention_dim
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    try:
+        for rows in (1, 2, 3, 1):
+            sample, hidden = torch.randn(rows, 4, 8, 8), torch.randn(rows, 77, width)
+            backend.predict_noise(sample, torch.full((rows,), 10.0), hidden)
+            graphs.append(counters["stats"]["unique_graphs"])
+    finally:
+        torch._dynamo.reset()
+    assert graphs == [1, 2, 3, 3]
+
+
 def test_cuda_graphs_are_refused_off_cuda_naming_the_device(tiny_model) -> None:
     with pytest.raises(InvalidInputError, match="CUDA device; it is on cpu"):
         TorchBackend(tiny_model, options=TorchOptions(cuda_graph=True))

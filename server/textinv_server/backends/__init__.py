@@ -95,7 +95,8 @@ class TorchOptions:
     weights: Precision | None = None
     # NHWC convolutions (cuDNN's tensor-core layout) for the UNet.
     channels_last: bool = False
-    # torch.compile the UNet; "inductor" on CUDA, "eager" (dynamo tracing only) for dry runs.
+    # torch.compile the UNet, one static graph per input shape (torch_backend says why);
+    # "inductor" on CUDA, "eager" (dynamo tracing only) for dry runs.
     compile: bool = False
     compile_backend: str = "inductor"
     # Capture the UNet as a CUDA graph per static input shape and replay it every step.
@@ -110,6 +111,8 @@ class BackendOptions:
     """How to load a backend. ``engines`` is the export stage's folder (its manifest inside)."""
 
     engines: Path | None = None
+    # torch: where the model runs. The onnxruntime GPU providers and tensorrt: which GPU
+    # ("cuda:N"; "cpu" or "cuda" mean GPU 0), where backend.device then is.
     device: str = "cpu"
     # onnxruntime's execution provider.
     provider: Provider = Provider.CPU

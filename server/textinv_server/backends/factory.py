@@ -59,16 +59,23 @@ def _load_onnxruntime(host: HostModel, engines: Path, options: BackendOptions) -
         provider=options.provider,
         threads=options.threads,
         verify_checksums=options.verify_checksums,
+        device_id=cuda_index(options.device),  # the CUDA and TensorRT providers' GPU
     )
 
 
 def _load_tensorrt(host: HostModel, engines: Path, options: BackendOptions) -> Backend:
     from textinv_server.backends.tensorrt_backend import TensorRTBackend
 
-    device = torch.device(options.device if options.device != "cpu" else "cuda")
     return TensorRTBackend(
         engines,
         host.model_hash,
-        device=device.index or 0,
+        device=cuda_index(options.device),
         verify_checksums=options.verify_checksums,
     )
+
+
+def cuda_index(device: str) -> int:
+    """The GPU an exported backend runs on: ``"cuda:1"`` → 1; ``"cuda"`` and ``"cpu"`` (the
+    default device, which a GPU provider does not use) → 0."""
+    parsed = torch.device(device)
+    return (parsed.index or 0) if parsed.type == "cuda" else 0

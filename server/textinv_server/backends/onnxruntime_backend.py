@@ -1,15 +1,22 @@
 """The ``onnxruntime`` backend: the export stage's graphs, on the CPU, CUDA or TensorRT provider.
 
 It loads through the export manifest (``textinv_export.manifest.load_manifest``), which refuses
-graphs exported from another model, or altered since. Graph names, inputs and outputs come from each
-component's spec in the manifest, never from constants here. The CPU and CUDA providers run the
-graphs optimized for onnxruntime; the TensorRT provider parses the raw fp32 exports, as the
-export stage intends.
+graphs exported from another model, or altered since; it checks only what it reads (the three
+generation components, and of each the files its provider loads). Graph names, inputs and outputs
+come from each component's spec in the manifest, never from constants here. The CPU and CUDA
+providers run the graphs optimized for onnxruntime; the TensorRT provider parses the raw fp32
+exports, as the export stage intends, with the spec's shape profile and the manifest's precision.
+
+Every call binds tensors by address (I/O binding): the inputs where they are, on
+``backend.device``, and the first output into a torch tensor allocated there from the spec's
+output shapes. On the CPU that is the same code path the GPU providers run, with
+``device_type="cpu"``; with the CUDA or TensorRT provider the latents stay on the GPU for the whole
+loop (no host copy per step), and ``backend.device`` is ``cuda:N``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,8 @@ import torch
 
 from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
-from textinv_export.manifest import ComponentEntry, Manifest, load_manifest
-from textinv_export.specs import Component
+from textinv_export.manifest import ComponentEntry, FileSelector, Manifest, load_manifest
+from textinv_export.specs import Component, ComponentSpec, Precision, Shape, TensorSpec
 from textinv_server.backends import BackendName, ShapeLimits
 from textinv_server.choices import Provider
 
@@ -29,19 +36,74 @@ _PROVIDER_NAMES = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.TENSORRT: "TensorrtExecutionProvider",
 }
+# The components generation runs; a manifest's vae_encoder is neither loaded nor checked here.
+GENERATION_COMPONENTS = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
+TRT_CACHE_NAME = "ort_trt_cache"  # the TensorRT provider's engines, beside the manifest
+# Graph I/O dtypes as the specs name them (numpy names) → torch's.
+_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+# onnxruntime's ``providers=``: names, or (name, options) pairs, in order of preference.
+ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 
-@dataclass(frozen=True)
+class ProviderUnavailableError(InvalidInputError):
+    """The onnxruntime provider asked for is not in this build, or a session fell back from it."""
+
+
 class _Graph:
-    """One session with its spec's input and output names."""
+    """One session with its component's spec, run on ``device`` through I/O binding.
 
-    session: Any  # onnxruntime.InferenceSession
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
+    What a call needs from the spec is looked up once, here, and each output shape once per
+    input shapes (a few, within the profile), so a bound call does no more Python work than a
+    ``session.run`` with host arrays did.
+    """
 
-    def run(self, *arrays: np.ndarray) -> np.ndarray:
-        feeds = dict(zip(self.inputs, arrays, strict=True))
-        return np.asarray(self.session.run([self.outputs[0]], feeds)[0])
+    def __init__(self, session: Any, spec: ComponentSpec, device: torch.device) -> None:
+        self.session = session  # onnxruntime.InferenceSession
+        self.spec = spec
+        self.device = device
+        self._where = (device.type, device.index or 0)  # onnxruntime's device_type, device_id
+        # Per input, and for the first output (the only one generation reads; the text
+        # encoder's pooled output is not computed): name, torch dtype, onnxruntime element type.
+        self._inputs = [_tensor_types(t) for t in spec.inputs]
+        self._output = _tensor_types(spec.outputs[0])
+        self._output_shapes: dict[tuple[Shape, ...], Shape] = {}  # by the inputs' shapes
+
+    def run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The spec's inputs in order → its first output, a tensor on ``device``."""
+        binding = self.session.io_binding()
+        # Each input on the device in its graph dtype (no copy when it is already so); `feeds`
+        # keeps them alive until the run has read them.
+        feeds = [
+            t.to(self.device, dtype).contiguous()
+            for t, (_, dtype, _) in zip(tensors, self._inputs, strict=True)
+        ]
+        for (name, _, element), feed in zip(self._inputs, feeds, strict=True):
+            binding.bind_input(name, *self._where, element, feed.shape, feed.data_ptr())
+        name, dtype, element = self._output
+        output = torch.empty(self._output_shape(feeds), dtype=dtype, device=self.device)
+        binding.bind_output(name, *self._where, element, output.shape, output.data_ptr())
+        # CUDA: torch wrote the inputs on its stream and the provider runs on its own, so the
+        # provider waits for the device first (synchronize_inputs); the run returns with its
+        # stream synchronized, and synchronize_outputs is the documented counterpart. So each
+        # call is a host wait, as onnxruntime's Python binding has it; no-ops on the CPU.
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return output
+
+    def _output_shape(self, feeds: list[torch.Tensor]) -> Shape:
+        key = tuple(tuple(feed.shape) for feed in feeds)
+        shape = self._output_shapes.get(key)
+        if shape is None:
+            named = {spec.name: size for spec, size in zip(self.spec.inputs, key, strict=True)}
+            shape = self._output_shapes[key] = self.spec.output_shapes(named)[self._output[0]]
+        return shape
+
+
+def _tensor_types(spec: TensorSpec) -> tuple[str, torch.dtype, type]:
+    """A graph tensor's name, torch dtype and numpy type (onnxruntime's ``element_type``)."""
+    return spec.name, _TORCH_DTYPES[spec.dtype], np.dtype(spec.dtype).type
 
 
 def shape_limits(manifest: Manifest) -> ShapeLimits:
@@ -67,50 +129,60 @@ class OnnxRuntimeBackend:
         provider: Provider | str = Provider.CPU,
         threads: int = 0,
         verify_checksums: bool = True,
+        device_id: int = 0,
     ) -> None:
         self.provider = parse_input(Provider, provider)
-        self.manifest = load_manifest(engines, model_hash, verify_checksums=verify_checksums)
+        check_available(self.provider)  # before any hashing
         self.folder = Path(engines)
+        self.manifest = load_manifest(
+            self.folder,
+            model_hash,
+            verify_checksums=verify_checksums,
+            components=GENERATION_COMPONENTS,
+            files=loaded_files(self.provider),
+        )
         self.model_hash = model_hash
-        # Tensors cross as host arrays. With the CUDA or TensorRT provider that is one copy each way
-        # per call; binding device buffers (IO binding) is the GPU issue's work.
-        self.device = torch.device("cpu")
+        gpu = self.provider is not Provider.CPU
+        self.device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
         self.limits = shape_limits(self.manifest)
         options = _session_options(threads)
-        providers = _providers(self.provider, self.folder)
-        self.text_encoder = self._graph(Component.TEXT_ENCODER, options, providers)
-        self.unet = self._graph(Component.UNET, options, providers)
-        self.vae_decoder = self._graph(Component.VAE_DECODER, options, providers)
+        self.text_encoder = self._graph(Component.TEXT_ENCODER, options)
+        self.unet = self._graph(Component.UNET, options)
+        self.vae_decoder = self._graph(Component.VAE_DECODER, options)
 
-    def _graph(self, component: Component, options: Any, providers: list[Any]) -> _Graph:
+    def _graph(self, component: Component, options: Any) -> _Graph:
         entry: ComponentEntry = self.manifest.component(component)
-        # TensorRT parses the raw export; the other providers run the optimized graph.
         file = entry.source if self.provider is Provider.TENSORRT else entry.graph
-        session = onnxruntime.InferenceSession(
-            str(self.folder / file.path), options, providers=providers
+        path = self.folder / file.path
+        providers = provider_options(
+            self.provider, entry, self.manifest.precision, self.folder, self.device.index or 0
         )
-        return _Graph(session, tuple(entry.spec.input_names), tuple(entry.spec.output_names))
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        check_provider(session, self.provider, path)
+        return _Graph(session, entry.spec, self.device)
 
     def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.text_encoder.run(_array(inputs_embeds), _array(eos_positions, np.int64))
-        return torch.from_numpy(hidden)  # [B, T, D]
+        return self.text_encoder.run(inputs_embeds, eos_positions)  # [B, T, D]
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        noise = self.unet.run(_array(sample), _array(timestep), _array(encoder_hidden_states))
-        return torch.from_numpy(noise)  # [B, C, h, w]
+        return self.unet.run(sample, timestep, encoder_hidden_states)  # [B, C, h, w]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.vae_decoder.run(_array(latents)))  # [B, 3, H, W]
+        return self.vae_decoder.run(latents)  # [B, 3, H, W]
 
     def synchronize(self) -> None:
-        """``session.run`` returns when its outputs are on the host: nothing to wait for."""
+        """Each run returns with its outputs written (``synchronize_outputs``): nothing to wait
+        for."""
 
 
-def _array(tensor: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
-    """A contiguous host array (no copy for contiguous CPU float32 tensors)."""
-    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+def loaded_files(provider: Provider) -> FileSelector:
+    """Which of a component's files this provider reads, so the manifest checks only those:
+    TensorRT parses the raw export; the other providers run the optimized graph."""
+    if provider is Provider.TENSORRT:
+        return lambda entry: entry.source_files
+    return lambda entry: entry.graph_files
 
 
 def _session_options(threads: int) -> Any:
@@ -122,23 +194,74 @@ def _session_options(threads: int) -> Any:
     return options
 
 
-def _providers(provider: Provider, folder: Path) -> list[Any]:
-    """The provider list for onnxruntime, falling back to the CPU for unsupported operators."""
+def check_available(provider: Provider) -> None:
+    """Raise ``ProviderUnavailableError`` unless this onnxruntime build has ``provider``."""
     wanted = _PROVIDER_NAMES[provider]
     available = onnxruntime.get_available_providers()
     if wanted not in available:
-        raise InvalidInputError(
+        raise ProviderUnavailableError(
             f"onnxruntime provider {provider.value!r} ({wanted}) is not available in this "
             f"onnxruntime build; available: {', '.join(available)}"
         )
-    if provider is Provider.TENSORRT:
-        cache = folder / "ort_trt_cache"
-        trt_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
-        return [
-            (wanted, trt_options),
-            _PROVIDER_NAMES[Provider.CUDA],
-            _PROVIDER_NAMES[Provider.CPU],
-        ]
+
+
+def check_provider(session: Any, provider: Provider, path: Path) -> None:
+    """Raise unless ``session`` runs on ``provider``: onnxruntime falls back to the next provider
+    in the list (in the end the CPU) with only a log warning when one cannot start (a missing
+    CUDA or TensorRT library, a bad option)."""
+    wanted = _PROVIDER_NAMES[provider]
+    actual = session.get_providers()[0]
+    if actual != wanted:
+        raise ProviderUnavailableError(
+            f"{path.name}: onnxruntime was asked for {wanted} but runs on {actual}: the "
+            f"{provider.value} provider could not start (check its CUDA/TensorRT libraries)"
+        )
+
+
+def provider_options(
+    provider: Provider,
+    entry: ComponentEntry,
+    precision: Precision,
+    folder: Path,
+    device_id: int = 0,
+) -> ProviderList:
+    """onnxruntime's ``providers=`` for one component's session, in order of preference.
+
+    CUDA and TensorRT run on GPU ``device_id``; the next provider in the list takes the operators
+    the first cannot run. TensorRT gets the precision (fp16 only for an fp16 manifest: it parses
+    the fp32 source either way), an engine cache in ``folder``, and the spec's ``(min, opt, max)``
+    profile: without it the provider rebuilds its engine whenever it meets a new shape.
+    """
+    cpu = _PROVIDER_NAMES[Provider.CPU]
+    if provider is Provider.CPU:
+        return [cpu]
+    cuda = (_PROVIDER_NAMES[Provider.CUDA], {"device_id": device_id})
     if provider is Provider.CUDA:
-        return [wanted, _PROVIDER_NAMES[Provider.CPU]]
-    return [wanted]
+        return [cuda, cpu]
+    tensorrt = {
+        "device_id": device_id,
+        # onnxruntime's Python binding takes booleans as "True"/"False" (str of a bool).
+        "trt_fp16_enable": precision is Precision.FP16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(folder / TRT_CACHE_NAME),
+        **trt_profile_shapes(entry.spec),
+    }
+    return [(_PROVIDER_NAMES[Provider.TENSORRT], tensorrt), cuda, cpu]
+
+
+def trt_profile_shapes(spec: ComponentSpec) -> dict[str, str]:
+    """The spec's profile as the TensorRT provider's three options, every input named (the
+    provider requires all dynamic inputs): ``"sample:1x4x8x8,timestep:1,..."``."""
+    profile = spec.profile
+
+    def shapes(pick: Callable[[Any], tuple[int, ...]]) -> str:
+        return ",".join(
+            f"{name}:{'x'.join(str(size) for size in pick(shapes))}"
+            for name, shapes in profile.items()
+        )
+
+    return {
+        "trt_profile_min_shapes": shapes(lambda p: p.min),
+        "trt_profile_opt_shapes": shapes(lambda p: p.opt),
+        "trt_profile_max_shapes": shapes(lambda p: p.max),
+    }

@@ -2,9 +2,11 @@
 
 Needs an NVIDIA GPU, CUDA and the ``tensorrt`` package; without them loading raises
 ``TensorRTUnavailableError`` naming what is missing. The manifest (checked against the model's
-hash by ``load_manifest``) names each component's engine file and its spec's tensor names. The
-latents stay on the GPU for the whole loop: the engine binds torch CUDA tensors by address and
-runs on its own stream, so no host copy or sync happens inside a step.
+hash by ``load_manifest``) names each component's engine file and its spec's tensor names; only
+the three engines it loads are checked, not the ONNX files beside them (about 8 GB for SD 1.5).
+The latents stay on the GPU for the whole loop: the engine binds torch CUDA tensors by address and
+runs on its own stream, so no host copy or sync happens inside a step. With ``cuda_graph=True``
+the UNet engine (the one called every step) replays a CUDA graph per input shapes.
 """
 
 from __future__ import annotations
@@ -17,19 +19,22 @@ from textinv_export.manifest import ComponentEntry, ManifestError, load_manifest
 from textinv_export.specs import Component
 from textinv_export.tensorrt import TensorRTEngine, require_tensorrt
 from textinv_server.backends import BackendName
-from textinv_server.backends.onnxruntime_backend import shape_limits
+from textinv_server.backends.onnxruntime_backend import GENERATION_COMPONENTS, shape_limits
 
 
 class _Engine:
     """One engine with its spec's input and output names."""
 
-    def __init__(self, folder: Path, entry: ComponentEntry, device: int) -> None:
+    def __init__(
+        self, folder: Path, entry: ComponentEntry, device: int, *, cuda_graph: bool = False
+    ) -> None:
         if entry.engine is None:
             raise ManifestError(
                 f"{folder}: the manifest has no TensorRT engine for {entry.spec.name!r}; "
                 "export with --target tensorrt on this GPU"
             )
-        self.engine = TensorRTEngine(folder / entry.engine.file.path, device)
+        path = folder / entry.engine.file.path
+        self.engine = TensorRTEngine(path, device, cuda_graph=cuda_graph)
         self.inputs = entry.spec.input_names
         self.output = entry.spec.output_names[0]
 
@@ -48,19 +53,28 @@ class TensorRTBackend:
         *,
         device: int = 0,
         verify_checksums: bool = True,
+        cuda_graph: bool = False,
     ) -> None:
         require_tensorrt()
         self.folder = Path(engines)
-        self.manifest = load_manifest(self.folder, model_hash, verify_checksums=verify_checksums)
+        self.manifest = load_manifest(
+            self.folder,
+            model_hash,
+            verify_checksums=verify_checksums,
+            components=GENERATION_COMPONENTS,
+            files=lambda entry: entry.engine_files,  # an entry without one fails in _Engine
+        )
         self.model_hash = model_hash
         self.device = torch.device("cuda", device)
         self.limits = shape_limits(self.manifest)
         self.text_encoder = self._engine(Component.TEXT_ENCODER, device)
-        self.unet = self._engine(Component.UNET, device)
+        # The text encoder and the VAE run once per batch: a graph would not pay for its capture.
+        self.unet = self._engine(Component.UNET, device, cuda_graph=cuda_graph)
         self.vae_decoder = self._engine(Component.VAE_DECODER, device)
 
-    def _engine(self, component: Component, device: int) -> _Engine:
-        return _Engine(self.folder, self.manifest.component(component), device)
+    def _engine(self, component: Component, device: int, *, cuda_graph: bool = False) -> _Engine:
+        entry = self.manifest.component(component)
+        return _Engine(self.folder, entry, device, cuda_graph=cuda_graph)
 
     def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
         return self.text_encoder.run(inputs_embeds, eos_positions)  # [B, T, D]

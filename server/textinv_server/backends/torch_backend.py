@@ -8,7 +8,14 @@ interface stays float32 and the backend casts at the boundary. The fast CUDA pat
 - SDPA attention: diffusers' default ``AttnProcessor2_0`` (``F.scaled_dot_product_attention``,
   flash or memory-efficient kernels on CUDA); checked at load and set wherever it is missing;
 - channels-last UNet (NHWC convolutions, the layout tensor cores want);
-- ``torch.compile`` of the UNet;
+- ``cudnn.benchmark`` on CUDA (set whenever the backend's device is CUDA; see ``TorchBackend``);
+- ``torch.compile`` of the UNet, one static graph per input shape (``dynamic=False``): CUDA graphs
+  want static shapes, a server sees a handful of them (fixed per batch: images × size × guidance),
+  and static kernels are the fastest inductor makes. A new shape compiles anew (seconds with
+  inductor), up to dynamo's ``recompile_limit`` (8, as ``CudaGraphUNet.max_graphs``); past it
+  dynamo runs the UNet eagerly. Marking batch and size dynamic instead would compile once, into
+  kernels for any shape, which the CUDA-graph capture below pins to one shape each anyway. The
+  stable-fast configuration is the two together: compile, then CUDA graphs;
 - the UNet captured as a CUDA graph per static input shape and replayed every step: one launch
   instead of about a thousand kernels, and no Python on the step's critical path.
 
@@ -58,6 +65,11 @@ class TorchBackend:
             raise InvalidInputError(
                 f"cuda_graph needs the model on a CUDA device; it is on {self.device}"
             )
+        if self.device.type == "cuda":
+            # Shapes are fixed per batch and recur every step, so cuDNN's autotuning (it times
+            # the convolution algorithms for each new shape once, then reuses the fastest) pays
+            # after the first step. Process-wide, as torch has it.
+            torch.backends.cudnn.benchmark = True
         if options.weights is not None:
             for module in (model.text_encoder, model.unet, model.vae):
                 module.to(torch_dtype(options.weights))
@@ -76,7 +88,8 @@ class TorchBackend:
     def _build_unet_forward(self) -> UNetForward:
         module: Callable[..., tuple[torch.Tensor, ...]] = self.unet
         if self.options.compile:
-            module = torch.compile(self.unet, backend=self.options.compile_backend)
+            # One static graph per input shape (module docstring: why not dynamic).
+            module = torch.compile(self.unet, backend=self.options.compile_backend, dynamic=False)
 
         def forward(sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
             return module(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
@@ -145,7 +158,8 @@ class CudaGraphUNet:
     """A UNet forward captured once per static input shape, then replayed (CUDA only).
 
     Shapes are fixed per batch (size, images, guidance), so a server sees a handful of them; the
-    graphs share one memory pool. Beyond ``max_graphs`` shapes it runs eagerly.
+    graphs share one memory pool and one capture stream. Beyond ``max_graphs`` shapes it runs
+    eagerly. Capture and replay happen on the inputs' device, whatever the current one is.
     """
 
     def __init__(self, forward: UNetForward, *, warmup: int = 2, max_graphs: int = 8) -> None:
@@ -154,32 +168,42 @@ class CudaGraphUNet:
         self.max_graphs = max_graphs
         self.graphs: dict[tuple[object, ...], _Captured] = {}
         self._pool: Any = None  # the first graph's memory pool, shared by the others
+        # torch.cuda.graph's default capture stream is created once, on the device current at
+        # first use; ours is on the inputs' device, and the same for every graph of the pool.
+        self._stream: torch.cuda.Stream | None = None
 
     def __call__(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         key = (tuple(sample.shape), tuple(hidden.shape), sample.dtype, sample.is_contiguous())
-        captured = self.graphs.get(key)
-        if captured is None:
-            if len(self.graphs) >= self.max_graphs:
-                return self.forward(sample, t, hidden)
-            captured = self.graphs[key] = self._capture(sample, t, hidden)
-        captured.sample.copy_(sample)
-        captured.timestep.copy_(t)
-        captured.hidden.copy_(hidden)
-        captured.graph.replay()
-        return captured.output
+        with torch.cuda.device(sample.device):
+            captured = self.graphs.get(key)
+            if captured is None:
+                if len(self.graphs) >= self.max_graphs:
+                    return self.forward(sample, t, hidden)
+                captured = self.graphs[key] = self._capture(sample, t, hidden)
+            # Copies and replay on the current stream of the inputs' device, in order.
+            captured.sample.copy_(sample)
+            captured.timestep.copy_(t)
+            captured.hidden.copy_(hidden)
+            captured.graph.replay()
+            return captured.output
 
     def _capture(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> _Captured:
+        """Called with ``sample.device`` current (``__call__``)."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(sample.device)
+        stream, current = self._stream, torch.cuda.current_stream(sample.device)
         # clone() keeps the memory format (channels-last stays channels-last).
         static = (sample.clone(), t.clone(), hidden.clone())
-        # Warm up on a side stream (cuDNN/cuBLAS pick algorithms, lazy init happens) first.
-        side = torch.cuda.Stream(sample.device)
-        side.wait_stream(torch.cuda.current_stream(sample.device))
-        with torch.cuda.stream(side):
+        # Warm up on the side stream (cuDNN/cuBLAS pick algorithms, lazy init happens) first,
+        # after the clones above (written on the current stream).
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
             for _ in range(self.warmup):
                 self.forward(*static)
-        torch.cuda.current_stream(sample.device).wait_stream(side)
+        current.wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # torch.cuda.graph synchronizes the (current) device before it begins capturing.
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
             output = self.forward(*static)
         if self._pool is None:
             self._pool = graph.pool()
