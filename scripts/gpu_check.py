@@ -1,67 +1,93 @@
 """The prepared GPU check: one run on an NVIDIA machine, results saved as JSON (under 8 minutes).
 
-On ``sd15-shape`` (SD 1.5's exact configs, random weights) with CUDA:
+On ``sd15-shape`` (SD 1.5's exact configs, random weights) with CUDA, most valuable first:
 
-1. the trainer's steps/s at 512 px, bf16, batch 4, against the reference method (diffusers'
-   example, step for step): ``textinv.cli.bench.invert.measure_invert``;
-2. generation at 512×512, 50 steps, on the ``torch`` backend (bf16 weights, channels-last, SDPA),
-   eager, ``torch.compile`` and CUDA graphs, with per-stage times, against diffusers' pipeline
-   over the same modules: ``textinv.cli.bench.generate.measure_generate``; and the ``tensorrt``
-   backend too where TensorRT is installed (engines built here, if the time budget allows);
-3. ``pytest tests/gpu``.
+1. ``generate_batch1``: one image per request at 512×512, 50 steps, bf16, channels-last:
+   diffusers' pipeline over the same modules, and our ``torch`` backend eager, with
+   ``torch.compile``, with CUDA graphs, and with both; per runner the stage times, the first
+   run's time (compilation, capture), peak CUDA memory and the largest pixel difference to our
+   eager runner and to diffusers (``textinv bench generate``);
+2. ``invert``: the trainer's steps/s and peak CUDA memory at 512 px, bf16, batch 4, against the
+   reference method (diffusers' example, step for step), and the time to 1000 steps, estimated
+   (``textinv bench invert``);
+3. ``pytest_gpu``: ``pytest tests/gpu``, with the time left as its timeout; every test skipped
+   on a GPU machine is a failure;
+4. ``generate_batch4``: as 1, four images per request, on the same loaded pipelines;
+5. ``tensorrt``: engines built here and the ``tensorrt`` backend, where TensorRT is installed.
 
-``--dry-run`` takes the same path on the CPU with the tiny model, a few steps, fp32, and
-``torch.compile``'s "eager" backend (dynamo only); CUDA graphs and TensorRT are skipped there
-with the reason. Run it through ``scripts/gpu_check.sh``, which installs missing wheels first.
+Before anything, the installed protobuf is checked against the gRPC stubs' (exit 2 if too old,
+naming the wheel to carry). ``results.json`` is rewritten (atomically) before and after every
+phase, so a run cut short keeps what it measured; SIGINT (what ``timeout --signal=INT`` sends)
+and SIGTERM mark the running phase "interrupted" with its time, and the run exits 128 + the
+signal's number. A phase that cannot finish in the time left is skipped with the reason.
+
+``--dry-run`` takes the same path on the CPU with the tiny model, a few steps, fp32, batches of
+1 and 2 images and ``torch.compile``'s "eager" backend (dynamo only); CUDA graphs and TensorRT
+are skipped there with the reason. Run it through ``scripts/gpu_check.sh``, which installs
+missing wheels first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import subprocess
+import signal
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-BUDGET_S = 450.0  # of the 8 minutes: leave room for start-up and the JSON
-TENSORRT_MIN_LEFT_S = 300.0  # an SD 1.5 export + engine build needs about this much
+from scripts.gpu_check_phases import (  # noqa: E402  (the checkout first on the path)
+    INVERT_NEED_S,
+    TESTS_NEED_S,
+    CheckPlan,
+    GenerateCheck,
+    check_invert,
+    check_tensorrt,
+    check_tests,
+    tensorrt_need_s,
+)
+from scripts.gpu_check_preflight import preflight_problem  # noqa: E402
+
+BUDGET_S = 450.0  # of the 8 minutes (scripts/gpu_check.sh's timeout: 470 s)
+EXIT_FAILED, EXIT_PREFLIGHT = 1, 2
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
-class CheckPlan:
-    """What one check runs; ``full()`` on a GPU, ``dry_run()`` on the CPU."""
+class Phase:
+    name: str
+    run: Callable[[], Any]
+    need_s: Callable[[], float]  # the time it needs to finish; skipped, with the reason, if less
 
-    model: str
-    device: str
-    invert_resolution: int
-    invert_batch: int
-    invert_steps: int
-    invert_warmup: int
-    precision: str  # a Precision as the command line spells it: fp32, bf16
-    steps: int
-    resolution: int
-    repeats: int
-    compile_backend: str
-    cuda_graphs: bool
-    threads: int  # torch CPU threads; 0: torch's default
 
-    @classmethod
-    def full(cls) -> CheckPlan:
-        return cls("sd15-shape", "cuda", 512, 4, 10, 3, "bf16", 50, 512, 3, "inductor", True, 0)
+class Results:
+    """The results file's contents; ``save`` rewrites it atomically, signals held off."""
 
-    @classmethod
-    def dry_run(cls, tiny_model: str) -> CheckPlan:
-        # One thread: CPU machines that run this are shared (and it is a path check, not a bench).
-        return cls(tiny_model, "cpu", 32, 1, 1, 1, "fp32", 2, 32, 1, "eager", False, 1)
+    def __init__(self, path: Path, started: float) -> None:
+        self.path, self.started = path, started
+        self.data: dict[str, Any] = {"status": "running", "phases": {}}
+
+    @property
+    def phases(self) -> dict[str, dict[str, Any]]:
+        return self.data["phases"]  # type: ignore[no-any-return]
+
+    def save(self) -> None:
+        from textinv.fileio import atomic_write_text
+
+        self.data["wall_s"] = time.perf_counter() - self.started
+        text = json.dumps(self.data, indent=2, default=str) + "\n"
+        with _signals_held():  # a signal now waits until the file is whole
+            atomic_write_text(self.path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,17 +99,120 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="textinv-gpu-check-") as scratch:
-        plan = _plan(args.dry_run, Path(scratch))
-        results = run_check(plan, args, started, Path(scratch))
-    results["wall_s"] = time.perf_counter() - started
-    path = args.out / "results.json"
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    for line in _summary(results):
+    results = Results(args.out / "results.json", started)
+    results.data.update(dry_run=args.dry_run, budget_s=args.budget_s)
+    # 1. Preflight: the stubs must import with this protobuf, or nothing else is worth running.
+    problem = preflight_problem()
+    if problem is not None:
+        results.data.update(status="preflight failed", preflight=problem)
+        results.save()
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_PREFLIGHT
+    # 2. The phases, the results file rewritten around each; a signal ends the run cleanly.
+    for number in SIGNALS:
+        signal.signal(number, _raise_interrupt)
+    try:
+        with tempfile.TemporaryDirectory(prefix="textinv-gpu-check-") as scratch:
+            run_check(args, results, Path(scratch), started)
+        results.data["status"] = "complete"
+    except KeyboardInterrupt as interrupt:
+        for number in SIGNALS:  # a second signal must not cut the last write short
+            signal.signal(number, signal.SIG_IGN)
+        _record_interrupt(results, str(interrupt) or "SIGINT")
+    results.save()
+    for line in _summary(results.data):
         print(line)
-    print(f"wrote {path} ({results['wall_s']:.0f} s)")
-    failed = [name for name, phase in results["phases"].items() if phase["status"] == "failed"]
-    return 1 if failed else 0
+    print(f"wrote {results.path} ({results.data['wall_s']:.0f} s)")
+    return _exit_code(results.data)
+
+
+def run_check(args: argparse.Namespace, results: Results, scratch: Path, started: float) -> None:
+    from textinv.cli.bench.report_machine import machine_info, versions
+
+    plan = _plan(args.dry_run, scratch)
+    results.data.update(plan=asdict(plan), machine=machine_info(plan.device), versions=versions())
+
+    def left() -> float:
+        return float(args.budget_s - (time.perf_counter() - started))
+
+    with contextlib.ExitStack() as stack:  # the generate bench's pipelines, across its phases
+        run_phases(phases(plan, args, scratch, stack, left), results, left)
+
+
+def phases(
+    plan: CheckPlan,
+    args: argparse.Namespace,
+    scratch: Path,
+    stack: contextlib.ExitStack,
+    left: Callable[[], float],
+) -> list[Phase]:
+    """In order of value (estimates: ``gpu_check_phases``'s docstring)."""
+    generate = GenerateCheck(plan, stack)
+    (first, first_repeats), *later = plan.batches
+    items = [
+        Phase(
+            f"generate_batch{first}",
+            partial(generate.batch, first, first_repeats),
+            partial(generate.need_s, first, first_repeats),
+        ),
+        Phase("invert", lambda: check_invert(plan, left()), lambda: INVERT_NEED_S),
+    ]
+    if not args.skip_tests:
+        gpu = not args.dry_run  # all skipped fails on a GPU machine only
+        tests = Phase(
+            "pytest_gpu", lambda: check_tests(args.out, left(), gpu=gpu), lambda: TESTS_NEED_S
+        )
+        items.append(tests)
+    for images, repeats in later:
+        batch = partial(generate.batch, images, repeats)
+        items.append(
+            Phase(f"generate_batch{images}", batch, partial(generate.need_s, images, repeats))
+        )
+    items.append(Phase("tensorrt", lambda: check_tensorrt(plan, scratch), tensorrt_need_s))
+    return items
+
+
+def run_phases(items: list[Phase], results: Results, left: Callable[[], float]) -> None:
+    """Each phase in turn, the results file saved before and after it."""
+    for phase in items:
+        results.phases[phase.name] = {"status": "pending"}
+    results.save()
+    for phase in items:
+        need, have = phase.need_s(), left()
+        if have < need:
+            reason = f"{max(have, 0):.0f} s of the budget left; this phase needs about {need:.0f} s"
+            results.phases[phase.name] = {"status": "skipped", "reason": reason}
+        else:
+            print(f"gpu check: {phase.name} ({have:.0f} s left) ...", flush=True)
+            results.phases[phase.name] = {"status": "running"}
+            results.save()
+            results.phases[phase.name] = run_phase(phase.run, results.phases[phase.name])
+        results.save()
+
+
+def run_phase(phase: Callable[[], Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A phase's result, or its error: one failing phase never loses the others' numbers. On a
+    signal, ``record`` (the phase's entry) says "interrupted" and the interrupt goes on."""
+    begun = time.perf_counter()
+    try:
+        outcome = phase()
+    except KeyboardInterrupt as interrupt:
+        record.update(
+            status="interrupted",
+            signal=str(interrupt) or "SIGINT",
+            seconds=time.perf_counter() - begun,
+        )
+        raise
+    except Exception as error:  # recorded in the JSON; the run goes on
+        return {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(limit=8),
+            "seconds": time.perf_counter() - begun,
+        }
+    if isinstance(outcome, dict) and outcome.get("status") == "skipped":
+        return outcome
+    return {"status": "ok", "seconds": time.perf_counter() - begun, "result": outcome}
 
 
 def _plan(dry_run: bool, scratch: Path) -> CheckPlan:
@@ -98,178 +227,86 @@ def _plan(dry_run: bool, scratch: Path) -> CheckPlan:
     return CheckPlan.dry_run(str(build_tiny_model(scratch / "tiny-sd")))
 
 
-def run_check(
-    plan: CheckPlan, args: argparse.Namespace, started: float, scratch: Path
-) -> dict[str, Any]:
-    from textinv.cli.bench.report_machine import machine_info, versions
-
-    results: dict[str, Any] = {
-        "dry_run": args.dry_run,
-        "plan": asdict(plan),
-        "machine": machine_info(plan.device),
-        "versions": versions(),
-        "phases": {},
-    }
-    phases: list[tuple[str, Callable[[], Any]]] = [
-        ("invert", lambda: check_invert(plan)),
-        ("generate_torch", lambda: check_generate(plan)),
-        ("tensorrt", lambda: check_tensorrt(plan, scratch, _left(args, started))),
-    ]
-    if not args.skip_tests:
-        phases.append(("pytest_gpu", lambda: check_tests(args.out)))
-    for name, phase in phases:
-        if _left(args, started) <= 0:
-            results["phases"][name] = {"status": "skipped", "reason": "time budget spent"}
-            continue
-        print(f"gpu check: {name} ...", flush=True)
-        results["phases"][name] = _run_phase(phase)
-    return results
+# -- signals ------------------------------------------------------------------------------------
 
 
-def _left(args: argparse.Namespace, started: float) -> float:
-    return float(args.budget_s - (time.perf_counter() - started))
+def _raise_interrupt(number: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(number).name)
 
 
-def _run_phase(phase: Callable[[], Any]) -> dict[str, Any]:
-    """A phase's result, or its error: one failing phase never loses the others' numbers."""
-    begun = time.perf_counter()
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (POSIX) while the block runs, then arrive."""
+    held = set(SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        outcome = phase()
-    except Exception as error:  # recorded in the JSON; the run goes on
-        return {
-            "status": "failed",
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(limit=8),
-            "seconds": time.perf_counter() - begun,
-        }
-    if isinstance(outcome, dict) and outcome.get("status") == "skipped":
-        return outcome
-    return {"status": "ok", "seconds": time.perf_counter() - begun, "result": outcome}
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-# -- the phases ---------------------------------------------------------------------------------
+def _record_interrupt(results: Results, name: str) -> None:
+    """The run's status, and every phase that had not started: skipped for the signal."""
+    results.data.update(status="interrupted", signal=name)
+    for record in results.phases.values():
+        if record["status"] in ("pending", "running"):
+            record.clear()
+            record.update(status="skipped", reason=f"the run was interrupted ({name})")
 
 
-def check_invert(plan: CheckPlan) -> dict[str, Any]:
-    from textinv.cli.bench.invert import InvertBenchSettings, measure_invert
-    from textinv_client.choices import Precision
-
-    settings = InvertBenchSettings(
-        model=plan.model,
-        resolution=plan.invert_resolution,
-        batch_size=plan.invert_batch,
-        steps=plan.invert_steps,
-        warmup=plan.invert_warmup,
-        device=plan.device,
-        precision=Precision.parse(plan.precision),
-        threads=plan.threads,
-    )
-    return measure_invert(settings)
+def _exit_code(data: dict[str, Any]) -> int:
+    if data["status"] == "interrupted":
+        return 128 + int(signal.Signals[data["signal"]])
+    failed = [name for name, phase in data["phases"].items() if phase["status"] == "failed"]
+    return EXIT_FAILED if failed else 0
 
 
-def check_generate(plan: CheckPlan, engines: Path | None = None) -> dict[str, Any]:
-    from textinv.cli.bench.generate import GenerateBenchSettings, TorchVariant, measure_generate
-    from textinv_client.choices import Precision
-    from textinv_server.backends import BackendName, TorchOptions
-
-    variants = [
-        TorchVariant("torch"),
-        TorchVariant(
-            "torch-compile", TorchOptions(compile=True, compile_backend=plan.compile_backend)
-        ),
-    ]
-    if plan.cuda_graphs:
-        variants.append(TorchVariant("torch-cudagraph", TorchOptions(cuda_graph=True)))
-    settings = GenerateBenchSettings(
-        model=plan.model,
-        engines=engines,
-        backends=(BackendName.TORCH, BackendName.TENSORRT) if engines else (BackendName.TORCH,),
-        steps=plan.steps,
-        resolution=plan.resolution,
-        warmup=1,
-        repeats=plan.repeats,
-        threads=plan.threads,
-        device=plan.device,
-        weights=Precision.BF16 if Precision.parse(plan.precision) is Precision.BF16 else None,
-        channels_last=True,
-        torch_variants=tuple(variants),
-        concepts=False,
-    )
-    report = measure_generate(settings)
-    if not plan.cuda_graphs:
-        report["notes"].append("torch-cudagraph: skipped (CUDA graphs need a CUDA device)")
-    report["anchors"] = {
-        "tensorrt_sd15_512_50_steps_a100_s": 0.82,
-        "stable_fast_h100_it_per_s": 104.6,
-    }
-    return report
+# -- the summary --------------------------------------------------------------------------------
 
 
-def check_tensorrt(plan: CheckPlan, scratch: Path, left_s: float) -> dict[str, Any]:
-    """Engines for this GPU, then the tensorrt backend against torch and diffusers."""
-    from textinv_export.tensorrt import tensorrt_missing
-
-    missing = tensorrt_missing()
-    if missing is not None:
-        return {"status": "skipped", "reason": missing}
-    if left_s < TENSORRT_MIN_LEFT_S:
-        return {"status": "skipped", "reason": f"{left_s:.0f} s left; an engine build needs more"}
-    from textinv.testing import load_benchmark_model
-    from textinv_export.exporter import ExportConfig, export_model
-    from textinv_export.manifest import Target
-    from textinv_export.specs import Component, Precision, Range, ShapeRanges
-
-    started = time.perf_counter()
-    out = scratch / "engines"
-    config = ExportConfig(
-        out,
-        target=Target.TENSORRT,
-        precision=Precision.FP16,
-        ranges=ShapeRanges(
-            Range(1, 1, 1), Range(plan.resolution, plan.resolution, plan.resolution)
-        ),
-        components=(Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER),
-    )
-    export_model(load_benchmark_model(plan.model), config, progress=lambda _: None)
-    build_s = time.perf_counter() - started
-    report = check_generate(replace(plan, cuda_graphs=False), engines=out)
-    return {"export_and_build_s": build_s, "generate": report}
-
-
-def check_tests(out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "pytest", "-q", "tests/gpu", "-p", "no:cacheprovider"]
-    command += ["--junitxml", str(out / "pytest-gpu.xml")]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    tail = (done.stdout + done.stderr).strip().splitlines()
-    # pytest exits 5 when every test was skipped or deselected (no CUDA in a dry run)
-    if done.returncode not in (0, 5):
-        raise RuntimeError("pytest tests/gpu failed:\n" + "\n".join(tail[-30:]))
-    return {"exit_code": done.returncode, "summary": tail[-1] if tail else ""}
-
-
-def _summary(results: dict[str, Any]) -> list[str]:
-    lines = [f"gpu check ({'dry run, CPU' if results['dry_run'] else 'CUDA'})"]
-    for name, phase in results["phases"].items():
+def _summary(data: dict[str, Any]) -> list[str]:
+    lines = [f"gpu check ({'dry run, CPU' if data.get('dry_run') else 'CUDA'}): {data['status']}"]
+    for name, phase in data["phases"].items():
         detail = phase.get("reason") or phase.get("error") or f"{phase.get('seconds', 0):.0f} s"
         lines.append(f"  {name}: {phase['status']} ({detail})")
-    invert = results["phases"].get("invert", {}).get("result")
-    if invert:
-        lines.append(
-            f"  invert: textinv {invert['textinv']['steps_per_s']:.2f} steps/s, reference "
-            f"{invert['reference']['steps_per_s']:.2f}, speedup {invert['speedup']:.2f}×"
-        )
-    generate = results["phases"].get("generate_torch", {}).get("result")
-    if generate:
-        for name, row in generate["runners"].items():
-            step_ms = row["unet_step"]["median_ms"]
-            lines.append(
-                f"  {name}: e2e {row['e2e']['median_ms']:.0f} ms, UNet step {step_ms:.2f} ms "
-                f"({1000 / step_ms:.1f} it/s), ×{row['speedup_e2e']:.2f} diffusers"
-            )
-    tests = results["phases"].get("pytest_gpu", {}).get("result")
-    if tests:
-        lines.append(f"  pytest tests/gpu: {tests['summary']}")
+    for name, phase in data["phases"].items():
+        result = phase.get("result")
+        if phase["status"] != "ok" or not isinstance(result, dict):
+            continue
+        if name.startswith("generate_batch"):
+            lines += _generate_lines(result)
+        elif name == "invert":
+            lines += _invert_lines(result)
+        elif name == "pytest_gpu":
+            lines.append(f"  pytest tests/gpu: {result['summary']}")
     return lines
+
+
+def _generate_lines(result: dict[str, Any]) -> list[str]:
+    lines = [f"  {result['num_images']} image(s) per request:"]
+    for name, row in result["runners"].items():
+        step_ms = row["unet_step"]["median_ms"]
+        peak = row["peak_cuda_mib"]
+        lines.append(
+            f"    {name}: e2e {row['e2e']['median_ms']:.0f} ms, UNet step {step_ms:.2f} ms "
+            f"({1000 / step_ms:.1f} it/s), ×{row['speedup_e2e']:.2f} diffusers, first run "
+            f"{row['first_run_ms']:.0f} ms, peak {'-' if peak is None else f'{peak:.0f}'} MiB, "
+            f"max Δpx vs torch {row['max_pixel_diff_vs_torch']}, "
+            f"vs diffusers {row['max_pixel_diff_vs_diffusers']}"
+        )
+    return lines
+
+
+def _invert_lines(result: dict[str, Any]) -> list[str]:
+    ours, ref = result["textinv"], result["reference"]
+    estimate = result["estimated_1000_steps_s"]
+    peaks = [f"{r['peak_cuda_mib']:.0f}" if "peak_cuda_mib" in r else "-" for r in (ours, ref)]
+    return [
+        f"  invert: textinv {ours['steps_per_s']:.2f} steps/s, reference "
+        f"{ref['steps_per_s']:.2f}, speedup {result['speedup']:.2f}×; peak CUDA MiB "
+        f"{peaks[0]} vs {peaks[1]}; 1000 steps (estimate) {estimate['textinv']:.0f} s vs "
+        f"{estimate['reference']:.0f} s"
+    ]
 
 
 if __name__ == "__main__":

@@ -271,6 +271,7 @@ SD15_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
+    "clip_sample": False,  # as SD 1.5's own config: DDIM must not clip its x0 estimate
     "num_train_timesteps": 1000,
     "prediction_type": "epsilon",
     "set_alpha_to_one": False,

@@ -6,6 +6,11 @@ here into a temporary folder; tensorrt where CUDA and engines exist) and for dif
 scheduler, steps, size, seed) ``--warmup`` times unmeasured, then ``--repeats`` times,
 round-robin across the runners so a noisy neighbour hurts all of them alike. It reports the
 median and spread (min-max) of end-to-end latency and of each stage, and ratios to diffusers.
+``--num-images 1 4`` does this for each batch (images in one request) over the same loaded
+pipelines; each row also holds the first run's time (where compilation and a CUDA graph's
+capture land), the peak CUDA memory and the largest pixel difference to our eager runner and to
+diffusers (``generate_runners``). ``runners`` holds the first batch's rows (what ``bench
+report`` reads), ``batches`` every batch's.
 
 Concepts: the same request with 0 and with 3 concepts (K = 2 each) on the fastest backend, end to
 end, plus the host-side prompt work alone (where the concepts' whole cost lives). Adding a
@@ -16,9 +21,11 @@ then the next request uses it with the same backend sessions (no re-export, no r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from typing import Any
 import torch
 
 from textinv.choices import coerce_choices
+from textinv.cli.bench.generate_runners import EAGER, REFERENCE
 from textinv.dtypes import torch_dtype
 from textinv.model import BaseModel
 from textinv_client.choices import Precision, Scheduler
@@ -46,10 +54,14 @@ class TorchVariant:
 
 
 # The variants ``--torch-variants`` names; "torch" alone is eager with the model as loaded.
+# compile+cuda-graph: the compiled UNet captured as a CUDA graph (as stable-fast's figures run).
 VARIANTS = {
-    "eager": TorchVariant("torch"),
+    "eager": TorchVariant(EAGER),
     "compile": TorchVariant("torch-compile", TorchOptions(compile=True)),
     "cuda-graph": TorchVariant("torch-cudagraph", TorchOptions(cuda_graph=True)),
+    "compile+cuda-graph": TorchVariant(
+        "torch-compile-cudagraph", TorchOptions(compile=True, cuda_graph=True)
+    ),
 }
 
 
@@ -80,6 +92,13 @@ class GenerateBenchSettings:
     # Weights for every runner, diffusers included (None: as loaded, fp32).
     weights: Precision | None = field(default=None, metadata=flag("every runner's"))
     channels_last: bool = field(default=False, metadata=flag("the UNet's layout (all)"))
+    # Images per request (GenerationRequest.num_images); each value is its own round-robin.
+    num_images: tuple[int, ...] = field(
+        default=(1,), metadata=flag("images per request, a round-robin each (1)", nargs="+")
+    )
+    # torch.compile's backend for every compile variant (None: each variant's own, inductor);
+    # "eager" runs dynamo's tracing alone, for a CPU dry run.
+    compile_backend: str | None = field(default=None, metadata=flag("inductor, eager, ..."))
     # flag: --torch-variants eager,compile
     torch_variants: tuple[TorchVariant, ...] = field(default=(VARIANTS["eager"],))
     concepts: bool = True  # also measure the concepts' costs
@@ -91,6 +110,8 @@ class GenerateBenchSettings:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be ≥ 0, got {self.warmup}")
+        if not self.num_images or min(self.num_images) < 1:
+            raise ValueError(f"num_images must each be ≥ 1, got {self.num_images}")
 
 
 def add_generate_bench(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -144,9 +165,77 @@ def run_generate_bench(args: argparse.Namespace) -> int:
 def measure_generate(
     settings: GenerateBenchSettings, model: BaseModel | None = None
 ) -> dict[str, Any]:
-    """Every runner against diffusers, round-robin, as plain data (``model`` reuses one)."""
-    from textinv.cli.bench.generate_concepts import concept_costs
-    from textinv.cli.bench.generate_runners import measure_runners
+    """Every runner against diffusers at each ``num_images``, round-robin, as plain data
+    (``model`` reuses one)."""
+    with open_generate_bench(settings, model) as bench:
+        for images in settings.num_images:
+            bench.measure(images)
+        if settings.concepts:
+            bench.measure_concepts()
+        return bench.report()
+
+
+class GenerateBench:
+    """One ``bench generate`` set-up, loaded once: the model placed, every runner's pipeline.
+    ``measure`` runs one round-robin at a batch; ``report`` is everything measured so far."""
+
+    def __init__(
+        self,
+        settings: GenerateBenchSettings,
+        model: BaseModel,
+        pipelines: dict[str, GenerationPipeline],
+        notes: list[str],
+    ) -> None:
+        self.settings, self.model, self.pipelines, self.notes = settings, model, pipelines, notes
+        self.side = settings.resolution or model.default_resolution
+        self.batches: dict[str, dict[str, Any]] = {}  # str(num_images) → rows
+        self.concepts: dict[str, Any] | None = None
+
+    def request(self, num_images: int) -> GenerationRequest:
+        s = self.settings
+        return GenerationRequest(
+            PROMPT_PLAIN, steps=s.steps, guidance_scale=s.guidance, seed=s.seed,
+            width=self.side, height=self.side, scheduler=s.scheduler, num_images=num_images,
+        )  # fmt: skip
+
+    def measure(self, num_images: int, repeats: int | None = None) -> dict[str, Any]:
+        """Every runner at ``num_images`` images per request (``repeats``: the settings')."""
+        from textinv.cli.bench.generate_runners import measure_runners
+
+        s = self.settings
+        repeats = repeats or s.repeats
+        rows = measure_runners(
+            self.model, self.pipelines, self.request(num_images), s.warmup, repeats,
+            torch.device(s.device),
+        )  # fmt: skip
+        rows["repeats"] = repeats
+        self.batches[str(num_images)] = rows
+        return rows
+
+    def measure_concepts(self) -> dict[str, Any]:
+        from textinv.cli.bench.generate_concepts import concept_costs
+
+        s = self.settings
+        request = self.request(s.num_images[0])
+        self.concepts = concept_costs(self.pipelines, request, s.warmup, s.repeats)
+        return self.concepts
+
+    def report(self) -> dict[str, Any]:
+        first: dict[str, Any] = next(iter(self.batches.values()), {"runners": {}})
+        report: dict[str, Any] = {"runners": first["runners"], "batches": dict(self.batches)}
+        if self.concepts is not None:
+            report["concepts"] = self.concepts
+        report["notes"] = list(self.notes)
+        report["settings"] = _settings_row(self.settings, self.model, self.side)
+        return report
+
+
+@contextlib.contextmanager
+def open_generate_bench(
+    settings: GenerateBenchSettings, model: BaseModel | None = None
+) -> Iterator[GenerateBench]:
+    """Load the model (unless given), place it and load every runner's pipeline; an export made
+    here for onnxruntime lives in a temporary folder until the block ends."""
     from textinv.testing import load_benchmark_model
 
     if settings.threads > 0:
@@ -154,26 +243,10 @@ def measure_generate(
     model = model or load_benchmark_model(settings.model)
     _place(model, settings)
     side = settings.resolution or model.default_resolution
-    request = GenerationRequest(
-        PROMPT_PLAIN,
-        steps=settings.steps,
-        guidance_scale=settings.guidance,
-        seed=settings.seed,
-        width=side,
-        height=side,
-        scheduler=settings.scheduler,
-    )
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="textinv-bench-generate-") as scratch:
         pipelines = _pipelines(model, settings, side, Path(scratch), notes)
-        report = measure_runners(model, pipelines, request, settings.warmup, settings.repeats)
-        if settings.concepts:
-            report["concepts"] = concept_costs(
-                pipelines, request, settings.warmup, settings.repeats
-            )
-    report["notes"] = notes
-    report["settings"] = _settings_row(settings, model, side)
-    return report
+        yield GenerateBench(settings, model, pipelines, notes)
 
 
 def _settings_row(settings: GenerateBenchSettings, model: BaseModel, side: int) -> dict[str, Any]:
@@ -191,6 +264,8 @@ def _settings_row(settings: GenerateBenchSettings, model: BaseModel, side: int) 
         "device": settings.device,
         "weights": settings.weights.value if settings.weights else str(model.unet.dtype),
         "channels_last": settings.channels_last,
+        "num_images": list(settings.num_images),
+        "compile_backend": settings.compile_backend,
         "torch_variants": [v.label for v in settings.torch_variants],
     }
 
@@ -231,9 +306,15 @@ def _pipelines(
             if variant.options.cuda_graph and not settings.device.startswith("cuda"):
                 notes.append(f"{variant.label}: skipped (CUDA graphs need a CUDA device)")
                 continue
-            with_variant = replace(options, torch_options=variant.options)
+            with_variant = replace(options, torch_options=_variant_options(variant, settings))
             pipelines[variant.label] = load_generation_pipeline(model, name, with_variant)
     return pipelines
+
+
+def _variant_options(variant: TorchVariant, settings: GenerateBenchSettings) -> TorchOptions:
+    if variant.options.compile and settings.compile_backend is not None:
+        return replace(variant.options, compile_backend=settings.compile_backend)
+    return variant.options
 
 
 def _export_here(model: BaseModel, side: int, scratch: Path, notes: list[str]) -> Path:
@@ -265,16 +346,9 @@ def _tensorrt_usable(engines: Path | None) -> bool:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(
-        f"{'runner':<12} {'e2e ms median (min-max)':>28} {'text enc':>9} {'unet/step':>10} "
-        f"{'vae':>9} {'e2e ×':>6} {'step ×':>7}"
-    )
-    for name, row in report["runners"].items():
-        print(
-            f"{name:<12} {_stats(row['e2e']):>28} {row['text_encoder']['median_ms']:>9.1f} "
-            f"{row['unet_step']['median_ms']:>10.1f} {row['vae_decode']['median_ms']:>9.1f} "
-            f"{row['speedup_e2e']:>6.2f} {row['speedup_unet_step']:>7.2f}"
-        )
+    for batch in report["batches"].values():
+        print(f"{batch['num_images']} image(s) per request:")
+        _print_rows(batch["runners"])
     c = report.get("concepts")
     if c is None:
         return
@@ -291,6 +365,26 @@ def print_report(report: dict[str, Any]) -> None:
         f"{c['first_request_with_new_concept_ms']:.0f} ms, backend reloaded: "
         f"{c['backend_reloaded']}"
     )
+
+
+def _print_rows(rows: dict[str, Any]) -> None:
+    """One line per runner: stages, ratios, first run, peak memory, pixel differences."""
+    print(
+        f"{'runner':<24} {'e2e ms median (min-max)':>26} {'text':>6} {'unet/step':>9} "
+        f"{'vae':>7} {'e2e ×':>6} {'step ×':>6} {'1st ms':>8} {'MiB':>7} {'Δpx t/d':>7}"
+    )
+    for name, row in rows.items():
+        diffs = "/".join(_cell(row[f"max_pixel_diff_vs_{other}"]) for other in (EAGER, REFERENCE))
+        print(
+            f"{name:<24} {_stats(row['e2e']):>26} {row['text_encoder']['median_ms']:>6.1f} "
+            f"{row['unet_step']['median_ms']:>9.2f} {row['vae_decode']['median_ms']:>7.1f} "
+            f"{row['speedup_e2e']:>6.2f} {row['speedup_unet_step']:>6.2f} "
+            f"{row['first_run_ms']:>8.0f} {_cell(row['peak_cuda_mib']):>7} {diffs:>7}"
+        )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _stats(values: dict[str, float]) -> str:

@@ -22,6 +22,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,19 @@ def add_invert_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_bench)
 
 
-def measure_invert(settings: InvertBenchSettings) -> dict[str, Any]:
-    """Both methods, each in its own subprocess; their results and the ratios, as plain data."""
+def measure_invert(settings: InvertBenchSettings, timeout_s: float | None = None) -> dict[str, Any]:
+    """Both methods, each in its own subprocess; their results and the ratios, as plain data.
+    ``timeout_s`` bounds both workers together (``subprocess.TimeoutExpired`` past it)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with tempfile.TemporaryDirectory(prefix="textinv-bench-") as scratch:
         images = settings.images or str(_make_images(Path(scratch) / "images"))
         with_images = replace(settings, images=images)
         results = {
-            method: _run_worker(method, with_images, Path(scratch) / method) for method in METHODS
+            method: _run_worker(method, with_images, Path(scratch) / method, deadline)
+            for method in METHODS
         }
     ours, ref = results["textinv"], results["reference"]
+    cuda = "peak_cuda_mib" in ours and "peak_cuda_mib" in ref
     return {
         "model": settings.model,
         "resolution": settings.resolution,
@@ -109,6 +114,11 @@ def measure_invert(settings: InvertBenchSettings) -> dict[str, Any]:
         "speedup": ours["steps_per_s"] / ref["steps_per_s"],
         "cpu_speedup": ours["steps_per_cpu_s"] / ref["steps_per_cpu_s"],
         "peak_rss_ratio": ours["peak_rss_mib"] / ref["peak_rss_mib"],
+        "peak_cuda_ratio": ours["peak_cuda_mib"] / ref["peak_cuda_mib"] if cuda else None,
+        # Estimates, not measurements: load + setup + 1000 × the median step, per method.
+        "estimated_1000_steps_s": {
+            method: results[method]["estimated_1000_steps_s"] for method in METHODS
+        },
     }
 
 
@@ -146,6 +156,16 @@ def _print_summary(settings: InvertBenchSettings, summary: dict[str, Any]) -> No
         f"{summary['cpu_speedup']:.2f}× per CPU second; peak memory textinv / reference: "
         f"{summary['peak_rss_ratio']:.3f}"
     )
+    if summary["peak_cuda_ratio"] is not None:
+        print(
+            f"peak CUDA memory: textinv {ours['peak_cuda_mib']:.0f} MiB, reference "
+            f"{ref['peak_cuda_mib']:.0f} MiB ({summary['peak_cuda_ratio']:.3f})"
+        )
+    estimate = summary["estimated_1000_steps_s"]
+    print(
+        f"time to 1000 steps, estimated (load + setup + 1000 × median step): textinv "
+        f"{estimate['textinv']:.0f} s, reference {estimate['reference']:.0f} s"
+    )
 
 
 def settings_argv(settings: InvertBenchSettings) -> list[str]:
@@ -158,11 +178,15 @@ def settings_argv(settings: InvertBenchSettings) -> list[str]:
     return argv
 
 
-def _run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dict[str, Any]:
+def _run_worker(
+    method: str, settings: InvertBenchSettings, scratch: Path, deadline: float | None
+) -> dict[str, Any]:
     command = [sys.executable, "-m", WORKER_MODULE, "--worker", method, "--scratch", str(scratch)]
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 1.0)
     done = subprocess.run(
-        command + settings_argv(settings), capture_output=True, text=True, check=False
-    )
+        command + settings_argv(settings), capture_output=True, text=True, check=False,
+        timeout=timeout,
+    )  # fmt: skip
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])

@@ -51,7 +51,9 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    started = time.perf_counter()
     model = load_model(settings, method)
+    load_s = time.perf_counter() - started
     rss_after_load = rss_mib()
     cuda = settings.device.startswith("cuda")
     if cuda:
@@ -61,7 +63,8 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     else:
         times = train_reference(settings, model)
     result = summarize(method, times, settings.warmup)
-    result.update(rss_after_load_mib=rss_after_load, peak_rss_mib=peak_rss_mib())
+    result.update(load_s=load_s, rss_after_load_mib=rss_after_load, peak_rss_mib=peak_rss_mib())
+    result["estimated_1000_steps_s"] = estimated_steps_s(result, 1000)
     if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -151,6 +154,13 @@ def summarize(method: str, times: StepTimes, warmup: int) -> dict[str, Any]:
         "load_average": load_average(),
         "setup_s": times.setup_s,
     }
+
+
+def estimated_steps_s(result: dict[str, Any], steps: int) -> float:
+    """An estimate, not a measurement: the measured load and setup plus ``steps`` times the
+    steady median step (what a run of ``steps`` steps would take, checkpoints and evaluation
+    aside)."""
+    return float(result["load_s"] + result["setup_s"] + steps * result["median_step_s"])
 
 
 def rss_mib() -> float:
