@@ -115,7 +115,10 @@ class ServerConfig:
     engines: Path | None = field(
         default=None, metadata=flag("the export stage's folder (manifest inside)", metavar="DIR")
     )
-    device: str = field(default="cpu", metadata=flag("torch backend: cpu or cuda[:N]"))
+    device: str = field(
+        default="cpu",
+        metadata=flag("cpu or cuda[:N]: torch's device; the GPU of tensorrt and onnxruntime's"),
+    )
     provider: Provider = field(
         default=Provider.CPU, metadata=flag("onnxruntime: cpu, cuda or tensorrt")
     )
