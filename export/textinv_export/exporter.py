@@ -195,7 +195,7 @@ def with_engine(entry: ComponentEntry, config: ExportConfig, model_hash: str) ->
         out / "engines",
         config.precision,
         model_hash=model_hash,
-        source_sha256s=source_hashes(entry),
+        source_sha256s=entry.source_sha256s,
         force=config.force,
     )
     engine = EngineEntry(
@@ -207,12 +207,6 @@ def with_engine(entry: ComponentEntry, config: ExportConfig, model_hash: str) ->
         precision=config.precision,
     )
     return replace(entry, engine=engine)
-
-
-def source_hashes(entry: ComponentEntry) -> tuple[str, ...]:
-    """The sha256 of each file TensorRT parses for ``entry``: the raw graph and, over 2 GB, its
-    external weights, so the engine cache key changes with the weights."""
-    return tuple(file.sha256 for file in entry.source_files)
 
 
 def _data_entry(out: Path, graph: Path) -> FileEntry | None:

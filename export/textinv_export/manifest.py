@@ -114,6 +114,12 @@ class ComponentEntry(Record):
             yield self.source_data
 
     @property
+    def source_sha256s(self) -> tuple[str, ...]:
+        """The sha256 of each file a TensorRT parser reads: the raw graph and, over 2 GB, its
+        external weights, so what is keyed by them changes with the weights."""
+        return tuple(file.sha256 for file in self.source_files)
+
+    @property
     def graph_files(self) -> Iterator[FileEntry]:
         """The optimized graph and its weights: what onnxruntime's CPU and CUDA providers load."""
         yield self.graph

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tests.unit.generation_reference import (
 )
 from textinv.errors import InvalidInputError
 from textinv_export.exporter import ExportConfig, export_model
-from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from textinv_export.manifest import MANIFEST_NAME, FileEntry, ManifestError, load_manifest
 from textinv_export.specs import Component, Precision, Range, ShapeRanges
 from textinv_server.backends import BackendName
 from textinv_server.backends.factory import cuda_index
@@ -32,6 +33,7 @@ from textinv_server.backends.onnxruntime_backend import (
     check_provider,
     loaded_files,
     provider_options,
+    trt_cache_folder,
 )
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline import GenerationPipeline
@@ -141,6 +143,19 @@ def test_the_bound_run_equals_session_run_bit_for_bit(pipeline) -> None:
     assert bound.std() > 0 and np.array_equal(bound.numpy(), plain)
 
 
+def test_tensorrt_provider_cache_is_keyed_by_the_graph_and_its_weights(engines) -> None:
+    manifest = load_manifest(engines)
+    unet, text = manifest.component(Component.UNET), manifest.component(Component.TEXT_ENCODER)
+    folder = trt_cache_folder(engines, unet)
+    assert folder.parent == engines / "ort_trt_cache" and folder.name.startswith("unet-")
+    assert folder != trt_cache_folder(engines, text)
+    # Another model of the same architecture: the same file names, other weights.
+    other = replace(unet, source=replace(unet.source, sha256="0" * 64))
+    assert trt_cache_folder(engines, other) != folder
+    with_data = replace(unet, source_data=FileEntry("onnx/unet.onnx.data", "1" * 64, 3 << 30))
+    assert trt_cache_folder(engines, with_data) != folder
+
+
 def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> None:
     manifest = load_manifest(engines)
     unet = manifest.component(Component.UNET)
@@ -156,7 +171,7 @@ def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> Non
             "device_id": 1,
             "trt_fp16_enable": False,  # an fp32 manifest
             "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(engines / "ort_trt_cache"),
+            "trt_engine_cache_path": str(trt_cache_folder(engines, unet)),
             "trt_profile_min_shapes": "sample:1x4x16x16,timestep:1,encoder_hidden_states:1x77x32",
             "trt_profile_opt_shapes": "sample:2x4x16x16,timestep:2,encoder_hidden_states:2x77x32",
             "trt_profile_max_shapes": "sample:8x4x32x32,timestep:8,encoder_hidden_states:8x77x32",

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from textinv_export.exporter import source_hashes
 from textinv_export.manifest import ComponentEntry, EngineEntry, FileEntry
 from textinv_export.specs import (
     Component,
@@ -78,11 +77,11 @@ def test_the_exporters_cache_key_covers_the_external_weights() -> None:
     # of the same architecture, so a key over it alone would reuse a stale engine.
     def key(entry: ComponentEntry) -> str:
         return engine_cache_key(
-            MODEL, source_hashes(entry), "10.8.0", H200, entry.spec.profile, Precision.FP16
+            MODEL, entry.source_sha256s, "10.8.0", H200, entry.spec.profile, Precision.FP16
         )
 
     weights = _entry("b" * 64)
-    assert source_hashes(weights) == ("a" * 64, "b" * 64)
+    assert weights.source_sha256s == ("a" * 64, "b" * 64)
     assert key(weights) != key(_entry("c" * 64))
     assert key(weights) != key(_entry(None))
     assert key(weights) == key(replace(weights, graph=replace(weights.graph, sha256="f" * 64)))

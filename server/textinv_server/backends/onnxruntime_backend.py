@@ -16,6 +16,7 @@ loop (no host copy per step), and ``backend.device`` is ``cuda:N``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,14 @@ class _Graph:
         name, dtype, element = self._output
         output = torch.empty(self._output_shape(feeds), dtype=dtype, device=self.device)
         binding.bind_output(name, *self._where, element, output.shape, output.data_ptr())
-        # CUDA: torch wrote the inputs on its stream and the provider runs on its own, so the
-        # provider waits for the device first (synchronize_inputs); the run returns with its
-        # stream synchronized, and synchronize_outputs is the documented counterpart. So each
-        # call is a host wait, as onnxruntime's Python binding has it; no-ops on the CPU.
+        # GPU: torch wrote the inputs (and may still read the block `output` reuses) on its own
+        # stream, and onnxruntime runs on streams it created non-blocking, unordered with torch's.
+        # synchronize_inputs waits for the device with the CUDA provider but is a no-op with the
+        # TensorRT provider (onnxruntime issue 32673), so wait for torch's stream here, for both.
+        # The run returns with its stream synchronized (synchronize_outputs is the documented
+        # counterpart): each call is a host wait, as onnxruntime's Python binding has it.
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
@@ -229,8 +234,9 @@ def provider_options(
 
     CUDA and TensorRT run on GPU ``device_id``; the next provider in the list takes the operators
     the first cannot run. TensorRT gets the precision (fp16 only for an fp16 manifest: it parses
-    the fp32 source either way), an engine cache in ``folder``, and the spec's ``(min, opt, max)``
-    profile: without it the provider rebuilds its engine whenever it meets a new shape.
+    the fp32 source either way), an engine cache in ``folder`` per graph and weights, and the
+    spec's ``(min, opt, max)`` profile: without it the provider rebuilds its engine whenever it
+    meets a new shape.
     """
     cpu = _PROVIDER_NAMES[Provider.CPU]
     if provider is Provider.CPU:
@@ -243,10 +249,19 @@ def provider_options(
         # onnxruntime's Python binding takes booleans as "True"/"False" (str of a bool).
         "trt_fp16_enable": precision is Precision.FP16,
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(folder / TRT_CACHE_NAME),
+        "trt_engine_cache_path": str(trt_cache_folder(folder, entry)),
         **trt_profile_shapes(entry.spec),
     }
     return [(_PROVIDER_NAMES[Provider.TENSORRT], tensorrt), cuda, cpu]
+
+
+def trt_cache_folder(folder: Path, entry: ComponentEntry) -> Path:
+    """Where the TensorRT provider keeps ``entry``'s engines: ``DIR/ort_trt_cache/unet-<key>``,
+    keyed by the raw graph and its external weights. The provider's own engine id hashes the
+    graph's file name, node names and library versions but not its weights, so a re-export of
+    another model of the same architecture into the folder would otherwise reuse stale engines."""
+    key = hashlib.sha256("\n".join(entry.source_sha256s).encode()).hexdigest()[:16]
+    return folder / TRT_CACHE_NAME / f"{entry.spec.name}-{key}"
 
 
 def trt_profile_shapes(spec: ComponentSpec) -> dict[str, str]:
