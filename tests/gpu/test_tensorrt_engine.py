@@ -23,12 +23,8 @@ from textinv_export.specs import (
     Range,
     ShapeRanges,
 )
-from textinv_export.tensorrt import (
-    GpuIdentity,
-    TensorRTEngine,
-    tensorrt_missing,
-    timing_cache_filename,
-)
+from textinv_export.tensorrt import GpuIdentity, tensorrt_missing, timing_cache_filename
+from textinv_export.tensorrt_engine import TensorRTEngine
 
 MISSING = tensorrt_missing()
 pytestmark = [

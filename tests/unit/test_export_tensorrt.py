@@ -21,16 +21,15 @@ from textinv_export.tensorrt import (
     GpuIdentity,
     TensorRTUnavailableError,
     attach_timing_cache,
-    capture_failure,
     engine_cache_key,
     engine_filename,
-    graph_step,
     precision_flags,
     require_tensorrt,
     serialized_timing_cache,
     tensorrt_missing,
     timing_cache_filename,
 )
+from textinv_export.tensorrt_engine import CudaGraph, capture_failure, graph_step
 
 DIMS = ModelDims(768, 768, 4, 4, 4, 3, 4, 8)
 H200 = GpuIdentity("NVIDIA H200", "9.0")
@@ -200,8 +199,73 @@ def test_a_refused_or_invalidated_capture_is_a_failure() -> None:
     assert capture_failure(True, None) is None
     refused = capture_failure(False, None)
     assert refused is not None and "returned False" in refused
-    invalidated = capture_failure(True, RuntimeError("operation not permitted when capturing"))
-    assert invalidated is not None and "not permitted" in invalidated
+    invalidated = capture_failure(True, "cudaErrorStreamCaptureInvalidated")
+    assert invalidated is not None and "Invalidated" in invalidated
+
+
+class FakeCudart:
+    """cuda-python's runtime bindings as their documentation has them, for capture's decisions:
+    every call returns a tuple led by a ``cudaError_t``; ending a capture returns the graph even
+    when it failed (NULL then); instantiating gives an executable. It records the calls."""
+
+    class cudaError_t:  # cuda-python's names
+        cudaSuccess = "cudaSuccess"
+        cudaErrorStreamCaptureInvalidated = "cudaErrorStreamCaptureInvalidated"
+
+    class cudaStreamCaptureMode:
+        cudaStreamCaptureModeThreadLocal = "thread-local"
+
+    def __init__(self, end_error: str = "cudaSuccess") -> None:
+        self.end_error = end_error
+        self.calls: list[tuple[object, ...]] = []
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.calls.append(("begin", stream, mode))
+        return ("cudaSuccess",)
+
+    def cudaStreamEndCapture(self, stream):
+        self.calls.append(("end", stream))
+        return self.end_error, (7 if self.end_error == "cudaSuccess" else 0)
+
+    def cudaGraphInstantiate(self, graph, flags):
+        self.calls.append(("instantiate", graph))
+        return "cudaSuccess", 9
+
+    def cudaGraphDestroy(self, graph):
+        self.calls.append(("destroy", graph))
+
+    def cudaGetLastError(self):
+        self.calls.append(("clear",))
+        return ("cudaSuccess",)
+
+    def cudaGraphExecDestroy(self, executable):
+        self.calls.append(("destroy-exec", executable))
+
+
+def test_a_capture_is_always_ended_and_a_refused_one_cleared() -> None:
+    ok = FakeCudart()
+    graph, failure = CudaGraph.capture(ok, 5, lambda: True)
+    assert graph is not None and failure is None
+    assert [c[0] for c in ok.calls] == ["begin", "end", "instantiate", "destroy"]
+    assert ok.calls[0] == ("begin", 5, "thread-local")  # other threads' calls do not void it
+
+    refused = FakeCudart()
+    graph, failure = CudaGraph.capture(refused, 5, lambda: False)  # TensorRT said no
+    assert graph is None and failure is not None and "returned False" in failure
+    assert [c[0] for c in refused.calls] == ["begin", "end", "destroy", "clear"]
+
+    invalidated = FakeCudart(end_error="cudaErrorStreamCaptureInvalidated")
+    graph, failure = CudaGraph.capture(invalidated, 5, lambda: True)
+    assert graph is None and failure is not None and "Invalidated" in failure
+    assert [c[0] for c in invalidated.calls] == ["begin", "end", "clear"]  # NULL: no destroy
+
+    def raising() -> bool:
+        raise RuntimeError("enqueue failed")
+
+    raised = FakeCudart()
+    graph, failure = CudaGraph.capture(raised, 5, raising)
+    assert graph is None and failure is not None and "enqueue failed" in failure
+    assert ("end", 5) in raised.calls  # never left capturing
 
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and CUDA are present here")

@@ -17,7 +17,8 @@ import torch
 
 from textinv_export.manifest import ComponentEntry, ManifestError, load_manifest
 from textinv_export.specs import Component
-from textinv_export.tensorrt import TensorRTEngine, require_tensorrt
+from textinv_export.tensorrt import require_tensorrt
+from textinv_export.tensorrt_engine import TensorRTEngine
 from textinv_server.backends import BackendName
 from textinv_server.backends.onnxruntime_backend import GENERATION_COMPONENTS, shape_limits
 

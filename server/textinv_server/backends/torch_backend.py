@@ -11,11 +11,13 @@ interface stays float32 and the backend casts at the boundary. The fast CUDA pat
 - ``cudnn.benchmark`` on CUDA (set whenever the backend's device is CUDA; see ``TorchBackend``);
 - ``torch.compile`` of the UNet, one static graph per input shape (``dynamic=False``): CUDA graphs
   want static shapes, a server sees a handful of them (fixed per batch: images × size × guidance),
-  and static kernels are the fastest inductor makes. A new shape compiles anew (seconds with
-  inductor), up to dynamo's ``recompile_limit`` (8, as ``CudaGraphUNet.max_graphs``); past it
-  dynamo runs the UNet eagerly. Marking batch and size dynamic instead would compile once, into
-  kernels for any shape, which the CUDA-graph capture below pins to one shape each anyway. The
-  stable-fast configuration is the two together: compile, then CUDA graphs;
+  and static kernels are the fastest inductor makes. A new shape compiles anew (for SD 1.5's
+  UNet a minute or more cold, less from inductor's on-disk cache; a server should warm up the
+  shapes it serves), up to dynamo's ``recompile_limit`` (8 in torch 2.13, as
+  ``CudaGraphUNet.max_graphs``); past it dynamo runs the UNet eagerly. Marking batch and size
+  dynamic instead would compile once, into kernels for any shape, which the CUDA-graph capture
+  below pins to one shape each anyway. The stable-fast configuration is the two together:
+  compile, then CUDA graphs;
 - the UNet captured as a CUDA graph per static input shape and replayed every step: one launch
   instead of about a thousand kernels, and no Python on the step's critical path.
 
