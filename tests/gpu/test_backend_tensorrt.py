@@ -22,6 +22,7 @@ from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import ManifestError, Target, load_manifest
 from textinv_export.specs import Component, Precision, Range, ShapeRanges
 from textinv_export.tensorrt import tensorrt_missing
+from textinv_export.tensorrt_engine import load_cudart
 from textinv_server.backends.tensorrt_backend import TensorRTBackend
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline import GenerationPipeline
@@ -90,6 +91,7 @@ def test_tensorrt_refuses_a_manifest_for_another_model(engines) -> None:
         TensorRTBackend(engines, "f" * 64)
 
 
+@pytest.mark.skipif(load_cudart() is None, reason="CUDA graphs of engines need cuda-python")
 def test_the_unet_replays_a_cuda_graph_with_the_same_images(tiny_model, engines, concepts) -> None:
     host = HostModel.of(tiny_model)
     plain = GenerationPipeline(host, TensorRTBackend(engines, tiny_model.model_hash))

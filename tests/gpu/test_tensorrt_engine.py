@@ -24,7 +24,7 @@ from textinv_export.specs import (
     ShapeRanges,
 )
 from textinv_export.tensorrt import GpuIdentity, tensorrt_missing, timing_cache_filename
-from textinv_export.tensorrt_engine import TensorRTEngine
+from textinv_export.tensorrt_engine import TensorRTEngine, load_cudart
 
 MISSING = tensorrt_missing()
 pytestmark = [
@@ -98,6 +98,10 @@ def test_engine_matches_pytorch(tiny_model, engines: Path, component: Component)
     assert all(p.device.type == "cpu" for p in tiny_model.unet.parameters())
 
 
+NO_CUDA_PYTHON = load_cudart() is None
+
+
+@pytest.mark.skipif(NO_CUDA_PYTHON, reason="CUDA graphs of engines need cuda-python")
 def test_cuda_graph_replays_equal_plain_runs_and_new_shapes_recapture(engines: Path) -> None:
     entry = load_manifest(engines).component(Component.UNET)
     graphed = TensorRTEngine(_engine_path(engines, entry), cuda_graph=True)
