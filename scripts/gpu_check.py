@@ -5,26 +5,33 @@ On ``sd15-shape`` (SD 1.5's exact configs, random weights) with CUDA, most valua
 1. ``generate_batch1``: one image per request at 512×512, 50 steps, bf16, channels-last:
    diffusers' pipeline over the same modules, and our ``torch`` backend eager, with
    ``torch.compile``, with CUDA graphs, and with both; per runner the stage times, the first
-   run's time (compilation, capture), peak CUDA memory and the largest pixel difference to our
-   eager runner and to diffusers (``textinv bench generate``);
+   run's time (compilation, capture), peak CUDA memory (torch's allocator, and the whole GPU's,
+   coarse), the largest pixel difference to our eager runner and to diffusers, and one UNet
+   call against eager (``textinv bench generate``); a runner that fails has its error as its
+   row and the others go on;
 2. ``invert``: the trainer's steps/s and peak CUDA memory at 512 px, bf16, batch 4, against the
    reference method (diffusers' example, step for step), and the time to 1000 steps, estimated
    (``textinv bench invert``);
-3. ``pytest_gpu``: ``pytest tests/gpu``, with the time left as its timeout; every test skipped
-   on a GPU machine is a failure;
+3. ``pytest_gpu``: ``pytest tests/gpu``, with the time left as its timeout (pytest-timeout's
+   deadlines 10 s before it, so the JUnit counts are written and kept even when it fails);
+   every test skipped on a GPU machine is a failure;
 4. ``generate_batch4``: as 1, four images per request, on the same loaded pipelines;
 5. ``tensorrt``: engines built here and the ``tensorrt`` backend, where TensorRT is installed.
 
-Before anything, the installed protobuf is checked against the gRPC stubs' (exit 2 if too old,
-naming the wheel to carry). ``results.json`` is rewritten (atomically) before and after every
-phase, so a run cut short keeps what it measured; SIGINT (what ``timeout --signal=INT`` sends)
-and SIGTERM mark the running phase "interrupted" with its time, and the run exits 128 + the
-signal's number. A phase that cannot finish in the time left is skipped with the reason.
+Before anything, the installed protobuf and grpcio are checked against what the gRPC stubs
+were generated for (``gpu_check_preflight``; exit 2 if outside it, naming the wheel to carry).
+``results.json`` is rewritten (atomically) before and after every phase, so a run cut short
+keeps what it measured; SIGINT (what ``timeout --signal=INT`` sends) and SIGTERM mark the
+running phase "interrupted" with its time, and the run exits 128 + the signal's number (130,
+143; ``scripts/gpu_check.sh`` passes it through: ``timeout --preserve-status``). A phase that
+cannot finish in the time left is skipped with the reason. Exit 0: every phase ok or skipped;
+1: a phase failed.
 
 ``--dry-run`` takes the same path on the CPU with the tiny model, a few steps, fp32, batches of
 1 and 2 images and ``torch.compile``'s "eager" backend (dynamo only); CUDA graphs and TensorRT
-are skipped there with the reason. Run it through ``scripts/gpu_check.sh``, which installs
-missing wheels first.
+are skipped there with the reason, and pytest runs with CUDA hidden (``CUDA_VISIBLE_DEVICES``
+empty), so a machine's GPU is never used. Run it through ``scripts/gpu_check.sh``, which
+installs missing wheels first.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from scripts.gpu_check_phases import (  # noqa: E402  (the checkout first on the
     TESTS_NEED_S,
     CheckPlan,
     GenerateCheck,
+    PhaseFailure,
     check_invert,
     check_tensorrt,
     check_tests,
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = Results(args.out / "results.json", started)
     results.data.update(dry_run=args.dry_run, budget_s=args.budget_s)
-    # 1. Preflight: the stubs must import with this protobuf, or nothing else is worth running.
+    # 1. Preflight: the stubs must import with this protobuf and grpcio, or nothing else is
+    # worth running.
     problem = preflight_problem()
     if problem is not None:
         results.data.update(status="preflight failed", preflight=problem)
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="textinv-gpu-check-") as scratch:
             run_check(args, results, Path(scratch), started)
+        _interrupt_if_arrived()
         results.data["status"] = "complete"
     except KeyboardInterrupt as interrupt:
         for number in SIGNALS:  # a second signal must not cut the last write short
@@ -158,7 +168,7 @@ def phases(
         Phase("invert", lambda: check_invert(plan, left()), lambda: INVERT_NEED_S),
     ]
     if not args.skip_tests:
-        gpu = not args.dry_run  # all skipped fails on a GPU machine only
+        gpu = not args.dry_run  # all skipped fails on a GPU machine only; a dry run hides CUDA
         tests = Phase(
             "pytest_gpu", lambda: check_tests(args.out, left(), gpu=gpu), lambda: TESTS_NEED_S
         )
@@ -178,6 +188,7 @@ def run_phases(items: list[Phase], results: Results, left: Callable[[], float]) 
         results.phases[phase.name] = {"status": "pending"}
     results.save()
     for phase in items:
+        _interrupt_if_arrived()
         need, have = phase.need_s(), left()
         if have < need:
             reason = f"{max(have, 0):.0f} s of the budget left; this phase needs about {need:.0f} s"
@@ -196,6 +207,7 @@ def run_phase(phase: Callable[[], Any], record: dict[str, Any]) -> dict[str, Any
     begun = time.perf_counter()
     try:
         outcome = phase()
+        _interrupt_if_arrived()  # a signal the phase's own code swallowed
     except KeyboardInterrupt as interrupt:
         record.update(
             status="interrupted",
@@ -204,12 +216,15 @@ def run_phase(phase: Callable[[], Any], record: dict[str, Any]) -> dict[str, Any
         )
         raise
     except Exception as error:  # recorded in the JSON; the run goes on
-        return {
+        failed = {
             "status": "failed",
             "error": f"{type(error).__name__}: {error}",
             "traceback": traceback.format_exc(limit=8),
             "seconds": time.perf_counter() - begun,
         }
+        if isinstance(error, PhaseFailure):  # what it measured before it failed
+            failed["result"] = error.result
+        return failed
     if isinstance(outcome, dict) and outcome.get("status") == "skipped":
         return outcome
     return {"status": "ok", "seconds": time.perf_counter() - begun, "result": outcome}
@@ -230,8 +245,21 @@ def _plan(dry_run: bool, scratch: Path) -> CheckPlan:
 # -- signals ------------------------------------------------------------------------------------
 
 
+# The signal that arrived, kept beside the KeyboardInterrupt the handler raises: Python swallows
+# (prints) an exception raised inside a weakref callback or ``__del__``, which is where a signal
+# lands now and then (dynamo's weak dictionaries), so the phases also look here.
+_arrived: list[str] = []
+
+
 def _raise_interrupt(number: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(number).name)
+    _arrived.append(signal.Signals(number).name)
+    raise KeyboardInterrupt(_arrived[-1])
+
+
+def _interrupt_if_arrived() -> None:
+    """Raise the interrupt a swallowed signal left behind, if any."""
+    if _arrived:
+        raise KeyboardInterrupt(_arrived[0])
 
 
 @contextlib.contextmanager
@@ -283,16 +311,21 @@ def _summary(data: dict[str, Any]) -> list[str]:
 
 
 def _generate_lines(result: dict[str, Any]) -> list[str]:
+    from textinv.cli.bench.generate_table import cell
+
     lines = [f"  {result['num_images']} image(s) per request:"]
     for name, row in result["runners"].items():
+        if row["status"] != "ok":
+            lines.append(f"    {name}: failed in round {row['failed_in_round']}: {row['error']}")
+            continue
         step_ms = row["unet_step"]["median_ms"]
-        peak = row["peak_cuda_mib"]
         lines.append(
             f"    {name}: e2e {row['e2e']['median_ms']:.0f} ms, UNet step {step_ms:.2f} ms "
-            f"({1000 / step_ms:.1f} it/s), ×{row['speedup_e2e']:.2f} diffusers, first run "
-            f"{row['first_run_ms']:.0f} ms, peak {'-' if peak is None else f'{peak:.0f}'} MiB, "
-            f"max Δpx vs torch {row['max_pixel_diff_vs_torch']}, "
-            f"vs diffusers {row['max_pixel_diff_vs_diffusers']}"
+            f"({1000 / step_ms:.1f} it/s), ×{cell(row['speedup_e2e'], '.2f')} diffusers, first "
+            f"run {row['first_run_ms']:.0f} ms, peak {cell(row['peak_cuda_mib'])} MiB (GPU "
+            f"{cell(row['device_used_mib'])}), max Δpx vs torch {row['max_pixel_diff_vs_torch']}"
+            f", vs diffusers {row['max_pixel_diff_vs_diffusers']}, UNet call vs eager "
+            f"{cell(row['unet_call_relative_error_vs_eager'], '.1e')}"
         )
     return lines
 

@@ -7,29 +7,46 @@
 #   scripts/gpu_check.sh --dry-run       # the same path on a CPU, tiny model, few steps
 #
 # Environment: PYTHON (default python3), WHEELS (default .whl; how to fill it:
-# scripts/gpu_check_wheels.txt), OUT (default gpu-check). Extra arguments go to gpu_check.py.
+# scripts/gpu_check_wheels.txt), WHEEL_LIST (default scripts/gpu_check_wheels.txt), OUT
+# (default gpu-check), TIME_LIMIT_S (default 470). Extra arguments go to gpu_check.py.
 # Exit status: 0 every phase ok or skipped; 1 a phase failed; 2 something to install is missing
-# (the message names it); 130/143 interrupted (SIGINT: the time limit below; SIGTERM).
+# (the message names it); 130 the time limit (its SIGINT; the driver records the phase it cut
+# short); 143 SIGTERM; 137 SIGKILL, 20 s after the time limit, when the driver did not stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 WHEELS="${WHEELS:-.whl}"
+WHEEL_LIST="${WHEEL_LIST:-scripts/gpu_check_wheels.txt}"
 OUT="${OUT:-gpu-check}"
+TIME_LIMIT_S="${TIME_LIMIT_S:-470}"
+not_installed=0
+
+# One requirement at a time: a wheel missing from the folder must not keep the others out
+# (`pip install -r` installs nothing when one requirement cannot be met).
+install() {
+    echo "installing $1"
+    if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" "$1"; then
+        echo "warning: could not install '$1' from $WHEELS (above); going on" >&2
+        not_installed=$((not_installed + 1))
+    fi
+}
 
 if [ -d "$WHEELS" ]; then
     echo "installing from $WHEELS (no index, no deps)"
-    requirements="${TMPDIR:-/tmp}/textinv-wheels.txt"
-    grep -v '^#' scripts/gpu_check_wheels.txt | grep -v '^$' > "$requirements"
-    # protobuf as new as the gRPC stubs need (read from the stubs), so an older one is upgraded.
-    "$PYTHON" scripts/gpu_check_preflight.py --requirement >> "$requirements"
-    if ! "$PYTHON" -m pip install --no-index --no-deps --find-links "$WHEELS" -r "$requirements"
-    then
-        echo "warning: pip could not install from $WHEELS (above); the checks below say what" \
-             "is missing" >&2
-    fi
+    # First the pins the stubs need, read from them (protobuf, grpcio and its companions), so
+    # that older ones on the machine are upgraded; then the list.
+    while IFS= read -r requirement; do
+        case "$requirement" in '' | '#'*) continue ;; esac
+        install "$requirement"
+    done < <("$PYTHON" scripts/gpu_check_preflight.py --requirement; cat "$WHEEL_LIST")
     if ls "$WHEELS"/textinv-[0-9]*.whl >/dev/null 2>&1; then
-        "$PYTHON" -m pip install --no-index --no-deps --find-links "$WHEELS" textinv-client textinv
+        install textinv-client
+        install textinv
+    fi
+    if [ "$not_installed" -gt 0 ]; then
+        echo "warning: $not_installed requirement(s) not installed; the checks below say what" \
+             "is missing" >&2
     fi
 fi
 if ! "$PYTHON" -c "import diffusers, grpc, torch" 2>/dev/null; then
@@ -43,6 +60,8 @@ fi
 export PYTHONPATH="$PWD:$PWD/export:$PWD/server:$PWD/client${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
 # timeout: a hung phase must not outlive the 8 minutes (the driver's own budget is 7.5). SIGINT
-# first, which the driver records against the running phase; SIGKILL 20 s later if it is stuck
-# in native code (the results file then still says which phase was running).
-exec timeout --signal=INT --kill-after=20 470 "$PYTHON" scripts/gpu_check.py --out "$OUT" "$@"
+# first, which the driver records against the running phase before it exits 130; SIGKILL 20 s
+# later if it is stuck in native code (the results file then still says which phase was
+# running). --preserve-status: the driver's own status comes back, not timeout's 124.
+exec timeout --preserve-status --signal=INT --kill-after=20 "$TIME_LIMIT_S" \
+    "$PYTHON" scripts/gpu_check.py --out "$OUT" "$@"

@@ -22,6 +22,9 @@ Together with start-up, about 430 s of the 450 s budget, most valuable first (se
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 GENERATE_FIRST_NEED_S = 150.0  # the first batch, compilation included (see above)
 INVERT_NEED_S = 60.0
 TESTS_NEED_S = 30.0  # the least worth starting; its timeout is then all the time left
+STOP_MARGIN_S = 10.0  # pytest's own deadline this much before the phase's (its JUnit report)
+GRACE_S = 5.0  # between SIGINT and SIGKILL when pytest must be stopped
 TENSORRT_NEED_S = 300.0  # an SD 1.5 export + engine build
 # Published figures to read ours against (not measured here).
 ANCHORS = {"tensorrt_sd15_512_50_steps_a100_s": 0.82, "stable_fast_h100_it_per_s": 104.6}
@@ -145,7 +150,10 @@ def batch_need_s(rows: Mapping[str, Mapping[str, Any]] | None, scale: float, rou
     measured batch's ``rows``: each runner's median run scaled (compute grows about linearly
     with the images), plus the largest warm-up cost (a new shape may compile again; the other
     compiled runner then hits inductor's cache). Unmeasured: ``GENERATE_FIRST_NEED_S``."""
-    if not rows:
+    from textinv.cli.bench.generate_table import measured_rows
+
+    rows = measured_rows(rows or {})
+    if not rows:  # unmeasured, or every runner failed
         return GENERATE_FIRST_NEED_S
     round_s = sum(row["e2e"]["median_ms"] for row in rows.values()) * scale / 1000
     warmup_s = max(max(row["warmup_cost_ms"], 0.0) for row in rows.values()) / 1000
@@ -225,29 +233,99 @@ def check_tensorrt(plan: CheckPlan, scratch: Path) -> dict[str, Any]:
 # -- pytest tests/gpu ---------------------------------------------------------------------------
 
 
+class PhaseFailure(RuntimeError):
+    """A phase failed after measuring something: ``result`` goes into its record (gpu_check)."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def check_tests(
     out: Path, timeout_s: float, *, gpu: bool, tests: Sequence[str] = ("tests/gpu",)
 ) -> dict[str, Any]:
-    """``pytest tests/gpu`` within ``timeout_s``; on a GPU machine every test skipped is a
-    failure (a skip condition is wrong, or CUDA is not what the tests see)."""
-    junit = out / "pytest-gpu.xml"
+    """``pytest tests/gpu`` within ``timeout_s``. ``gpu``: on a GPU machine every test skipped
+    is a failure (a skip condition is wrong, or CUDA is not what the tests see); without it (a
+    dry run) CUDA is hidden from pytest. A failure raises ``PhaseFailure`` with the counts
+    pytest wrote, so they stay in the results."""
+    junit = (out / "pytest-gpu.xml").resolve()  # absolute: pytest runs in the checkout
+    junit.unlink(missing_ok=True)  # an earlier run's report is not this one's
+    deadline_s = pytest_deadline_s(timeout_s)
     command = [sys.executable, "-m", "pytest", "-q", *tests, "-p", "no:cacheprovider"]
-    command += ["--junitxml", str(junit)]
-    try:
-        done = subprocess.run(
-            command, cwd=REPO, capture_output=True, text=True, check=False, timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired as error:
-        tail = _tail(_text(error.stdout) + _text(error.stderr))
-        message = f"pytest did not finish in {timeout_s:.0f} s (the time left)"
-        raise RuntimeError(f"{message}:\n{tail}") from None
-    tail = _tail(done.stdout + done.stderr)
+    command += ["--junitxml", str(junit), *pytest_timeout_flags(deadline_s)]
+    # A dry run must not touch a GPU the machine may have: tests/gpu would run for real there
+    # (minutes of the dry run's time, and not the "all skipped" a dry run expects).
+    env = None if gpu else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    exit_code, output = run_bounded(command, timeout_s, env=env)
+    tail = _tail(output)
     counts = junit_counts(junit) if junit.is_file() else None
-    problem = pytest_problem(done.returncode, counts, gpu=gpu)
-    if problem is not None:
-        raise RuntimeError(f"{problem}:\n{tail}")
     summary = tail.splitlines()[-1] if tail else ""
-    return {"exit_code": done.returncode, "counts": counts, "summary": summary}
+    result = {"exit_code": exit_code, "counts": counts, "summary": summary}
+    if exit_code is None:
+        problem: str | None = f"pytest did not finish in {timeout_s:.0f} s (the time left)"
+    else:
+        problem = pytest_problem(exit_code, counts, gpu=gpu)
+        if problem is not None and "session-timeout" in output:
+            problem += f" (its session deadline, {deadline_s:.0f} s, passed)"
+    if problem is not None:
+        raise PhaseFailure(f"{problem}:\n{tail}", result)
+    return result
+
+
+def pytest_deadline_s(timeout_s: float) -> float:
+    """pytest's own deadline (per test, and for starting another test): ``STOP_MARGIN_S`` before
+    the phase's, so that it stops itself and writes its JUnit report before it is stopped."""
+    return max(timeout_s - STOP_MARGIN_S, timeout_s / 2)
+
+
+def pytest_timeout_flags(deadline_s: float) -> list[str]:
+    """pytest-timeout's flags for ``deadline_s``, as far as the installed version has them:
+    ``--timeout`` fails a test that runs past it (the run goes on), and ``--session-timeout``
+    (2.3+) starts no test past it; none without pytest-timeout."""
+    try:
+        installed = importlib.metadata.version("pytest-timeout")
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    seconds = f"{max(deadline_s, 1.0):.1f}"  # 0 would mean no timeout
+    flags = ["--timeout", seconds]
+    major, minor = (int(part) for part in installed.split(".")[:2])
+    if (major, minor) >= (2, 3):
+        flags += ["--session-timeout", seconds]
+    return flags
+
+
+def run_bounded(
+    command: list[str],
+    timeout_s: float,
+    *,
+    env: Mapping[str, str] | None = None,
+    grace_s: float = GRACE_S,
+) -> tuple[int | None, str]:
+    """Run ``command`` in the checkout for at most ``timeout_s``: its exit code and output
+    (stdout and stderr together), or None and the output so far when it had to be stopped.
+    Stopped with SIGINT first (pytest then still writes its JUnit report), SIGKILL after
+    ``grace_s``; an interrupt here (the time limit's SIGINT) stops it the same way."""
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        return None, _stop(process, grace_s)
+    except BaseException:
+        _stop(process, grace_s)
+        raise
+
+
+def _stop(process: subprocess.Popen[str], grace_s: float) -> str:
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
 
 
 def junit_counts(path: Path) -> dict[str, Any]:
@@ -275,12 +353,6 @@ def pytest_problem(exit_code: int, counts: Mapping[str, Any] | None, *, gpu: boo
         reasons = "; ".join(counts["skip_reasons"]) if counts else "none collected"
         return f"every test was skipped on a machine with a GPU ({reasons})"
     return None
-
-
-def _text(output: str | bytes | None) -> str:
-    if isinstance(output, bytes):
-        return output.decode("utf-8", "replace")
-    return output or ""
 
 
 def _tail(text: str, lines: int = 30) -> str:

@@ -79,3 +79,21 @@ def test_a_bad_peak_is_refused_naming_the_value(tmp_path, capsys) -> None:
     argv = ["bench", "report", "--quick", "--out", str(tmp_path), "--peak-tflops", "-3"]
     assert main(argv) == 2
     assert "-3" in capsys.readouterr().err
+
+
+def test_a_failed_runner_is_reported_not_fatal(report_dir: Path, tmp_path: Path) -> None:
+    from textinv.cli.bench.plots import stages
+    from textinv.cli.bench.report import ratios
+    from textinv.cli.bench.report_machine import Peak, utilization
+    from textinv.cli.bench.report_markdown import write_report
+
+    report = json.loads((report_dir / "report.json").read_text())
+    failed = {"status": "failed", "error": "RuntimeError: no C compiler", "failed_in_round": 0}
+    report["generate"]["runners"]["torch-compile"] = failed
+    invert, generate = report["invert"], report["generate"]
+    assert "generate_torch-compile_e2e_speedup_vs_diffusers" not in ratios(invert, generate, [])
+    rows = utilization(invert, generate, report["flops"], Peak(0.1, "--peak-tflops"))
+    assert "generate/torch" in rows and "generate/torch-compile" not in rows
+    assert stages(generate, tmp_path / "stages.png").stat().st_size > 0
+    write_report(report, tmp_path)
+    assert "failed: RuntimeError: no C compiler" in (tmp_path / "report.md").read_text()

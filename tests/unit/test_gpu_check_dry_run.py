@@ -13,10 +13,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ["generate_batch1", "invert", "pytest_gpu", "generate_batch2", "tensorrt"]
 ROW_FIELDS = {
-    "e2e", "text_encoder", "unet_step", "vae_decode", "speedup_e2e", "speedup_unet_step",
-    "first_run_ms", "warmup_cost_ms", "peak_cuda_mib", "peak_cuda_above_start_mib",
-    "max_pixel_diff_vs_torch", "mean_pixel_diff_vs_torch", "max_pixel_diff_vs_diffusers",
-    "mean_pixel_diff_vs_diffusers",
+    "status", "e2e", "text_encoder", "unet_step", "vae_decode", "speedup_e2e",
+    "speedup_unet_step", "first_run_ms", "warmup_cost_ms", "peak_cuda_mib",
+    "peak_cuda_above_start_mib", "device_used_mib", "max_pixel_diff_vs_torch",
+    "mean_pixel_diff_vs_torch", "max_pixel_diff_vs_diffusers", "mean_pixel_diff_vs_diffusers",
+    "unet_call_relative_error_vs_eager",
 }  # fmt: skip
 
 
@@ -53,7 +54,8 @@ def test_dry_run_takes_every_phase_in_order_and_saves_json(results) -> None:
     assert phases["tensorrt"]["status"] == "skipped" and phases["tensorrt"]["reason"]
     assert phases["pytest_gpu"]["status"] == "ok"
     tests = phases["pytest_gpu"]["result"]
-    assert "skipped" in tests["summary"]  # no CUDA here: all skipped is fine in a dry run
+    # A dry run hides CUDA from pytest, also where there is some: all skipped, and fine here.
+    assert "skipped" in tests["summary"]
     assert tests["counts"]["tests"] == tests["counts"]["skipped"] > 0
 
 
@@ -70,10 +72,18 @@ def test_each_batch_measures_warmup_memory_and_pixel_differences(results) -> Non
         settings = generate["settings"]
         assert settings["channels_last"] is True and settings["compile_backend"] == "eager"
         for row in generate["runners"].values():
-            assert set(row) >= ROW_FIELDS
+            assert set(row) >= ROW_FIELDS and row["status"] == "ok"
             assert row["first_run_ms"] > 0
-            assert row["peak_cuda_mib"] is None  # off CUDA
+            assert row["peak_cuda_mib"] is None and row["device_used_mib"] is None  # off CUDA
             assert row["max_pixel_diff_vs_diffusers"] <= 1  # fp32 on the CPU
+        # The one-call UNet check, compiled (dynamo, "eager" backend) and eager against eager.
+        runners = generate["runners"]
+        assert runners["diffusers"]["unet_call_relative_error_vs_eager"] is None
+        for name in ("torch", "torch-compile"):
+            assert runners[name]["unet_call_relative_error_vs_eager"] == pytest.approx(0, abs=1e-6)
+        assert any(
+            note.startswith("unet_call_relative_error_vs_eager") for note in generate["notes"]
+        )
 
 
 @pytest.mark.slow

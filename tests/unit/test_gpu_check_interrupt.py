@@ -79,3 +79,29 @@ def test_phases_that_do_not_fit_the_budget_are_skipped_with_the_reason(tmp_path)
         record = saved["phases"][name]
         assert record["status"] == "skipped"
         assert "s of the budget left; this phase needs about" in record["reason"]
+
+
+def test_a_signal_swallowed_by_a_weakref_callback_still_ends_the_phase() -> None:
+    # Python prints and drops an exception raised inside a weakref callback; a signal landing
+    # there (dynamo keeps weak dictionaries) must still interrupt the run.
+    import weakref
+
+    from scripts import gpu_check
+
+    class Thing:
+        pass
+
+    def phase() -> str:
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: gpu_check._raise_interrupt(signal.SIGINT, None))
+        del thing  # the callback runs here and its KeyboardInterrupt is swallowed
+        assert ref() is None
+        return "finished as if nothing happened"
+
+    record: dict[str, object] = {}
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            gpu_check.run_phase(phase, record)
+    finally:
+        gpu_check._arrived.clear()
+    assert record["status"] == "interrupted" and record["signal"] == "SIGINT"

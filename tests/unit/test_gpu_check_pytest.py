@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scripts.gpu_check_phases import (
     GENERATE_FIRST_NEED_S,
+    STOP_MARGIN_S,
+    PhaseFailure,
     batch_need_s,
     check_tests,
     junit_counts,
+    pytest_deadline_s,
     pytest_problem,
+    pytest_timeout_flags,
+    run_bounded,
 )
 
 SKIPPED = """
@@ -26,7 +33,14 @@ def test_b():
     pass
 """
 PASSING = SKIPPED + "\ndef test_c():\n    pass\n"
-SLOW = "import time\n\ndef test_slow():\n    time.sleep(60)\n"
+# One test that passes, then one that would outlive the phase.
+SLOW = "import time\n\ndef test_fast():\n    pass\n\ndef test_slow():\n    time.sleep(600)\n"
+CUDA_HIDDEN = """
+import os
+
+def test_cuda_is_hidden():
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+"""
 
 
 def write_tests(folder: Path, text: str) -> str:
@@ -58,9 +72,70 @@ def test_some_skipped_is_fine_and_nothing_collected_is_all_skipped(tmp_path) -> 
 
 
 @pytest.mark.slow
-def test_the_phase_stops_at_its_timeout(tmp_path) -> None:
-    with pytest.raises(RuntimeError, match="did not finish in 3 s"):
-        check_tests(tmp_path, 3, gpu=True, tests=(write_tests(tmp_path / "t", SLOW),))
+def test_the_phase_stops_at_its_timeout_and_keeps_the_counts(tmp_path) -> None:
+    # pytest-timeout fails the slow test at the deadline, 10 s before the phase's end; were it
+    # missing, the phase's SIGINT would stop pytest, which still writes its report.
+    with pytest.raises(PhaseFailure) as failure:
+        check_tests(tmp_path, 30, gpu=True, tests=(write_tests(tmp_path / "t", SLOW),))
+    counts = failure.value.result["counts"]
+    assert counts is not None and counts["tests"] >= 1  # test_fast, at least, is in it
+    assert (tmp_path / "pytest-gpu.xml").is_file()
+
+
+@pytest.mark.slow
+def test_a_dry_run_hides_cuda_from_pytest_and_a_failure_keeps_its_counts(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    tests = (write_tests(tmp_path / "t", CUDA_HIDDEN),)
+    result = check_tests(tmp_path, 120, gpu=False, tests=tests)
+    assert result["counts"]["tests"] == 1 and result["counts"]["failures"] == 0
+    with pytest.raises(PhaseFailure, match="pytest exited 1") as failure:
+        check_tests(tmp_path, 120, gpu=True, tests=tests)  # the GPU run sees the machine's CUDA
+    assert failure.value.result["exit_code"] == 1
+    assert failure.value.result["counts"]["failures"] == 1
+
+
+@pytest.mark.slow
+def test_a_relative_results_folder_is_where_the_junit_report_is_read(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the checkout, where pytest runs
+    tests = (write_tests(tmp_path / "t", PASSING),)
+    result = check_tests(Path("out"), 120, gpu=False, tests=tests)
+    assert result["counts"]["tests"] == 3
+    assert (tmp_path / "out" / "pytest-gpu.xml").is_file()
+
+
+INTERRUPTIBLE = """
+import sys, time
+print("started", flush=True)
+try:
+    time.sleep(600)
+except KeyboardInterrupt:
+    print("interrupted: writing the report", flush=True)
+    sys.exit(3)
+"""
+STUBBORN = """
+import signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_command_past_its_time_gets_sigint_first_then_sigkill() -> None:
+    code, output = run_bounded([sys.executable, "-c", INTERRUPTIBLE], 3)
+    assert code is None and "interrupted: writing the report" in output
+    code, output = run_bounded([sys.executable, "-c", STUBBORN], 3, grace_s=1)
+    assert code is None and "started" in output
+    assert run_bounded([sys.executable, "-c", "print('done')"], 60) == (0, "done\n")
+
+
+def test_pytest_s_own_deadline_comes_before_the_phase_s() -> None:
+    assert pytest_deadline_s(300) == 300 - STOP_MARGIN_S
+    assert pytest_deadline_s(4) == 2  # never past half the time
+    flags = pytest_timeout_flags(290)  # pytest-timeout 2.3+ is a dev dependency
+    assert flags == ["--timeout", "290.0", "--session-timeout", "290.0"]
+    assert pytest_timeout_flags(0.2)[1] == "1.0"  # 0 would mean no timeout at all
 
 
 def test_pytest_problem_reads_exit_codes_and_counts() -> None:
@@ -85,11 +160,14 @@ def test_junit_counts_sum_every_suite(tmp_path) -> None:
 
 
 def test_a_later_batch_is_sized_from_the_first() -> None:
-    rows = {
-        "diffusers": {"e2e": {"median_ms": 1000.0}, "warmup_cost_ms": 200.0},
-        "torch-compile": {"e2e": {"median_ms": 600.0}, "warmup_cost_ms": 90_000.0},
-        "torch": {"e2e": {"median_ms": 900.0}, "warmup_cost_ms": -5.0},
+    rows: dict[str, dict[str, Any]] = {
+        "diffusers": {"status": "ok", "e2e": {"median_ms": 1000.0}, "warmup_cost_ms": 200.0},
+        "torch-compile": {"status": "ok", "e2e": {"median_ms": 600.0}, "warmup_cost_ms": 9e4},
+        "torch": {"status": "ok", "e2e": {"median_ms": 900.0}, "warmup_cost_ms": -5.0},
+        "torch-cudagraph": {"status": "failed", "error": "RuntimeError: capture failed"},
     }
-    # 3 rounds of 4× the images: 3 × 4 × 2.5 s, plus the largest warm-up cost (a recompile).
+    # 3 rounds of 4× the images: 3 × 4 × 2.5 s, plus the largest warm-up cost (a recompile);
+    # the failed runner has no times to count.
     assert batch_need_s(rows, 4.0, 3) == pytest.approx(30.0 + 90.0)
     assert batch_need_s(None, 4.0, 3) == GENERATE_FIRST_NEED_S
+    assert batch_need_s({"torch": rows["torch-cudagraph"]}, 4.0, 3) == GENERATE_FIRST_NEED_S

@@ -7,9 +7,9 @@ scheduler, steps, size, seed) ``--warmup`` times unmeasured, then ``--repeats`` 
 round-robin across the runners so a noisy neighbour hurts all of them alike. It reports the
 median and spread (min-max) of end-to-end latency and of each stage, and ratios to diffusers.
 ``--num-images 1 4`` does this for each batch (images in one request) over the same loaded
-pipelines; each row also holds the first run's time (where compilation and a CUDA graph's
-capture land), the peak CUDA memory and the largest pixel difference to our eager runner and to
-diffusers (``generate_runners``). ``runners`` holds the first batch's rows (what ``bench
+pipelines; each row also holds the first run's time (compilation, capture), memory, pixel
+differences, the one-call UNet check, or the error of a runner that failed (``generate_runners``;
+``ROW_NOTES``: how to read them). ``runners`` holds the first batch's rows (what ``bench
 report`` reads), ``batches`` every batch's.
 
 Concepts: the same request with 0 and with 3 concepts (K = 2 each) on the fastest backend, end to
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from textinv.choices import coerce_choices
-from textinv.cli.bench.generate_runners import EAGER, REFERENCE
+from textinv.cli.bench.generate_runners import EAGER, UNET_CHECK
 from textinv.dtypes import torch_dtype
 from textinv.model import BaseModel
 from textinv_client.choices import Precision, Scheduler
@@ -43,6 +43,20 @@ from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
 from textinv_server.requests import GenerationRequest
 
 PROMPT_PLAIN = "a photo of a toy with a cat in red style"
+# How to read the rows (the report's notes): the first always, the others on CUDA.
+ROW_NOTES = (
+    f"{UNET_CHECK} (one UNet call on a fixed seeded input, against eager on the same weights) "
+    "is the per-call correctness check; pixel differences compare whole trajectories, which in "
+    "bf16 (random sd15-shape weights especially) can grow tiny per-call differences over 50 "
+    "steps: a large max pixel difference alone does not mean a bug.",
+)
+CUDA_NOTES = (
+    "cudnn.benchmark: the torch backend sets it process-wide on CUDA, so diffusers' runner in "
+    "this process autotunes its convolutions too (not diffusers' default).",
+    "memory: peak_cuda_mib counts torch's caching allocator only (not TensorRT's engine and "
+    "context memory, nor onnxruntime's arena); device_used_mib is the whole GPU's (total - "
+    "free, every allocator and process), sampled before and after each run: coarse.",
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,8 @@ def parse_variants(text: str) -> tuple[TorchVariant, ...]:
 
 
 def run_generate_bench(args: argparse.Namespace) -> int:
+    from textinv.cli.bench.generate_table import print_report
+
     report = measure_generate(settings_from_args(args))
     s = report["settings"]
     print(
@@ -225,7 +241,8 @@ class GenerateBench:
         report: dict[str, Any] = {"runners": first["runners"], "batches": dict(self.batches)}
         if self.concepts is not None:
             report["concepts"] = self.concepts
-        report["notes"] = list(self.notes)
+        cuda = self.settings.device.startswith("cuda")
+        report["notes"] = [*self.notes, *ROW_NOTES, *(CUDA_NOTES if cuda else ())]
         report["settings"] = _settings_row(self.settings, self.model, self.side)
         return report
 
@@ -340,52 +357,3 @@ def _tensorrt_usable(engines: Path | None) -> bool:
     from textinv_export.manifest import read_manifest
 
     return all(e.engine is not None for e in read_manifest(engines).components.values())
-
-
-# -- printing ------------------------------------------------------------------------------------
-
-
-def print_report(report: dict[str, Any]) -> None:
-    for batch in report["batches"].values():
-        print(f"{batch['num_images']} image(s) per request:")
-        _print_rows(batch["runners"])
-    c = report.get("concepts")
-    if c is None:
-        return
-    print(
-        f"concepts on {c['backend']}: e2e {c['e2e_0_concepts_ms']:.1f} ms with 0, "
-        f"{c['e2e_3_concepts_ms']:.1f} ms with 3 ({c['e2e_overhead_pct']:+.2f}%, noise included); "
-        f"prompt work {c['prompt_prepare_0_concepts_ms']:.3f} → "
-        f"{c['prompt_prepare_3_concepts_ms']:.3f} ms ({c['prepare_overhead_pct_of_e2e']:+.3f}% "
-        "of e2e)"
-    )
-    print(
-        f"adding a concept to the running pipeline: {c['add_concept_ms']:.3f} ms "
-        f"(parse + check + publish); first request with it "
-        f"{c['first_request_with_new_concept_ms']:.0f} ms, backend reloaded: "
-        f"{c['backend_reloaded']}"
-    )
-
-
-def _print_rows(rows: dict[str, Any]) -> None:
-    """One line per runner: stages, ratios, first run, peak memory, pixel differences."""
-    print(
-        f"{'runner':<24} {'e2e ms median (min-max)':>26} {'text':>6} {'unet/step':>9} "
-        f"{'vae':>7} {'e2e ×':>6} {'step ×':>6} {'1st ms':>8} {'MiB':>7} {'Δpx t/d':>7}"
-    )
-    for name, row in rows.items():
-        diffs = "/".join(_cell(row[f"max_pixel_diff_vs_{other}"]) for other in (EAGER, REFERENCE))
-        print(
-            f"{name:<24} {_stats(row['e2e']):>26} {row['text_encoder']['median_ms']:>6.1f} "
-            f"{row['unet_step']['median_ms']:>9.2f} {row['vae_decode']['median_ms']:>7.1f} "
-            f"{row['speedup_e2e']:>6.2f} {row['speedup_unet_step']:>6.2f} "
-            f"{row['first_run_ms']:>8.0f} {_cell(row['peak_cuda_mib']):>7} {diffs:>7}"
-        )
-
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _stats(values: dict[str, float]) -> str:
-    return f"{values['median_ms']:.1f} ({values['min_ms']:.1f}-{values['max_ms']:.1f})"

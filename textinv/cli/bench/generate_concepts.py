@@ -50,6 +50,9 @@ def concept_costs(
         "3": our_runner(pipeline, with_concepts, table),
     }
     samples = round_robin(runners, warmup, repeats)
+    for count, each in samples.items():  # round_robin keeps a runner's error; here it is fatal
+        if each.error is not None:
+            raise RuntimeError(f"{name} with {count} concepts failed: {each.error['error']}")
     e2e_0, e2e_3 = (Stats.of(samples[k].e2e).median for k in ("0", "3"))
     prepare_0 = median_ms(lambda: pipeline.prepare(request, {}), 200)
     prepare_3 = median_ms(lambda: pipeline.prepare(with_concepts, table), 200)
@@ -63,6 +66,21 @@ def concept_costs(
         "prepare_overhead_pct_of_e2e": 100 * (prepare_3 - prepare_0) / e2e_0,
         **_add_concept_cost(pipeline, request, table),
     }
+
+
+def concept_lines(c: dict[str, Any]) -> list[str]:
+    """``concept_costs``'s figures as ``bench generate`` prints them."""
+    return [
+        f"concepts on {c['backend']}: e2e {c['e2e_0_concepts_ms']:.1f} ms with 0, "
+        f"{c['e2e_3_concepts_ms']:.1f} ms with 3 ({c['e2e_overhead_pct']:+.2f}%, noise included); "
+        f"prompt work {c['prompt_prepare_0_concepts_ms']:.3f} → "
+        f"{c['prompt_prepare_3_concepts_ms']:.3f} ms ({c['prepare_overhead_pct_of_e2e']:+.3f}% "
+        "of e2e)",
+        f"adding a concept to the running pipeline: {c['add_concept_ms']:.3f} ms "
+        f"(parse + check + publish); first request with it "
+        f"{c['first_request_with_new_concept_ms']:.0f} ms, backend reloaded: "
+        f"{c['backend_reloaded']}",
+    ]
 
 
 def _add_concept_cost(

@@ -1,18 +1,26 @@
 """The peers of ``textinv bench generate``: our pipeline and diffusers' over the same modules,
-each a runner that records one request's end-to-end and per-stage times, its images and its peak
-CUDA memory, run round-robin.
+each a runner that times one request end to end and per stage (images, memory), round-robin.
 
 What a row holds besides the stage times (per runner, at one ``num_images``):
 
-- ``first_run_ms`` and ``warmup_cost_ms``: the first run's end-to-end time (warm-up included,
-  so ``torch.compile``'s compilation and a CUDA graph's capture land here) and how much longer
-  it took than the steady median;
+- ``status``: "ok", or "failed" with ``error``, ``traceback`` (its last frames) and
+  ``failed_in_round``: a runner that raises (inductor without a C compiler, a CUDA graph
+  capture error) sits out the later rounds; the others' rows stay. Without diffusers' row the
+  ratios (``speedup_*``) are ``None``;
+- ``first_run_ms`` and ``warmup_cost_ms``: the first run's end-to-end time (compilation and a
+  CUDA graph's capture land here) and how much longer it took than the steady median;
 - ``peak_cuda_mib``: ``torch.cuda.max_memory_allocated`` over its runs, warm-up included, and
   ``peak_cuda_above_start_mib``: the most a run allocated beyond what was allocated when it
-  began. All runners share one copy of the weights, and the absolute figure also counts what
-  other runners keep resident (a CUDA graph's static tensors); ``None`` off CUDA;
+  began; torch's caching allocator only (not TensorRT's engine and context memory, nor
+  onnxruntime's arena), and other runners' resident tensors (a CUDA graph's) count too;
+- ``device_used_mib``: the whole GPU's used memory (total - free, ``torch.cuda.mem_get_info``,
+  every allocator and process), the most of samples before and after each run: coarse, it
+  misses peaks inside a run. Every memory figure is ``None`` off CUDA;
 - ``max_pixel_diff_vs_torch`` / ``vs_diffusers`` (and the mean): its last images against our
-  eager runner's and diffusers' for the same seeds, uint8 levels (a correctness check).
+  eager runner's and diffusers' for the same seeds, uint8 levels, after the whole trajectory;
+- ``unet_call_relative_error_vs_eager`` (``UNET_CHECK``), our torch runners only, else
+  ``None``: the UNet as that runner calls it (compiled, CUDA-graphed) on one fixed seeded
+  input against the same module called eagerly: max |got - eager| / max |eager|.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import contextlib
 import itertools
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +38,20 @@ import numpy as np
 import torch
 
 from textinv.model import BaseModel
+from textinv.prompts import MAX_LENGTH
 from textinv_client.choices import Scheduler
+from textinv_server.backends.torch_backend import TorchBackend
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.pipeline.decoding import decode_png
 from textinv_server.requests import GenerationRequest, GenerationResult
 
 REFERENCE = "diffusers"  # the runner every ratio divides by
 EAGER = "torch"  # our eager runner, the other reference for pixel differences
+UNET_CHECK = "unet_call_relative_error_vs_eager"
+CHECK_TIMESTEP = 500.0  # the fixed input's timestep: mid-schedule of SD's 1000
+STAGES = ("e2e", "text_encoder", "unet_step", "vae_decode")  # each a list in Samples
+MEMORY = ("peak_cuda_mib", "peak_cuda_above_start_mib", "device_used_mib")  # None off CUDA
+ERROR_CHARS, TRACEBACK_FRAMES, TRACEBACK_CHARS = 1000, 6, 4000  # what a failed row keeps
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,7 @@ class Stats:
 
 @dataclass
 class Samples:
-    """Every run of one runner: measured stage times, warm-up times, memory, the last images."""
+    """Every run of one runner: stage and warm-up times, memory, last images, what stopped it."""
 
     e2e: list[float]
     text_encoder: list[float]
@@ -66,7 +82,9 @@ class Samples:
     warming: bool = False  # runs now go to warmup_e2e only
     peak_cuda_mib: float | None = None
     peak_cuda_above_start_mib: float | None = None
+    device_used_mib: float | None = None
     images: np.ndarray | None = None  # the latest run's uint8 [n, H, W, 3]
+    error: dict[str, Any] | None = None  # error, traceback, failed_in_round
 
     @classmethod
     def empty(cls) -> Samples:
@@ -87,30 +105,44 @@ class Samples:
         self.add(e2e, t.text_encoder_ms, statistics.median(t.unet_step_ms), t.vae_decode_ms)
         self.images = np.stack([decode_png(png) for png in result.images])
 
-    def add_peak(self, peak_mib: float, above_start_mib: float) -> None:
+    def add_peak(self, peak_mib: float, above_start_mib: float, device_used_mib: float) -> None:
         self.peak_cuda_mib = max(self.peak_cuda_mib or 0.0, peak_mib)
         self.peak_cuda_above_start_mib = max(self.peak_cuda_above_start_mib or 0.0, above_start_mib)
+        self.device_used_mib = max(self.device_used_mib or 0.0, device_used_mib)
+
+    def fail(self, error: Exception, round_index: int) -> None:
+        """The runner stopped in round ``round_index`` (warm-up rounds first)."""
+        trace = "".join(traceback.format_exception(error, limit=-TRACEBACK_FRAMES))
+        self.error = {
+            "error": f"{type(error).__name__}: {error}"[:ERROR_CHARS],
+            "traceback": trace[-TRACEBACK_CHARS:],  # the end: the exception raised last
+            "failed_in_round": round_index,
+        }
+        self.images = None  # pixel differences only between runners that finished
 
     def summary(self) -> dict[str, Stats]:
-        return {
-            "e2e": Stats.of(self.e2e),
-            "text_encoder": Stats.of(self.text_encoder),
-            "unet_step": Stats.of(self.unet_step),
-            "vae_decode": Stats.of(self.vae_decode),
-        }
+        return {stage: Stats.of(getattr(self, stage)) for stage in STAGES}
 
-    def row(self, base: dict[str, Stats]) -> dict[str, Any]:
-        """The report's row: stage stats, ratios to ``base`` (diffusers'), warm-up and memory."""
+    def row(self, base: dict[str, Stats] | None) -> dict[str, Any]:
+        """The report's row: stage stats, ratios to ``base`` (diffusers'; None: ratios None),
+        warm-up and memory; or a failed runner's error."""
+        memory = {key: getattr(self, key) for key in MEMORY}
+        if self.error is not None:
+            return {"status": "failed", **self.error, **memory}
         summary = self.summary()
         first = (self.warmup_e2e + self.e2e)[0]
+
+        def ratio(stage: str) -> float | None:
+            return None if base is None else base[stage].median / summary[stage].median
+
         return {
+            "status": "ok",
             **{key: stats.to_dict() for key, stats in summary.items()},
-            "speedup_e2e": base["e2e"].median / summary["e2e"].median,
-            "speedup_unet_step": base["unet_step"].median / summary["unet_step"].median,
+            "speedup_e2e": ratio("e2e"),
+            "speedup_unet_step": ratio("unet_step"),
             "first_run_ms": first,
             "warmup_cost_ms": first - summary["e2e"].median,
-            "peak_cuda_mib": self.peak_cuda_mib,
-            "peak_cuda_above_start_mib": self.peak_cuda_above_start_mib,
+            **memory,
         }
 
 
@@ -125,29 +157,47 @@ def measure_runners(
     repeats: int,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Diffusers and each of our pipelines on ``request``: every row's ratios to diffusers, its
-    warm-up cost, peak memory (on a CUDA ``device``) and pixel differences."""
+    """Diffusers and each of our pipelines on ``request``, a row each (module docstring); memory
+    on a CUDA ``device``; a runner that raised has its error as its row."""
     runners = {REFERENCE: diffusers_runner(model, request)}
     runners.update({name: our_runner(p, request) for name, p in pipelines.items()})
     samples = round_robin(runners, warmup, repeats, device)
-    base = samples[REFERENCE].summary()
-    rows = {name: s.row(base) for name, s in samples.items()}
-    for name, row in rows.items():
-        row.update(pixel_differences(samples, name))
+    rows = runner_rows(samples)
+    finished = {name: p for name, p in pipelines.items() if samples[name].error is None}
+    for name, check in unet_call_checks(model, finished, request).items():
+        rows[name].update(check)
     return {"num_images": request.num_images, "runners": rows}
+
+
+def runner_rows(samples: dict[str, Samples]) -> dict[str, dict[str, Any]]:
+    """Each runner's row: ratios to diffusers' (None where it failed or is missing) and pixel
+    differences; ``UNET_CHECK`` None until ``unet_call_checks`` fills it in."""
+    reference = samples.get(REFERENCE)
+    base = None if reference is None or reference.error else reference.summary()
+    rows = {name: each.row(base) for name, each in samples.items()}
+    for name, row in rows.items():
+        if row["status"] == "ok":
+            row.update(pixel_differences(samples, name), **{UNET_CHECK: None})
+    return rows
 
 
 def round_robin(
     runners: dict[str, Runner], warmup: int, repeats: int, device: torch.device | None = None
 ) -> dict[str, Samples]:
     """``warmup`` unmeasured rounds, then ``repeats`` measured ones, each runner once a round;
-    each run's peak memory too where ``device`` is a CUDA device."""
+    each run's memory too where ``device`` is a CUDA device. A runner that raises has the error
+    in its samples and sits out the later rounds; the others go on."""
     samples = {name: Samples.empty() for name in runners}
+    active = dict(runners)
     for round_index in range(warmup + repeats):
-        for name, run in runners.items():
+        for name, run in list(active.items()):
             samples[name].warming = round_index < warmup
-            with peak_memory(device, samples[name]):
-                run(samples[name])
+            try:
+                with peak_memory(device, samples[name]):
+                    run(samples[name])
+            except Exception as error:  # recorded in its row (KeyboardInterrupt goes on)
+                samples[name].fail(error, round_index)
+                del active[name]
     for each in samples.values():
         each.warming = False
     return samples
@@ -155,32 +205,87 @@ def round_robin(
 
 @contextlib.contextmanager
 def peak_memory(device: torch.device | None, samples: Samples) -> Iterator[None]:
-    """Record the block's peak allocated CUDA memory in ``samples`` (nothing off CUDA)."""
+    """Record in ``samples`` the block's peak allocated CUDA memory (torch's allocator) and
+    the device-wide used memory before and after it (nothing off CUDA)."""
     if device is None or device.type != "cuda":
         yield
         return
     torch.cuda.synchronize(device)
+    used_before = device_used_mib(device)
     start = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     yield
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
-    samples.add_peak(peak / 2**20, (peak - start) / 2**20)
+    used = max(used_before, device_used_mib(device))
+    samples.add_peak(peak / 2**20, (peak - start) / 2**20, used)
+
+
+def device_used_mib(device: torch.device) -> float:
+    free, total = torch.cuda.mem_get_info(device)  # the whole GPU's, every process's
+    return (total - free) / 2**20
+
+
+def unet_call_checks(
+    model: BaseModel, pipelines: dict[str, GenerationPipeline], request: GenerationRequest
+) -> dict[str, dict[str, Any]]:
+    """Each torch runner's UNet as it runs it (``predict_noise``: compiled, CUDA-graphed) on one
+    fixed seeded input, against the same module called eagerly (one call per dtype and layout):
+    ``{name: {UNET_CHECK: max relative error}}``, or ``None`` and ``unet_call_error``."""
+    from textinv_export.parity import compare
+
+    backends = {n: p.backend for n, p in pipelines.items() if isinstance(p.backend, TorchBackend)}
+    eager: dict[tuple[torch.dtype, torch.memory_format], np.ndarray] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, backend in backends.items():
+        inputs = check_inputs(model, request, backend.device)
+        try:
+            got = backend.predict_noise(*inputs).cpu().numpy()
+            key = (backend.dtype, backend.memory_format)
+            if key not in eager:
+                eager[key] = eager_noise(backend, *inputs)
+            out[name] = {UNET_CHECK: compare("noise", got, eager[key]).relative_error}
+        except Exception as error:  # the check's own failure, in the row; the bench goes on
+            out[name] = {UNET_CHECK: None, "unet_call_error": f"{type(error).__name__}: {error}"}
+    return out
+
+
+def check_inputs(
+    model: BaseModel, request: GenerationRequest, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed seeded input laid out as the pipeline's UNet calls for ``request`` (so compiled
+    graphs' guards hold and CUDA graphs replay): ``sample [rows, C, h, w]``, ``timestep [rows]``
+    (a device scalar expanded, as the pipeline's), ``hidden [rows, 77, D]``; float32."""
+    rows = request.num_images * (2 if request.uses_guidance else 1)
+    sides = (request.height, request.width)  # pixels, None: the model's own
+    h, w = ((side or model.default_resolution) // model.vae_scale_factor for side in sides)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(rows, model.unet.config.in_channels, h, w, generator=generator)
+    hidden = torch.randn(rows, MAX_LENGTH, model.text_width, generator=generator)
+    timestep = torch.full((1,), CHECK_TIMESTEP, device=device)[0].expand(rows)
+    return sample.to(device), timestep, hidden.to(device)
+
+
+@torch.inference_mode()
+def eager_noise(
+    backend: TorchBackend, sample: torch.Tensor, timestep: torch.Tensor, hidden: torch.Tensor
+) -> np.ndarray:
+    """The backend's UNet module itself, eager, on inputs cast as ``predict_noise`` casts them."""
+    x = sample.to(backend.device, backend.dtype).contiguous(memory_format=backend.memory_format)
+    states = hidden.to(backend.device, backend.dtype)
+    noise = backend.unet(x, timestep, encoder_hidden_states=states, return_dict=False)[0]
+    return noise.float().cpu().numpy()  # type: ignore[no-any-return]
 
 
 def pixel_differences(samples: dict[str, Samples], name: str) -> dict[str, float | int | None]:
     """``name``'s last images against our eager runner's and diffusers' (uint8 levels; None
-    where that runner is missing or has no images)."""
+    where that runner is missing, failed or has no images)."""
     out: dict[str, float | int | None] = {}
     mine = samples[name].images
     for other in (EAGER, REFERENCE):
         theirs = samples[other].images if other in samples else None
-        if mine is None or theirs is None:
-            out[f"max_pixel_diff_vs_{other}"] = out[f"mean_pixel_diff_vs_{other}"] = None
-            continue
-        largest, mean = image_difference(mine, theirs)
-        out[f"max_pixel_diff_vs_{other}"] = largest
-        out[f"mean_pixel_diff_vs_{other}"] = mean
+        pair = None if mine is None or theirs is None else image_difference(mine, theirs)
+        out[f"max_pixel_diff_vs_{other}"], out[f"mean_pixel_diff_vs_{other}"] = pair or (None, None)
     return out
 
 

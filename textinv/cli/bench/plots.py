@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt
 
+from textinv.cli.bench.generate_table import measured_rows
+
 STAGES = (("text_encoder", "text encoder"), ("unet_step", "UNet step"), ("vae_decode", "VAE"))
 
 
@@ -35,11 +37,12 @@ def _errors(stats: list[dict[str, float]]) -> list[list[float]]:
 
 def stages(generate: dict[str, Any], path: Path) -> Path:
     """Grouped bars: each stage's median (min-max whiskers) per runner; log scale."""
-    runners = list(generate["runners"])
+    measured = measured_rows(generate["runners"])
+    runners = list(measured)
     width = 0.8 / len(STAGES)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.8 * len(runners)), 4))
     for index, (key, label) in enumerate(STAGES):
-        stats = [generate["runners"][name][key] for name in runners]
+        stats = [measured[name][key] for name in runners]
         positions = [r + (index - 1) * width for r in range(len(runners))]
         medians = [s["median_ms"] for s in stats]
         axes.bar(positions, medians, width, yerr=_errors(stats), capsize=3, label=label)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from textinv.cli.bench.generate import GenerateBenchSettings, measure_generate
+from textinv.cli.bench.generate_table import measured_rows
 from textinv.cli.bench.invert import InvertBenchSettings, measure_invert
 from textinv.cli.bench.report_machine import (
     count_flops,
@@ -198,8 +199,8 @@ def ratios(
         "invert_speedup_vs_reference": invert["speedup"],
         "invert_peak_rss_vs_reference": invert["peak_rss_ratio"],
     }
-    for name, row in generate["runners"].items():
-        if name != "diffusers":
+    for name, row in measured_rows(generate["runners"]).items():
+        if name != "diffusers" and row["speedup_e2e"] is not None:  # None: diffusers failed
             out[f"generate_{name}_e2e_speedup_vs_diffusers"] = row["speedup_e2e"]
             out[f"generate_{name}_unet_step_speedup_vs_diffusers"] = row["speedup_unet_step"]
     by_key = {(r.mode, r.concurrency): r for r in serve}

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from textinv.cli.bench.generate_table import measured_rows
 from textinv.testing import SD15_SHAPE
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s.
@@ -120,7 +121,7 @@ def utilization(
     """Achieved TFLOP/s of the UNet per runner and method, and the fraction of ``peak``."""
     step_flops = flops["unet_flops_per_denoising_step"]
     rows: dict[str, Any] = {}
-    for name, row in generate["runners"].items():
+    for name, row in measured_rows(generate["runners"]).items():
         tflops = step_flops / (row["unet_step"]["median_ms"] / 1000) / 1e12
         rows[f"generate/{name}"] = {"tflops": tflops, "fraction_of_peak": tflops / peak.tflops}
     for method in ("textinv", "reference"):

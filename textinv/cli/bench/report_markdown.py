@@ -91,10 +91,13 @@ def _md_generate(generate: dict[str, Any]) -> list[str]:
     )
     rows = []
     for name, row in generate["runners"].items():
+        if row.get("status", "ok") != "ok":
+            rows.append([name, f"failed: {row['error']}", "", "", "", "", ""])
+            continue
         rows.append([
             name, _spread(row["e2e"]), _spread(row["text_encoder"]), _spread(row["unet_step"]),
-            _spread(row["vae_decode"]), f"{row['speedup_e2e']:.2f}",
-            f"{row['speedup_unet_step']:.2f}",
+            _spread(row["vae_decode"]), _ratio(row["speedup_e2e"]),
+            _ratio(row["speedup_unet_step"]),
         ])  # fmt: skip
     header = ["runner", "end to end ms", "text encoder ms", "UNet step ms", "VAE decode ms",
               "e2e × diffusers", "step × diffusers"]  # fmt: skip
@@ -109,6 +112,10 @@ def _md_generate(generate: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"  # None: the reference runner failed
 
 
 def _spread(stats: dict[str, float]) -> str:
