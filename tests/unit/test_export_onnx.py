@@ -16,7 +16,14 @@ from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from textinv_export.modules import export_module
 from textinv_export.optimize import optimize_graph
-from textinv_export.parity import Case, ParityError, Tolerance, check_parity, compare
+from textinv_export.parity import (
+    Case,
+    ParityError,
+    ParityReport,
+    Tolerance,
+    check_parity,
+    compare,
+)
 from textinv_export.specs import (
     Component,
     ComponentSpec,
@@ -100,10 +107,7 @@ def test_parity_fails_on_a_mismatch(tiny_model, exported: Path) -> None:
 def test_fp16_graph_keeps_fp32_io_and_passes_the_fp16_tolerance(
     tiny_model, exported: Path, tmp_path: Path, component: Component
 ) -> None:
-    entry = load_manifest(exported).component(component)
-    graph = optimize_graph(
-        exported / entry.source.path, tmp_path / "fp16.onnx", component, Precision.FP16
-    )
+    graph, report = fp16_graph_and_parity(tiny_model, exported, tmp_path, component)
     model = onnx.load(str(graph))
     dtypes = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in model.graph.initializer}
     assert np.dtype("float16") in dtypes  # weights were converted
@@ -118,9 +122,6 @@ def test_fp16_graph_keeps_fp32_io_and_passes_the_fp16_tolerance(
     assert norms
     norm_weights = [weights[i] for n in norms for i in n.input if i in weights]
     assert norm_weights and set(norm_weights) == {onnx.TensorProto.FLOAT}
-    report = check_parity(
-        export_module(component, tiny_model), entry.spec, graph, Precision.FP16, CASES
-    )
     assert report.passed, report.lines()
     assert report.tolerance.max_relative_error is not None  # not cosine alone
 
@@ -129,14 +130,20 @@ def test_fp16_graph_keeps_fp32_io_and_passes_the_fp16_tolerance(
 def test_fp16_vae_graphs_pass_the_fp16_tolerance(
     tiny_model, exported: Path, tmp_path: Path, component: Component
 ) -> None:
+    _, report = fp16_graph_and_parity(tiny_model, exported, tmp_path, component)
+    assert report.passed, report.lines()
+
+
+def fp16_graph_and_parity(
+    tiny_model, exported: Path, tmp_path: Path, component: Component
+) -> tuple[Path, ParityReport]:
+    """``component``'s raw export optimized to fp16, and its parity against PyTorch on CASES."""
     entry = load_manifest(exported).component(component)
     graph = optimize_graph(
         exported / entry.source.path, tmp_path / "fp16.onnx", component, Precision.FP16
     )
-    report = check_parity(
-        export_module(component, tiny_model), entry.spec, graph, Precision.FP16, CASES
-    )
-    assert report.passed, report.lines()
+    module = export_module(component, tiny_model)
+    return graph, check_parity(module, entry.spec, graph, Precision.FP16, CASES)
 
 
 def test_fp16_tolerance_fails_a_scaled_output_that_cosine_passes() -> None:
