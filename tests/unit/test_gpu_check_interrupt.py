@@ -81,6 +81,7 @@ def test_phases_that_do_not_fit_the_budget_are_skipped_with_the_reason(tmp_path)
         assert "s of the budget left; this phase needs about" in record["reason"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the point
 def test_a_signal_swallowed_by_a_weakref_callback_still_ends_the_phase() -> None:
     # Python prints and drops an exception raised inside a weakref callback; a signal landing
     # there (dynamo keeps weak dictionaries) must still interrupt the run.
