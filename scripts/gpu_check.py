@@ -195,27 +195,32 @@ def run_phases(items: list[Phase], results: Results, left: Callable[[], float]) 
             results.phases[phase.name] = {"status": "skipped", "reason": reason}
         else:
             print(f"gpu check: {phase.name} ({have:.0f} s left) ...", flush=True)
-            results.phases[phase.name] = {"status": "running"}
-            results.save()
-            results.phases[phase.name] = run_phase(phase.run, results.phases[phase.name])
+            record = results.phases[phase.name] = {"status": "running"}
+            # A signal held off while "running" is written arrives as the write ends: inside
+            # run_phase, so it is this phase's interrupt.
+            results.phases[phase.name] = run_phase(phase.run, record, before=results.save)
         results.save()
 
 
-def run_phase(phase: Callable[[], Any], record: dict[str, Any]) -> dict[str, Any]:
+def run_phase(
+    phase: Callable[[], Any], record: dict[str, Any], before: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """A phase's result, or its error: one failing phase never loses the others' numbers. On a
-    signal, ``record`` (the phase's entry) says "interrupted" and the interrupt goes on."""
+    signal, ``record`` (the phase's entry) says "interrupted" and the interrupt goes on;
+    ``before`` (saving that the phase runs) is inside the same guard."""
     begun = time.perf_counter()
     try:
+        if before is not None:
+            before()
         outcome = phase()
         _interrupt_if_arrived()  # a signal the phase's own code swallowed
     except KeyboardInterrupt as interrupt:
-        record.update(
-            status="interrupted",
-            signal=str(interrupt) or "SIGINT",
-            seconds=time.perf_counter() - begun,
-        )
+        record.update(interrupted(str(interrupt) or "SIGINT", begun))
         raise
     except Exception as error:  # recorded in the JSON; the run goes on
+        if _arrived:  # the signal surfaced as another error (code it hit wrapped it)
+            record.update(interrupted(_arrived[0], begun), error=f"{type(error).__name__}: {error}")
+            raise KeyboardInterrupt(_arrived[0]) from error
         failed = {
             "status": "failed",
             "error": f"{type(error).__name__}: {error}",
@@ -228,6 +233,11 @@ def run_phase(phase: Callable[[], Any], record: dict[str, Any]) -> dict[str, Any
     if isinstance(outcome, dict) and outcome.get("status") == "skipped":
         return outcome
     return {"status": "ok", "seconds": time.perf_counter() - begun, "result": outcome}
+
+
+def interrupted(signal_name: str, begun: float) -> dict[str, Any]:
+    """A phase's record when a signal ended it."""
+    return {"status": "interrupted", "signal": signal_name, "seconds": time.perf_counter() - begun}
 
 
 def _plan(dry_run: bool, scratch: Path) -> CheckPlan:
