@@ -34,6 +34,20 @@ CASE_TIMEOUT_S = 40.0
 WEDGED_AFTER_S = 5.0  # health unanswered this long: the server is wedged, and is killed
 
 
+def wait_for_serving_port(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """The ``HOST:PORT`` a ``textinv serve`` process prints once it serves (its stdout a pipe)."""
+    deadline = time.monotonic() + timeout_s
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise RuntimeError(f"textinv serve exited with {process.returncode}")
+        found = re.search(r"serving on ([\d.]+:\d+)", line)
+        if found:
+            return found.group(1)
+    raise TimeoutError("textinv serve did not report its port")
+
+
 @dataclass
 class CaseReport:
     """What the watcher saw during one case."""
@@ -70,25 +84,13 @@ class HostileServer:
             text=True,
             env=environment,
         )
-        self.target = self._wait_for_port(timeout_s=120)
+        self.target = wait_for_serving_port(self.process, timeout_s=120)
         # Keep reading stdout so that a chatty server never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
         self.channel = grpc.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
         self.stub = textinv_pb2_grpc.TextInvStub(self.channel)
         self._health_channel = grpc.insecure_channel(self.target)
         self.health = health_pb2_grpc.HealthStub(self._health_channel)
-
-    def _wait_for_port(self, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                raise RuntimeError(f"textinv serve exited with {self.process.returncode}")
-            found = re.search(r"serving on ([\d.]+:\d+)", line)
-            if found:
-                return found.group(1)
-        raise TimeoutError("textinv serve did not report its port")
 
     def _drain(self) -> None:
         assert self.process.stdout is not None

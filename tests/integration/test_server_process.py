@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.integration.hostile_server import wait_for_serving_port
 from textinv.concepts import Concept, concept_to_bytes, parse_concept
 from textinv.trainer import InvertConfig, invert, iter_log
 from textinv_client import InversionParams, JobState, TextInvClient, TrainingImage
@@ -42,19 +42,7 @@ class ServeProcess:
             text=True,
             env=environment,
         )
-        self.target = self._wait_for_port(timeout_s=120)
-
-    def _wait_for_port(self, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                raise RuntimeError(f"textinv serve exited with {self.process.returncode}")
-            found = re.search(r"serving on ([\d.]+:\d+)", line)
-            if found:
-                return found.group(1)
-        raise TimeoutError("textinv serve did not report its port")
+        self.target = wait_for_serving_port(self.process, timeout_s=120)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
