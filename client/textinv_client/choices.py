@@ -64,6 +64,9 @@ class Precision(Choice):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    # The torch backend and the trainer: bf16 where the device has a fast bf16 path, else fp32
+    # (textinv.hardware.resolve_precision). Exports take fp32 or fp16 only.
+    AUTO = "auto"
 
 
 class ConceptProperty(Choice):

@@ -352,3 +352,8 @@ class ServerInfo:
     server_version: str
     api_version: str
     library_versions: dict[str, str] = field(default_factory=dict)
+    # What generation computes in ("bf16"), why ("auto: the CPU has AMX-BF16"), and the CPU's
+    # extensions; empty from a server older than these fields.
+    precision: str = ""
+    precision_reason: str = ""
+    cpu_instruction_sets: tuple[str, ...] = ()

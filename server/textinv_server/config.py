@@ -122,8 +122,13 @@ class ServerConfig:
     provider: Provider = field(
         default=Provider.CPU, metadata=flag("onnxruntime: cpu, cuda or tensorrt")
     )
-    # None: the weights as stored
-    weights: Precision | None = field(default=None, metadata=flag("torch weights dtype"))
+    weights: Precision = field(
+        default=Precision.AUTO,
+        metadata=flag(
+            "torch: the weights' precision; auto: bf16 where the CPU has AMX-BF16 or "
+            "AVX512-BF16, else fp32"
+        ),
+    )
     channels_last: bool = field(default=False, metadata=flag("torch: NHWC UNet"))
     cuda_graph: bool = field(default=False, metadata=flag("torch on CUDA: graph replay"))
     api_keys: tuple[str, ...] = field(

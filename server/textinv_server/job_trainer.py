@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from textinv.dtypes import torch_dtype
+from textinv.hardware import resolve_model_precision
 from textinv.model import BaseModel
 from textinv_client.types import JobProgress
 
@@ -65,6 +67,15 @@ def textinv_trainer(model: BaseModel | None, model_name: str | None) -> TrainFn:
                     )
                 )
 
-        return invert(config, report, should_stop, model=model)
+        return invert(config, report, should_stop, model=model_for(config, model))
 
     return train
+
+
+def model_for(config: Any, model: BaseModel | None) -> BaseModel | None:
+    """The server's model when it is in the precision the job resolves to; else None (the job
+    loads its own copy, as the trainer would alone)."""
+    if model is None:
+        return None
+    wanted = resolve_model_precision(config.precision, model.unet).precision
+    return model if torch_dtype(wanted) == model.unet.dtype else None

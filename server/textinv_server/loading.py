@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from textinv.model import BaseModel, load_base_model
-from textinv_client.choices import Precision
 from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 from textinv_server.config import ServerConfig
 from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
@@ -26,7 +25,7 @@ def load_pipeline(config: ServerConfig) -> tuple[GenerationPipeline, BaseModel |
         return load_generation_pipeline(config.model, config.backend, options), None
     model = load_base_model(config.model)
     pipeline = load_generation_pipeline(model, config.backend, options)
-    # Jobs share the model only as the trainer expects it: fp32 on the CPU. Otherwise a job
-    # loads its own copy when it starts.
-    shared = model if config.device == "cpu" and config.weights in (None, Precision.FP32) else None
+    # Jobs on the CPU share the model when it is in the precision they resolve to (the job
+    # trainer checks, per job); otherwise a job loads its own copy when it starts.
+    shared = model if config.device == "cpu" else None
     return pipeline, shared

@@ -13,6 +13,7 @@ from typing import Any
 from grpc import aio
 
 from textinv import __version__
+from textinv.hardware import cpu_features
 from textinv.prompts import MAX_LENGTH
 from textinv_client.convert import job_progress_to_pb  # the server's JobProgress is the client's
 from textinv_client.pb.v1 import (
@@ -195,4 +196,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
             server_version=__version__,
             api_version="textinv.v1",
             library_versions=library_versions(),
+            precision=service.pipeline.backend.precision.precision.value,
+            precision_reason=service.pipeline.backend.precision.reason,
+            cpu_instruction_sets=cpu_features().instruction_sets,
         )

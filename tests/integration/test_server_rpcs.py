@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from textinv.concepts import Concept, concept_to_bytes, parse_concept
+from textinv.hardware import cpu_features
 from textinv_client import (
     GenerateProgress,
     GenerateRequest,
@@ -19,7 +20,7 @@ from textinv_client import (
     NotFound,
     TextInvClient,
 )
-from textinv_client.types import Scheduler
+from textinv_client.types import Precision, Scheduler
 
 WIDTH = 32
 
@@ -105,6 +106,17 @@ def test_server_info_reports_model_limits_and_versions(textinv_server) -> None:
     assert info.limits.max_guidance_scale == limits.max_guidance_scale
     assert Scheduler.EULER_ANCESTRAL in info.schedulers
     assert "torch" in info.library_versions
+    # auto on a tiny model: fp32 whatever the CPU (too narrow for bf16 to pay), and why.
+    assert info.precision == "fp32" and "small model" in info.precision_reason
+    assert info.cpu_instruction_sets == cpu_features().instruction_sets
+
+
+def test_server_info_reports_an_asked_precision(start_textinv) -> None:
+    server = start_textinv(weights=Precision.BF16)
+    with TextInvClient(server.target) as textinv:
+        info = textinv.get_server_info()
+        textinv.generate(GenerateRequest("a red star", steps=2, seed=0))  # bf16 weights serve
+    assert (info.precision, info.precision_reason) == ("bf16", "asked for")
 
 
 def test_onnxruntime_backend_serves_the_same_images_as_torch(

@@ -72,7 +72,7 @@ def test_help_shows_choices_defaults_and_groups() -> None:
     )
     add_flags(parser, Settings, required=["out"], defaults={"steps": 12})
     text = parser.format_help()
-    assert "--precision {fp32,fp16,bf16}" in text
+    assert "--precision {fp32,fp16,bf16,auto}" in text
     assert "denoising steps (default: 12)" in text
     assert "method:" in text and "--internal" not in text
 

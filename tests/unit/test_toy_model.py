@@ -13,6 +13,7 @@ from textinv.model import load_base_model
 from textinv.toy import default_model_path, world
 from textinv.toy.classifier import load_classifier, read
 from textinv.toy.evaluate import EvalConfig, evaluate, generate
+from textinv_client.choices import Precision
 
 # sha256 over the shipped folder's files (textinv.model.model_hash); changes only on a re-ship.
 SHIPPED_MODEL_HASH = "84e494620696eaf7581184f7a33bb5ae98739bfa856b67e07ea6a39908806d1f"
@@ -61,14 +62,21 @@ def test_the_model_draws_what_prompts_ask_for() -> None:
     assert hits["shape"] >= 0.5 * total, hits
 
 
-@pytest.fixture(scope="module")
-def learned_concept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's held-out concept, learned by the project's trainer from its 4 bundled images."""
+@pytest.fixture(scope="module", params=[Precision.FP32, Precision.BF16])
+def learned_concept(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The demo's held-out concept, learned by the project's trainer from its 4 bundled images,
+    with the frozen model in fp32 and in bf16 (``--precision auto`` picks bf16 for a wide model
+    on a CPU with AMX; this model is narrow, so bf16 is asked for here)."""
+    from dataclasses import replace
+
     from textinv.toy.recipes import inversion_config
     from textinv.trainer import CONCEPT_FILE, invert
 
     out = tmp_path_factory.mktemp("inversion") / "run"
-    invert(inversion_config(out))  # the demo's recipe as it is: 600 steps, about 40 s
+    config = replace(inversion_config(out), precision=request.param)
+    invert(config)  # the demo's recipe as it is: 600 steps, about 40 s in fp32
     return out / CONCEPT_FILE
 
 

@@ -88,8 +88,11 @@ class InvertConfig:
         ),
     )
     precision: Precision = field(
-        default=Precision.FP32,
-        metadata=flag("the frozen model's precision (the vectors always train in fp32)"),
+        default=Precision.AUTO,
+        metadata=flag(
+            "the frozen model's precision; auto: bf16 where the device has a fast bf16 path, "
+            "else fp32 (the vectors always train in fp32)"
+        ),
     )
     seed: int = field(default=0, metadata=flag("seeds every random draw of the run"))
     checkpoint_every: int = field(

@@ -16,6 +16,7 @@ from textinv.concepts import check_token
 from textinv.data import AugmentationSpec, TrainingImage, encode_latent_cache, load_training_images
 from textinv.dtypes import torch_dtype
 from textinv.errors import InvalidInputError
+from textinv.hardware import log_precision, resolve_model_precision
 from textinv.model import BaseModel, load_base_model
 from textinv.prompts import PromptEncoder, TokenizedPrompt
 from textinv.templates import fill_template, templates_for
@@ -23,6 +24,7 @@ from textinv.trainer.batches import TrainingData
 from textinv.trainer.config import SD15_SHAPE, InvertConfig, check_config, check_output_folder
 from textinv.trainer.loss import noise_schedule
 from textinv.trainer.run import Prepared, Trainer
+from textinv_client.choices import Precision
 
 
 def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
@@ -36,7 +38,9 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
     if model is None:
         model = load_model_for(config, device)
     else:
-        device = model.unet.device
+        device = model.unet.device  # the caller's model, in its own precision (autocast if not)
+    precision = resolve_model_precision(config.precision, model.unet)
+    log_precision(precision, "the frozen model")
     # 3. What depends on the model: the token, the initializer, the resolution, the schedule.
     check_token(config.token, model.tokenizer.get_vocab(), config.vectors)
     init_ids = initializer_ids(model.tokenizer, config.init)
@@ -54,6 +58,7 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
         vae_scale_factor=model.vae_scale_factor,
     )
     prepared = Prepared(
+        precision=precision.precision,
         resolution=resolution,
         init_ids=init_ids,
         init_vectors=spread_initializer(model.token_embedding, init_ids, config.vectors),
@@ -72,9 +77,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model_for(config: InvertConfig, device: torch.device) -> BaseModel:
-    dtype = torch_dtype(config.precision)
+    """The frozen model on ``device`` in ``config.precision``; ``auto`` is resolved once the
+    model's width is known (``resolve_model_precision``), so it loads in fp32 and is cast."""
+    model = _load_model(config, device, _load_dtype(config.precision, device))
+    if config.precision is Precision.AUTO:
+        dtype = torch_dtype(resolve_model_precision(Precision.AUTO, model.unet).precision)
+        for module in (model.text_encoder, model.unet, model.vae):
+            module.to(dtype)
+    return model
+
+
+def _load_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    if precision is Precision.AUTO:
+        return torch.float32
+    dtype = torch_dtype(precision)
     if device.type == "cpu" and dtype == torch.float16:
-        dtype = torch.float32  # fp16 kernels are missing or slow on CPU; autocast instead
+        return torch.float32  # fp16 kernels are missing or slow on CPU; autocast instead
+    return dtype
+
+
+def _load_model(config: InvertConfig, device: torch.device, dtype: torch.dtype) -> BaseModel:
     if config.model == SD15_SHAPE:
         from textinv.testing import sd15_shape_model
 

@@ -37,6 +37,7 @@ from textinv_client.choices import LrSchedule, Precision
 class Prepared:
     """Everything ``prepare`` checked and computed once, before a ``Trainer`` exists."""
 
+    precision: Precision  # the frozen model's, ``config.precision`` resolved for the device
     resolution: int
     init_ids: list[int]
     init_vectors: torch.Tensor  # [K, D] fp32, the initializer's rows
@@ -56,7 +57,7 @@ class Trainer:
         self.model = model
         self.device = device
         self.out = Path(config.out)
-        self.dtype = torch_dtype(config.precision)
+        self.dtype = torch_dtype(prepared.precision)
         self.resolution = prepared.resolution
         self.init_ids = prepared.init_ids
         self.init_vectors = prepared.init_vectors
@@ -73,7 +74,7 @@ class Trainer:
             eps=1e-8,
             weight_decay=config.weight_decay,
         )
-        use_scaler = config.precision == Precision.FP16
+        use_scaler = prepared.precision is Precision.FP16
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.eval_batch = self.data.eval_batch(config.eval_batch_size, config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)

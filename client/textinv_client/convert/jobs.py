@@ -42,6 +42,7 @@ PRECISION_TO_PB: dict[Precision, jobs_pb2.Precision] = {
     Precision.FP32: jobs_pb2.PRECISION_FP32,
     Precision.BF16: jobs_pb2.PRECISION_BF16,
     Precision.FP16: jobs_pb2.PRECISION_FP16,
+    Precision.AUTO: jobs_pb2.PRECISION_AUTO,
 }
 JOB_STATE_TO_PB: dict[JobState, jobs_pb2.JobState] = {
     JobState.QUEUED: jobs_pb2.JOB_STATE_QUEUED,

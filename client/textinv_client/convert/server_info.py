@@ -51,6 +51,9 @@ def server_info_to_pb(info: ServerInfo) -> server_info_pb2.GetServerInfoResponse
         server_version=info.server_version,
         api_version=info.api_version,
         library_versions=dict(info.library_versions),
+        precision=info.precision,
+        precision_reason=info.precision_reason,
+        cpu_instruction_sets=list(info.cpu_instruction_sets),
     )
     if info.model is not None:
         message.model.CopyFrom(server_info_pb2.ModelInfo(**message_fields(info.model)))
@@ -72,4 +75,7 @@ def server_info_from_pb(message: server_info_pb2.GetServerInfoResponse) -> Serve
         server_version=message.server_version,
         api_version=message.api_version,
         library_versions=dict(message.library_versions),
+        precision=message.precision,
+        precision_reason=message.precision_reason,
+        cpu_instruction_sets=tuple(message.cpu_instruction_sets),
     )

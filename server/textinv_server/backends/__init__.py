@@ -17,6 +17,7 @@ import torch
 
 from textinv.choices import coerce_choices
 from textinv.errors import InvalidInputError
+from textinv.hardware import PrecisionChoice
 from textinv_client.choices import Precision
 from textinv_server.choices import BackendName, Provider
 
@@ -65,6 +66,7 @@ class Backend(Protocol):
     device: torch.device
     limits: ShapeLimits
     model_hash: str
+    precision: PrecisionChoice  # what the graphs compute in, and why
 
     def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
         """``inputs_embeds [B, T, D]``, ``eos_positions [B]`` → ``last_hidden_state [B, T, D]``."""
@@ -90,8 +92,9 @@ class TorchOptions:
     """The torch backend's speed options. All off by default; each is correct on the CPU too,
     except ``cuda_graph``, which needs CUDA and is refused elsewhere."""
 
-    # None keeps the model's own dtype; otherwise the modules are cast in place at load
-    # (bf16/fp16 on CUDA; fp32 on the CPU, which has no fast half path).
+    # None keeps the model's own dtype; otherwise the modules are cast in place at load. auto:
+    # bf16 where the device has a fast bf16 path (AMX-BF16 or AVX512-BF16 on a CPU), else fp32
+    # on a CPU (textinv.hardware.resolve_precision).
     weights: Precision | None = None
     # NHWC convolutions (cuDNN's tensor-core layout) for the UNet.
     channels_last: bool = False

@@ -27,6 +27,7 @@ import torch
 
 from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
+from textinv.hardware import PrecisionChoice
 from textinv_export.manifest import ComponentEntry, FileSelector, Manifest, load_manifest
 from textinv_export.specs import Component, ComponentSpec, Precision, Shape, TensorSpec
 from textinv_server.backends import BackendName, ShapeLimits
@@ -149,6 +150,7 @@ class OnnxRuntimeBackend:
         self.model_hash = model_hash
         gpu = self.provider is not Provider.CPU
         self.device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
+        self.precision = PrecisionChoice(self.manifest.precision, "the export's")
         self.limits = shape_limits(self.manifest)
         options = _session_options(threads)
         self.text_encoder = self._graph(Component.TEXT_ENCODER, options)

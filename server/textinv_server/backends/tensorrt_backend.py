@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from textinv.hardware import PrecisionChoice
 from textinv_export.manifest import ComponentEntry, ManifestError, load_manifest
 from textinv_export.specs import Component
 from textinv_export.tensorrt import require_tensorrt
@@ -67,6 +68,7 @@ class TensorRTBackend:
         )
         self.model_hash = model_hash
         self.device = torch.device("cuda", device)
+        self.precision = PrecisionChoice(self.manifest.precision, "the export's")
         self.limits = shape_limits(self.manifest)
         self.text_encoder = self._engine(Component.TEXT_ENCODER, device)
         # The text encoder and the VAE run once per batch: a graph would not pay for its capture.

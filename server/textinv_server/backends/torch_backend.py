@@ -33,10 +33,12 @@ from typing import Any
 
 import torch
 
-from textinv.dtypes import torch_dtype
+from textinv.dtypes import precision_of, torch_dtype
 from textinv.errors import InvalidInputError
+from textinv.hardware import PrecisionChoice, log_precision, resolve_model_precision
 from textinv.model import BaseModel
 from textinv.text_encoder import EmbeddingsTextEncoder
+from textinv_client.choices import Precision
 from textinv_server.backends import BackendName, ShapeLimits, TorchOptions
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,11 @@ class TorchBackend:
             # the convolution algorithms for each new shape once, then reuses the fastest) pays
             # after the first step. Process-wide, as torch has it.
             torch.backends.cudnn.benchmark = True
-        if options.weights is not None:
+        self.precision = weights_precision(options.weights, model)
+        log_precision(self.precision, "the torch backend")
+        if torch_dtype(self.precision.precision) != model.unet.dtype:
             for module in (model.text_encoder, model.unet, model.vae):
-                module.to(torch_dtype(options.weights))
+                module.to(torch_dtype(self.precision.precision))
         self.dtype = model.unet.dtype
         self.limits = limits or ShapeLimits()
         self.attention = use_sdpa(model.unet, model.vae)
@@ -124,6 +128,14 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def weights_precision(weights: Precision | None, model: BaseModel) -> PrecisionChoice:
+    """The precision the backend runs ``model`` in: ``weights`` resolved for its device (``auto``
+    follows the processor), or, for None, the dtype it was loaded in."""
+    if weights is None:
+        return PrecisionChoice(precision_of(model.unet.dtype), "as loaded")
+    return resolve_model_precision(weights, model.unet)
 
 
 def use_sdpa(*modules: torch.nn.Module) -> tuple[str, ...]:
