@@ -19,14 +19,13 @@ from textinv.cli.bench.generate import (
     measure_generate,
     open_generate_bench,
 )
+from textinv.cli.bench.generate_checks import UNET_CHECK, unet_call_checks
 from textinv.cli.bench.generate_runners import (
-    UNET_CHECK,
     Samples,
     image_difference,
     our_runner,
     round_robin,
     runner_rows,
-    unet_call_checks,
 )
 from textinv_server.backends import BackendName
 

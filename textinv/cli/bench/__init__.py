@@ -1,10 +1,17 @@
 """``textinv bench ...``: each benchmark prints our figure next to a baseline measured in the same
 run, as a ratio. Entry points, thin over the libraries they measure:
 
-- ``invert`` (``invert_worker``, ``invert_reference``): our trainer against diffusers' example;
+- ``invert`` (``invert_worker``, ``invert_reference``): our trainer against diffusers' example,
+  in fp32 and, where ``auto`` picks bf16, in bf16 too;
 - ``export``: ONNX export and graph optimization, per component;
-- ``generate`` (``generate_runners``, ``generate_concepts``): each backend against diffusers;
+- ``generate`` (``generate_setup``, ``generate_runners``, ``generate_checks``,
+  ``generate_concepts``, ``generate_table``): each backend against diffusers (in fp32 and in ours'
+  precision) and, with ``--optimum``, optimum's ORT pipeline (``optimum_peer``, whose
+  ``optimum_worker`` runs in a venv of its own);
 - ``concepts``: a Generate's host-side cost with 10,000 registered concepts against 10;
-- ``serve``: the gRPC server under concurrent clients, against in-process calls;
-- ``report`` (``report_machine``, ``report_markdown``, ``plots``): the three as one report.
+- ``serve`` (``serve_load``, ``serve_print``, ``serve_plot``): the gRPC server under closed-loop
+  concurrency and open-loop Poisson arrivals, against in-process calls, or a running server;
+- ``report`` (``report_machine``, ``report_peak``, ``report_startup``, ``report_markdown``,
+  ``plots``): the three as one report, with the machine's measured GEMM peak and the time to the
+  first image.
 """

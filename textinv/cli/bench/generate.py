@@ -24,22 +24,32 @@ import argparse
 import contextlib
 import json
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from textinv.choices import coerce_choices
-from textinv.cli.bench.generate_runners import EAGER, UNET_CHECK
-from textinv.dtypes import torch_dtype
+from textinv.cli.bench.generate_checks import UNET_CHECK
+from textinv.cli.bench.generate_runners import EAGER, REFERENCE
+from textinv.cli.bench.generate_setup import (
+    cast_model,
+    load_pipelines,
+    open_optimum,
+    optimum_runner,
+    peer_models,
+    place_model,
+)
+from textinv.cli.bench.optimum_peer import OptimumRunner
+from textinv.dtypes import precision_of
+from textinv.hardware import PrecisionChoice
 from textinv.model import BaseModel
 from textinv_client.choices import Precision, Scheduler
 from textinv_client.flags import add_flags, flag, from_flags
-from textinv_server.backends import BackendName, BackendOptions, TorchOptions
-from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
+from textinv_server.backends import BackendName, TorchOptions
+from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest
 
 PROMPT_PLAIN = "a photo of a toy with a cat in red style"
@@ -103,8 +113,12 @@ class GenerateBenchSettings:
     repeats: int = field(default=5, metadata=flag("measured runs per runner (5)"))
     threads: int = field(default=0, metadata=flag("CPU threads (library default)"))
     device: str = field(default="cpu", metadata=flag("cpu, cuda, cuda:1 ..."))
-    # Weights for every runner, diffusers included (None: as loaded, fp32).
-    weights: Precision | None = field(default=None, metadata=flag("every runner's"))
+    # Weights for every runner, diffusers included; None: as loaded (fp32). auto: ours in what
+    # the processor runs fastest (textinv.hardware), diffusers in fp32 and, where ours differs,
+    # in ours too (DIFFUSERS_SAME), so each ratio says what the dtype adds and what our code adds.
+    weights: Precision | None = field(
+        default=Precision.AUTO, metadata=flag("every runner's; auto: ours by the processor")
+    )
     channels_last: bool = field(default=False, metadata=flag("the UNet's layout (all)"))
     # Images per request (GenerationRequest.num_images); each value is its own round-robin.
     num_images: tuple[int, ...] = field(
@@ -116,6 +130,9 @@ class GenerateBenchSettings:
     # flag: --torch-variants eager,compile
     torch_variants: tuple[TorchVariant, ...] = field(default=(VARIANTS["eager"],))
     concepts: bool = True  # also measure the concepts' costs
+    # optimum-onnx's ORT pipeline as a peer, in a venv of its own built on first use (minutes;
+    # TEXTINV_BENCH_NO_OPTIMUM=1 skips it, TEXTINV_BENCH_OPTIMUM_PYTHON names a ready python).
+    optimum: bool = field(default=False, metadata=flag("also optimum's ORT pipeline (own venv)"))
 
     def __post_init__(self) -> None:
         coerce_choices(self)  # callers may spell the choices as text ("euler", "bf16")
@@ -201,8 +218,13 @@ class GenerateBench:
         model: BaseModel,
         pipelines: dict[str, GenerationPipeline],
         notes: list[str],
+        peers: dict[str, BaseModel] | None = None,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         self.settings, self.model, self.pipelines, self.notes = settings, model, pipelines, notes
+        self.peers = peers or {REFERENCE: model}  # diffusers' runners' models, by name
+        self.precision = precision or PrecisionChoice(precision_of(model.unet.dtype), "as loaded")
+        self.optimum: dict[str, OptimumRunner] = {}  # open_optimum's, by runner name
         self.side = settings.resolution or model.default_resolution
         self.batches: dict[str, dict[str, Any]] = {}  # str(num_images) → rows
         self.concepts: dict[str, Any] | None = None
@@ -220,9 +242,11 @@ class GenerateBench:
 
         s = self.settings
         repeats = repeats or s.repeats
+        request = self.request(num_images)
         rows = measure_runners(
-            self.model, self.pipelines, self.request(num_images), s.warmup, repeats,
-            torch.device(s.device),
+            self.model, self.pipelines, request, s.warmup, repeats,
+            torch.device(s.device), peers=self.peers,
+            extra={name: optimum_runner(r, request) for name, r in self.optimum.items()},
         )  # fmt: skip
         rows["repeats"] = repeats
         self.batches[str(num_images)] = rows
@@ -244,6 +268,11 @@ class GenerateBench:
         cuda = self.settings.device.startswith("cuda")
         report["notes"] = [*self.notes, *ROW_NOTES, *(CUDA_NOTES if cuda else ())]
         report["settings"] = _settings_row(self.settings, self.model, self.side)
+        report["precision"] = {
+            "ours": self.precision.precision.value,
+            "reason": self.precision.reason,
+            **{name: precision_of(peer.unet.dtype).value for name, peer in self.peers.items()},
+        }
         return report
 
 
@@ -258,12 +287,20 @@ def open_generate_bench(
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     model = model or load_benchmark_model(settings.model)
-    _place(model, settings)
+    precision = place_model(model, settings)
+    peers = peer_models(model, settings, precision)
+    cast_model(model, precision.precision)
     side = settings.resolution or model.default_resolution
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="textinv-bench-generate-") as scratch:
-        pipelines = _pipelines(model, settings, side, Path(scratch), notes)
-        yield GenerateBench(settings, model, pipelines, notes)
+    notes = [f"precision: ours {precision.describe()}; " + ", ".join(
+        f"{name} {peer.unet.dtype}" for name, peer in peers.items())]  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="textinv-bench-generate-") as scratch,
+        contextlib.ExitStack() as stack,
+    ):
+        pipelines = load_pipelines(peers[REFERENCE], model, settings, side, Path(scratch), notes)
+        bench = GenerateBench(settings, model, pipelines, notes, peers, precision)
+        bench.optimum = open_optimum(settings, model, stack, notes)
+        yield bench
 
 
 def _settings_row(settings: GenerateBenchSettings, model: BaseModel, side: int) -> dict[str, Any]:
@@ -279,81 +316,10 @@ def _settings_row(settings: GenerateBenchSettings, model: BaseModel, side: int) 
         "warmup": settings.warmup,
         "repeats": settings.repeats,
         "device": settings.device,
-        "weights": settings.weights.value if settings.weights else str(model.unet.dtype),
+        "weights": settings.weights.value if settings.weights else "as loaded",
+        "precision": precision_of(model.unet.dtype).value,
         "channels_last": settings.channels_last,
         "num_images": list(settings.num_images),
         "compile_backend": settings.compile_backend,
         "torch_variants": [v.label for v in settings.torch_variants],
     }
-
-
-# -- setting up ----------------------------------------------------------------------------------
-
-
-def _place(model: BaseModel, settings: GenerateBenchSettings) -> None:
-    """Device, weights and layout for every runner alike (diffusers shares these modules)."""
-    for module in (model.text_encoder, model.unet, model.vae):
-        module.to(settings.device)
-        if settings.weights is not None:
-            module.to(torch_dtype(settings.weights))
-    if settings.channels_last:
-        model.unet.to(memory_format=torch.channels_last)
-
-
-def _pipelines(
-    model: BaseModel, settings: GenerateBenchSettings, side: int, scratch: Path, notes: list[str]
-) -> dict[str, GenerationPipeline]:
-    """Our pipeline per requested and available backend (and torch variant), keyed by label."""
-    wanted = [BackendName(b) for b in settings.backends] if settings.backends else list(BackendName)
-    pipelines: dict[str, GenerationPipeline] = {}
-    for name in wanted:
-        engines = settings.engines
-        if name is BackendName.ONNXRUNTIME and engines is None:
-            engines = _export_here(model, side, scratch, notes)
-        if name is BackendName.TENSORRT and not _tensorrt_usable(engines):
-            notes.append(
-                "tensorrt: skipped (needs CUDA, the tensorrt package and --engines with engines)"
-            )
-            continue
-        options = BackendOptions(engines=engines, threads=settings.threads, device=settings.device)
-        if name is not BackendName.TORCH:
-            pipelines[name.value] = load_generation_pipeline(model, name, options)
-            continue
-        for variant in settings.torch_variants:
-            if variant.options.cuda_graph and not settings.device.startswith("cuda"):
-                notes.append(f"{variant.label}: skipped (CUDA graphs need a CUDA device)")
-                continue
-            with_variant = replace(options, torch_options=_variant_options(variant, settings))
-            pipelines[variant.label] = load_generation_pipeline(model, name, with_variant)
-    return pipelines
-
-
-def _variant_options(variant: TorchVariant, settings: GenerateBenchSettings) -> TorchOptions:
-    if variant.options.compile and settings.compile_backend is not None:
-        return replace(variant.options, compile_backend=settings.compile_backend)
-    return variant.options
-
-
-def _export_here(model: BaseModel, side: int, scratch: Path, notes: list[str]) -> Path:
-    from textinv_export.exporter import ExportConfig, export_model
-    from textinv_export.specs import Component, Range, ShapeRanges
-
-    start = time.perf_counter()
-    config = ExportConfig(
-        scratch / "engines",
-        ranges=ShapeRanges(Range(1, 1, 4), Range(side, side, side)),
-        components=(Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER),
-    )
-    export_model(model, config, progress=lambda _: None)
-    notes.append(f"onnxruntime: exported here in {time.perf_counter() - start:.1f} s (fp32)")
-    return config.out
-
-
-def _tensorrt_usable(engines: Path | None) -> bool:
-    from textinv_export.tensorrt import tensorrt_missing
-
-    if engines is None or tensorrt_missing() is not None:
-        return False
-    from textinv_export.manifest import read_manifest
-
-    return all(e.engine is not None for e in read_manifest(engines).components.values())

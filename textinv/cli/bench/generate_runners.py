@@ -37,18 +37,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from textinv.cli.bench.generate_checks import UNET_CHECK, unet_call_checks
 from textinv.model import BaseModel
-from textinv.prompts import MAX_LENGTH
 from textinv_client.choices import Scheduler
-from textinv_server.backends.torch_backend import TorchBackend
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.pipeline.decoding import decode_png
 from textinv_server.requests import GenerationRequest, GenerationResult
 
 REFERENCE = "diffusers"  # the runner every ratio divides by
+# diffusers again in ours' precision, when ``auto`` moved ours off fp32: the same-precision ratio
+DIFFUSERS_SAME = "diffusers-same-precision"
+OPTIMUM = "optimum-ort"  # optimum-onnx's ORTStableDiffusionPipeline, in its own venv
+PEERS = (REFERENCE, DIFFUSERS_SAME, OPTIMUM)  # the runners that are not ours
 EAGER = "torch"  # our eager runner, the other reference for pixel differences
-UNET_CHECK = "unet_call_relative_error_vs_eager"
-CHECK_TIMESTEP = 500.0  # the fixed input's timestep: mid-schedule of SD's 1000
 STAGES = ("e2e", "text_encoder", "unet_step", "vae_decode")  # each a list in Samples
 MEMORY = ("peak_cuda_mib", "peak_cuda_above_start_mib", "device_used_mib")  # None off CUDA
 ERROR_CHARS, TRACEBACK_FRAMES, TRACEBACK_CHARS = 1000, 6, 4000  # what a failed row keeps
@@ -156,13 +157,20 @@ def measure_runners(
     warmup: int,
     repeats: int,
     device: torch.device | None = None,
+    peers: dict[str, BaseModel] | None = None,
+    extra: dict[str, Runner] | None = None,
 ) -> dict[str, Any]:
-    """Diffusers and each of our pipelines on ``request``, a row each (module docstring); memory
-    on a CUDA ``device``; a runner that raised has its error as its row."""
-    runners = {REFERENCE: diffusers_runner(model, request)}
+    """Diffusers (on each of ``peers``' models by runner name; default ``model`` as
+    ``REFERENCE``), ``extra`` runners (optimum's) and each of our pipelines on ``request``, a
+    row each (module docstring); memory on a CUDA ``device``; a runner that raised has its
+    error as its row."""
+    peers = peers or {REFERENCE: model}
+    runners = {name: diffusers_runner(peer, request) for name, peer in peers.items()}
+    runners.update(extra or {})
     runners.update({name: our_runner(p, request) for name, p in pipelines.items()})
     samples = round_robin(runners, warmup, repeats, device)
     rows = runner_rows(samples)
+    same_precision_ratios(rows)
     finished = {name: p for name, p in pipelines.items() if samples[name].error is None}
     for name, check in unet_call_checks(model, finished, request).items():
         rows[name].update(check)
@@ -179,6 +187,20 @@ def runner_rows(samples: dict[str, Samples]) -> dict[str, dict[str, Any]]:
         if row["status"] == "ok":
             row.update(pixel_differences(samples, name), **{UNET_CHECK: None})
     return rows
+
+
+def same_precision_ratios(rows: dict[str, dict[str, Any]]) -> None:
+    """Add to each of our rows its end-to-end and per-step ratios to diffusers in ours'
+    precision (``DIFFUSERS_SAME``), where that runner ran; None otherwise."""
+    same = rows.get(DIFFUSERS_SAME) or {"status": "missing"}
+    for name, row in rows.items():
+        if name in PEERS or row["status"] != "ok":
+            continue
+        for stage in ("e2e", "unet_step"):
+            ratio = None
+            if same["status"] == "ok":
+                ratio = same[stage]["median_ms"] / row[stage]["median_ms"]
+            row[f"speedup_{stage}_same_precision"] = ratio
 
 
 def round_robin(
@@ -224,57 +246,6 @@ def peak_memory(device: torch.device | None, samples: Samples) -> Iterator[None]
 def device_used_mib(device: torch.device) -> float:
     free, total = torch.cuda.mem_get_info(device)  # the whole GPU's, every process's
     return (total - free) / 2**20
-
-
-def unet_call_checks(
-    model: BaseModel, pipelines: dict[str, GenerationPipeline], request: GenerationRequest
-) -> dict[str, dict[str, Any]]:
-    """Each torch runner's UNet as it runs it (``predict_noise``: compiled, CUDA-graphed) on one
-    fixed seeded input, against the same module called eagerly (one call per dtype and layout):
-    ``{name: {UNET_CHECK: max relative error}}``, or ``None`` and ``unet_call_error``."""
-    from textinv_export.parity import compare
-
-    backends = {n: p.backend for n, p in pipelines.items() if isinstance(p.backend, TorchBackend)}
-    eager: dict[tuple[torch.dtype, torch.memory_format], np.ndarray] = {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, backend in backends.items():
-        inputs = check_inputs(model, request, backend.device)
-        try:
-            got = backend.predict_noise(*inputs).cpu().numpy()
-            key = (backend.dtype, backend.memory_format)
-            if key not in eager:
-                eager[key] = eager_noise(backend, *inputs)
-            out[name] = {UNET_CHECK: compare("noise", got, eager[key]).relative_error}
-        except Exception as error:  # the check's own failure, in the row; the bench goes on
-            out[name] = {UNET_CHECK: None, "unet_call_error": f"{type(error).__name__}: {error}"}
-    return out
-
-
-def check_inputs(
-    model: BaseModel, request: GenerationRequest, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A fixed seeded input laid out as the pipeline's UNet calls for ``request`` (so compiled
-    graphs' guards hold and CUDA graphs replay): ``sample [rows, C, h, w]``, ``timestep [rows]``
-    (a device scalar expanded, as the pipeline's), ``hidden [rows, 77, D]``; float32."""
-    rows = request.num_images * (2 if request.uses_guidance else 1)
-    sides = (request.height, request.width)  # pixels, None: the model's own
-    h, w = ((side or model.default_resolution) // model.vae_scale_factor for side in sides)
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(rows, model.unet.config.in_channels, h, w, generator=generator)
-    hidden = torch.randn(rows, MAX_LENGTH, model.text_width, generator=generator)
-    timestep = torch.full((1,), CHECK_TIMESTEP, device=device)[0].expand(rows)
-    return sample.to(device), timestep, hidden.to(device)
-
-
-@torch.inference_mode()
-def eager_noise(
-    backend: TorchBackend, sample: torch.Tensor, timestep: torch.Tensor, hidden: torch.Tensor
-) -> np.ndarray:
-    """The backend's UNet module itself, eager, on inputs cast as ``predict_noise`` casts them."""
-    x = sample.to(backend.device, backend.dtype).contiguous(memory_format=backend.memory_format)
-    states = hidden.to(backend.device, backend.dtype)
-    noise = backend.unet(x, timestep, encoder_hidden_states=states, return_dict=False)[0]
-    return noise.float().cpu().numpy()  # type: ignore[no-any-return]
 
 
 def pixel_differences(samples: dict[str, Samples], name: str) -> dict[str, float | int | None]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from textinv.cli.bench.generate_runners import EAGER, REFERENCE, UNET_CHECK
+from textinv.cli.bench.generate_checks import UNET_CHECK
+from textinv.cli.bench.generate_runners import DIFFUSERS_SAME, EAGER, OPTIMUM, PEERS, REFERENCE
 
 
 def measured_rows(runners: Mapping[str, Any]) -> dict[str, Any]:
@@ -20,6 +21,8 @@ def print_report(report: dict[str, Any]) -> None:
     for batch in report["batches"].values():
         print(f"{batch['num_images']} image(s) per request:")
         _print_rows(batch["runners"])
+        _print_same_precision(batch["runners"])
+        _print_optimum_ratios(batch["runners"])
     if report.get("concepts") is not None:
         print("\n".join(concept_lines(report["concepts"])))
 
@@ -44,6 +47,34 @@ def _print_rows(rows: dict[str, Any]) -> None:
             f"{row['first_run_ms']:>8.0f} {cell(row['peak_cuda_mib']):>7} {diffs:>7} "
             f"{cell(row[UNET_CHECK], '.1e'):>8}"
         )
+
+
+def _print_same_precision(rows: dict[str, Any]) -> None:
+    """Where ours ran in another precision than diffusers' fp32 row: both ratios, so the dtype's
+    share and our code's share read apart."""
+    for name, row in rows.items():
+        same = row.get("speedup_e2e_same_precision")
+        if same is not None:
+            print(
+                f"  {name}: e2e {cell(row['speedup_e2e'], '.2f')}× diffusers as loaded, "
+                f"{same:.2f}× diffusers in the same precision ({DIFFUSERS_SAME}); UNet step "
+                f"{cell(row['speedup_unet_step'], '.2f')}× / "
+                f"{cell(row['speedup_unet_step_same_precision'], '.2f')}×"
+            )
+
+
+def _print_optimum_ratios(rows: dict[str, Any]) -> None:
+    """Each of our runners against optimum's ORT pipeline, where it ran: end to end and per step
+    (the step as both take it: step-end to step-end, UNet and scheduler)."""
+    optimum = rows.get(OPTIMUM)
+    if optimum is None or optimum["status"] != "ok":
+        return
+    for name, row in rows.items():
+        if name in PEERS or row["status"] != "ok":
+            continue
+        e2e = optimum["e2e"]["median_ms"] / row["e2e"]["median_ms"]
+        step = optimum["unet_step"]["median_ms"] / row["unet_step"]["median_ms"]
+        print(f"  {name}: {e2e:.2f}× {OPTIMUM} end to end, {step:.2f}× per step")
 
 
 def cell(value: float | None, spec: str = ".0f") -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from textinv.choices import coerce_choices
+from textinv.hardware import cpu_features
 from textinv_client.choices import Precision
 from textinv_client.flags import add_flags, flag, flag_fields, flag_name, from_flags
 
@@ -35,6 +36,7 @@ RESULT_PREFIX = "BENCH_RESULT "  # the worker's one result line on stdout
 TOKEN = "<bench-concept>"
 INIT = "toy"
 METHODS = ("textinv", "reference")
+SAME_PRECISION = "reference_same_precision"  # the reference again, in ours' precision
 WORKER_MODULE = "textinv.cli.bench.invert_worker"
 
 
@@ -53,10 +55,13 @@ class InvertBenchSettings:
     images: str | None = field(default=None, metadata=flag("an image folder (default: 4 made up)"))
     threads: int = field(default=0, metadata=flag("torch threads (0: torch's default)"))
     device: str = field(default="cpu", metadata=flag("cpu, cuda, cuda:1 ..."))
+    # auto: ours as the trainer resolves it; the reference as diffusers' example runs by default
+    # (fp32), and again in ours' precision when that differs (bf16 against bf16).
     precision: Precision = field(
-        default=Precision.FP32,
+        default=Precision.AUTO,
         metadata=flag(
-            "fp32, or bf16/fp16 as diffusers' example runs them: frozen UNet and VAE in that dtype"
+            "auto, fp32, or bf16/fp16 as diffusers' example runs them: frozen UNet and VAE in "
+            "that dtype"
         ),
     )
 
@@ -99,7 +104,11 @@ def measure_invert(settings: InvertBenchSettings, timeout_s: float | None = None
             method: _run_worker(method, with_images, Path(scratch) / method, deadline)
             for method in METHODS
         }
-    ours, ref = results["textinv"], results["reference"]
+        ours, ref = results["textinv"], results["reference"]
+        same = ref
+        if ours["precision"] != ref["precision"]:  # auto picked bf16: the reference in bf16 too
+            in_ours = replace(with_images, precision=Precision.parse(ours["precision"]))
+            same = _run_worker("reference", in_ours, Path(scratch) / SAME_PRECISION, deadline)
     cuda = "peak_cuda_mib" in ours and "peak_cuda_mib" in ref
     return {
         "model": settings.model,
@@ -111,7 +120,11 @@ def measure_invert(settings: InvertBenchSettings, timeout_s: float | None = None
         "settings": asdict(settings),
         "textinv": ours,
         "reference": ref,
+        "precision": {"textinv": ours["precision"], "reference": ref["precision"]},
         "speedup": ours["steps_per_s"] / ref["steps_per_s"],
+        # Ours against the reference in ours' precision: what our code adds beyond the dtype.
+        SAME_PRECISION: same,
+        "speedup_same_precision": ours["steps_per_s"] / same["steps_per_s"],
         "cpu_speedup": ours["steps_per_cpu_s"] / ref["steps_per_cpu_s"],
         "peak_rss_ratio": ours["peak_rss_mib"] / ref["peak_rss_mib"],
         "peak_cuda_ratio": ours["peak_cuda_mib"] / ref["peak_cuda_mib"] if cuda else None,
@@ -137,25 +150,35 @@ def _print_summary(settings: InvertBenchSettings, summary: dict[str, Any]) -> No
     print(
         f"textinv bench invert: model {settings.model}, {settings.resolution} px, batch "
         f"{settings.batch_size}, {settings.steps} timed steps after {settings.warmup} warm-up, "
-        f"{ours['threads']} threads, {settings.device}, {settings.precision}"
+        f"{ours['threads']} threads, {settings.device}, precision {settings.precision}; "
+        f"{cpu_features().describe()}"
     )
     print(
-        f"{'method':<11} {'steps/s':>9} {'s/step':>8} {'peak RSS MiB':>13} "
+        f"{'method':<14} {'steps/s':>9} {'s/step':>8} {'peak RSS MiB':>13} "
         f"{'after load MiB':>15} {'setup s':>8} {'min s/step':>11} {'CPU s/step':>11} "
         f"{'load avg':>8}"
     )
-    for name, r in (("textinv", ours), ("reference", ref)):
+    same = summary[SAME_PRECISION]
+    rows = [(f"textinv {ours['precision']}", ours), (f"ref {ref['precision']}", ref)]
+    if same is not ref:
+        rows.append((f"ref {same['precision']}", same))
+    for name, r in rows:
         print(
-            f"{name:<11} {r['steps_per_s']:>9.4f} {r['median_step_s']:>8.3f} "
+            f"{name:<14} {r['steps_per_s']:>9.4f} {r['median_step_s']:>8.3f} "
             f"{r['peak_rss_mib']:>13.0f} {r['rss_after_load_mib']:>15.0f} {r['setup_s']:>8.2f} "
             f"{r['min_step_s']:>11.3f} {r['median_cpu_step_s']:>11.3f} "
             f"{(r['load_average'] or [math.nan])[0]:>8.2f}"
         )
     print(
-        f"speedup (textinv / reference steps/s): {summary['speedup']:.2f}× wall-clock, "
-        f"{summary['cpu_speedup']:.2f}× per CPU second; peak memory textinv / reference: "
-        f"{summary['peak_rss_ratio']:.3f}"
+        f"speedup (textinv {ours['precision']} / reference {ref['precision']} steps/s): "
+        f"{summary['speedup']:.2f}× wall-clock, {summary['cpu_speedup']:.2f}× per CPU second; "
+        f"peak memory textinv / reference: {summary['peak_rss_ratio']:.3f}"
     )
+    if same is not ref:
+        print(
+            f"speedup at the same precision (textinv / reference, both {same['precision']}): "
+            f"{summary['speedup_same_precision']:.2f}× wall-clock"
+        )
     if summary["peak_cuda_ratio"] is not None:
         print(
             f"peak CUDA memory: textinv {ours['peak_cuda_mib']:.0f} MiB, reference "

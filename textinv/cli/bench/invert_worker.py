@@ -29,8 +29,10 @@ from textinv.cli.bench.invert import (
     InvertBenchSettings,
     StepTimes,
 )
-from textinv.dtypes import torch_dtype
+from textinv.dtypes import precision_of, torch_dtype
+from textinv.hardware import resolve_model_precision
 from textinv.model import BaseModel
+from textinv_client.choices import Precision
 from textinv_client.flags import add_flags, from_flags
 
 
@@ -63,6 +65,7 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     else:
         times = train_reference(settings, model)
     result = summarize(method, times, settings.warmup)
+    result["precision"] = precision_of(model.unet.dtype).value  # what the UNet ran in
     result.update(load_s=load_s, rss_after_load_mib=rss_after_load, peak_rss_mib=peak_rss_mib())
     result["estimated_1000_steps_s"] = estimated_steps_s(result, 1000)
     if cuda:
@@ -71,13 +74,17 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
 
 
 def load_model(settings: InvertBenchSettings, method: str) -> BaseModel:
-    """Ours: every module in the precision (our trainer's vectors are their own fp32 parameter).
-    The reference: the text encoder in fp32 (its whole table trains), UNet and VAE in the
-    precision, as diffusers' example casts them under mixed precision."""
+    """Ours: every module in the precision, ``auto`` resolved as the trainer resolves it (our
+    vectors are their own fp32 parameter). The reference: the text encoder in fp32 (its whole
+    table trains), UNet and VAE in the precision, as diffusers' example casts them under
+    ``--mixed_precision``; ``auto`` is the example's default, no mixed precision (fp32)."""
     from textinv.model import load_base_model
     from textinv.testing import SD15_SHAPE, sd15_shape_model
 
-    dtype = torch_dtype(settings.precision)
+    precision = settings.precision
+    if method == "reference" and precision is Precision.AUTO:
+        precision = Precision.FP32
+    dtype = torch.float32 if precision is Precision.AUTO else torch_dtype(precision)
     if settings.device == "cpu" and dtype == torch.float16:
         dtype = torch.float32  # fp16 kernels are missing or slow on CPU (the trainer does this)
     whole = dtype if method == "textinv" else torch.float32
@@ -88,9 +95,12 @@ def load_model(settings: InvertBenchSettings, method: str) -> BaseModel:
             module.to(settings.device)
     else:
         model = load_base_model(settings.model, dtype=whole, device=settings.device)
-    if method == "reference":
-        model.unet.to(dtype)
-        model.vae.to(dtype)
+    modules = [model.unet, model.vae]
+    if method == "textinv" and precision is Precision.AUTO:
+        dtype = torch_dtype(resolve_model_precision(precision, model.unet).precision)
+        modules.append(model.text_encoder)
+    for module in modules:
+        module.to(dtype)
     return model
 
 
