@@ -9,10 +9,21 @@ writes to ``--out``:
   under concurrent clients), ``training.png`` (training steps/s against the reference method).
 
 Every comparison is a ratio of two figures measured in this run. Every figure is a median after
-warm-up, with its spread (min-max, or percentiles under load). The UNet's FLOPs per step are
-counted from the graph (``FlopCounterMode`` over one UNet call on the meta device, at the
-benchmark's batch and resolution: no compute), so the UNet figures are also a fraction of the
-hardware's peak (``--peak-tflops``; known GPUs have defaults, a CPU gets an estimate, labelled).
+warm-up, with its spread (min-max, or percentiles under load). The report also measures:
+
+- the machine: the CPU's instruction sets (AVX2, AVX-512, AVX512-BF16, AMX-BF16 ...), torch's
+  dispatch level and the precision ``auto`` picks (``textinv.hardware``);
+- its achievable peak: a GEMM microbenchmark per precision (fp32 and bf16 on the CPU; fp32, bf16
+  and fp16 on CUDA) at the benchmarks' thread count (``report_peak``). The UNet's FLOPs per step
+  are counted from the graph (``FlopCounterMode`` over one UNet call on the meta device, at the
+  benchmark's batch and resolution: no compute), so each runner's UNet figure is a fraction of
+  the measured peak of the precision it ran in, never over 100% (where a runner beats the GEMM,
+  the peak becomes its figure, labelled). ``--peak-tflops`` replaces the measured peak; known
+  GPUs' data-sheet figures are a reference line only;
+- serving: on the model, or on the embedded model (labelled) where the model is sd15-shape,
+  which has no folder for a server to load;
+- time to the first image from a cold process: ``textinv serve`` against diffusers'
+  ``from_pretrained`` in a fresh process, same folder, steps and size (``report_startup``).
 
 ``--quick`` uses the tiny model and a few steps (a test runs it end to end); ``sd15-shape`` is
 SD 1.5's exact configs with random weights, sized for a GPU: on a CPU expect hours.
@@ -32,19 +43,32 @@ from textinv.cli.bench.generate import GenerateBenchSettings, measure_generate
 from textinv.cli.bench.generate_table import measured_rows
 from textinv.cli.bench.invert import InvertBenchSettings, measure_invert
 from textinv.cli.bench.report_machine import (
+    achieved_tflops,
     count_flops,
+    data_sheet_peak,
     machine_info,
-    peak_for,
+    native_side,
     utilization,
     versions,
 )
 from textinv.cli.bench.report_markdown import summary_lines, write_report
+from textinv.cli.bench.report_peak import (
+    CUDA_PRECISIONS,
+    METHOD,
+    MeasuredPeak,
+    Peak,
+    effective_peaks,
+    measure_peaks,
+)
+from textinv.cli.bench.report_startup import StartupSettings, measure_startup
 from textinv.cli.bench.serve import LoadResult, ServeBenchSettings, measure_serve
 from textinv.testing import SD15_SHAPE
 from textinv_client.choices import Precision
 from textinv_server.backends import BackendName
 
 T = TypeVar("T")
+GEMM_REPEATS = 3
+EMBEDDED_LABEL = "embedded model (the model is sd15-shape, which has no folder to serve)"
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,10 @@ class ReportSettings:
     device: str
     invert: InvertBenchSettings
     generate: GenerateBenchSettings
-    serve: ServeBenchSettings | None  # None: the model is not a folder the server can load
+    serve: ServeBenchSettings  # model None: the embedded model
+    serve_label: str  # what the serve section measured: "the model" or the embedded model
+    startup: StartupSettings
+    threads: int = 0  # the benchmarks' torch threads (0: torch's default), the GEMM's too
 
 
 def add_report_bench(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -74,7 +101,7 @@ def add_report_bench(bench_subparsers: argparse._SubParsersAction) -> None:
         "--peak-tflops",
         type=float,
         default=None,
-        help="the hardware's peak for the fractions (default: known GPUs' bf16, else estimated)",
+        help="the peak for the fractions, every precision (default: measured by a GEMM)",
     )
     bench.set_defaults(func=run_report_bench)
 
@@ -105,7 +132,8 @@ def _tiny_model(scratch: Path) -> str:
 
 
 def agreed_settings(model: str, quick: bool, device: str, threads: int = 0) -> ReportSettings:
-    """Quick: the tiny model, a few steps. Full: SD 1.5's 512 px, 50 steps, batch 4 training."""
+    """Quick: the tiny model, a few steps. Full: SD 1.5's 512 px, 50 steps, batch 4 training,
+    the frozen model in ``auto`` precision (bf16 where the device has a fast bf16 path)."""
     if quick:
         invert = InvertBenchSettings(
             model=model, resolution=64, steps=3, warmup=1, threads=threads, device=device
@@ -114,23 +142,40 @@ def agreed_settings(model: str, quick: bool, device: str, threads: int = 0) -> R
             model=model, backends=(BackendName.TORCH,), steps=4, warmup=1, repeats=3,
             threads=threads, device=device,
         )  # fmt: skip
-        quick_serve = ServeBenchSettings(model=model, concurrency=(1, 4), requests=8, steps=2)
-        return ReportSettings(model, device, invert, generate, quick_serve)
+        serve = ServeBenchSettings(model=model, concurrency=(1, 4), requests=8, steps=2)
+        startup = _startup(model, "the model", serve.steps, device, threads, timeout_s=300)
+        return ReportSettings(model, device, invert, generate, serve, "the model", startup, threads)
     cuda = device.startswith("cuda")
     invert = InvertBenchSettings(
         model=model, resolution=512, batch_size=4 if cuda else 1, steps=10 if cuda else 2,
-        warmup=2 if cuda else 1, threads=threads, device=device,
-        precision=Precision.BF16 if cuda else Precision.FP32,
+        warmup=2 if cuda else 1, threads=threads, device=device, precision=Precision.AUTO,
     )  # fmt: skip
     generate = GenerateBenchSettings(
         model=model, backends=(BackendName.TORCH,) if model == SD15_SHAPE else None,
         steps=50 if cuda else 2, warmup=1, repeats=5 if cuda else 2, threads=threads,
         device=device,
     )  # fmt: skip
-    serve: ServeBenchSettings | None = None
-    if model != SD15_SHAPE:
-        serve = ServeBenchSettings(model=model, concurrency=(1, 4, 8), requests=16, steps=10)
-    return ReportSettings(model, device, invert, generate, serve)
+    servable = model != SD15_SHAPE  # else the embedded model, for serving and the cold start
+    label = "the model" if servable else EMBEDDED_LABEL
+    serve = ServeBenchSettings(
+        model=model if servable else None, concurrency=(1, 4, 8), requests=16, steps=10
+    )
+    startup = _startup(serve.model, label, serve.steps, device, threads, timeout_s=1800)
+    return ReportSettings(model, device, invert, generate, serve, label, startup, threads)
+
+
+def _startup(
+    folder: str | None, label: str, steps: int, device: str, threads: int, timeout_s: float
+) -> StartupSettings:
+    """Time to the first image on ``folder`` (None: the embedded model) at its native size."""
+    if folder is None:
+        from textinv.toy import default_model_path
+
+        folder = str(default_model_path())
+    return StartupSettings(
+        model=folder, label=label, steps=steps, side=native_side(folder), device=device,
+        threads=threads, timeout_s=timeout_s,
+    )  # fmt: skip
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -142,45 +187,98 @@ def run_report(
     peak_tflops: float | None = None,
     progress: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
-    """The three benchmarks, the FLOP counts and every ratio, as one plain dict."""
+    """The benchmarks, the peak, the FLOP counts and every ratio, as one plain dict."""
     say = progress or (lambda _text: None)
     timings: dict[str, float] = {}
     # 1. Each benchmark through its library function, timed as a whole.
-    say("1/3 invert: ours vs the reference method")
+    say("1/5 invert: ours vs the reference method")
     invert = _timed(timings, "invert_s", lambda: measure_invert(settings.invert))
-    say("2/3 generate: each backend vs diffusers' pipeline")
+    say("2/5 generate: each backend vs diffusers' pipeline")
     generate = _timed(timings, "generate_s", lambda: measure_generate(settings.generate))
-    serve: list[LoadResult] = []
-    if settings.serve is not None:
-        serve_settings = settings.serve
-        say("3/3 serve: in-process vs gRPC, batching on and off")
-        serve = _timed(timings, "serve_s", lambda: measure_serve(serve_settings))
-    # 2. The UNet's FLOPs at both benchmarks' shapes, and the hardware's peak they are a share of.
-    peak = peak_for(settings.device, peak_tflops)
+    say(f"3/5 serve ({settings.serve_label}): in-process vs gRPC, batching on and off")
+    serve = _timed(timings, "serve_s", lambda: measure_serve(settings.serve))
+    say(f"4/5 time to the first image ({settings.startup.label}): textinv serve vs diffusers")
+    startup = _timed(timings, "startup_s", lambda: measure_startup(settings.startup))
+    # 2. The UNet's FLOPs at both benchmarks' shapes, what each runner achieved, and the peak of
+    #    each precision they are a share of.
     flops = count_flops(
         settings.model,
         generate["settings"]["resolution"],
         train_batch=settings.invert.batch_size,
         train_resolution=settings.invert.resolution,
     )
+    achieved = achieved_tflops(invert, generate, flops)
+    say("5/5 the peak: a GEMM microbenchmark per precision")
+    peak, peaks = _timed(timings, "peak_s", lambda: peak_section(settings, achieved, peak_tflops))
+    all_ratios = ratios(invert, generate, serve)
+    if startup["first_image_speedup_vs_diffusers"] is not None:
+        speedup = startup["first_image_speedup_vs_diffusers"]
+        all_ratios["time_to_first_image_speedup_vs_diffusers"] = speedup
     return {
         "machine": machine_info(settings.device),
         "versions": versions(),
         "settings": {
             "model": settings.model,
             "device": settings.device,
+            "threads": settings.threads,
             "invert": asdict(settings.invert),
             "generate": generate["settings"],
-            "serve": asdict(settings.serve) if settings.serve else None,
+            "serve": asdict(settings.serve),
+            "startup": asdict(settings.startup),
         },
         "invert": invert,
         "generate": generate,
         "serve": [asdict(r) for r in serve],
+        "serve_model": {"model": settings.serve.model, "label": settings.serve_label},
+        "startup": startup,
         "flops": flops,
-        "peak": asdict(peak),
-        "utilization": utilization(invert, generate, flops, peak),
-        "ratios": ratios(invert, generate, serve),
+        "peak": peak,
+        "utilization": utilization(achieved, peaks),
+        "ratios": all_ratios,
         "bench_seconds": timings,
+    }
+
+
+def peak_section(
+    settings: ReportSettings, achieved: dict[str, tuple[str, float]], given: float | None
+) -> tuple[dict[str, Any], dict[str, Peak]]:
+    """The measured peaks, and per precision the peak its rows' fractions divide by: the
+    benchmark device's GEMM figure (or ``given``), raised to the best row where one beats it."""
+    ran_in = sorted({precision for precision, _ in achieved.values()})
+    measured = measure_all_peaks(settings.device, ran_in, settings.threads)
+    if given is not None:
+        base, source = dict.fromkeys(ran_in, given), "--peak-tflops"
+    else:
+        base = {precision: found.tflops for precision, found in measured[settings.device].items()}
+        source = f"GEMM microbenchmark on {settings.device}"
+    peaks = effective_peaks(base, achieved, source)
+    section = {
+        "method": METHOD.format(repeats=GEMM_REPEATS),
+        "threads": settings.threads or None,  # None: torch's default
+        "measured": {
+            where: {precision: found.to_dict() for precision, found in by_precision.items()}
+            for where, by_precision in measured.items()
+        },
+        "data_sheet": data_sheet_peak(settings.device),
+        "given_tflops": given,
+        "used": {precision: asdict(peak) for precision, peak in peaks.items()},
+    }
+    return section, peaks
+
+
+def measure_all_peaks(
+    device: str, ran_in: list[str], threads: int
+) -> dict[str, dict[str, MeasuredPeak]]:
+    """device → precision → its GEMM peak: the CPU's fp32 and bf16 always, and on CUDA the GPU's
+    fp32, bf16 and fp16; either way also each precision a runner ran in on ``device``."""
+    cpu_wanted = [Precision.FP32.value, Precision.BF16.value]
+    if not device.startswith("cuda"):
+        return {device: measure_peaks(device, [*cpu_wanted, *ran_in], threads=threads,
+                                      repeats=GEMM_REPEATS)}  # fmt: skip
+    gpu_wanted = [p.value for p in CUDA_PRECISIONS]
+    return {
+        "cpu": measure_peaks("cpu", cpu_wanted, threads=threads, repeats=GEMM_REPEATS),
+        device: measure_peaks(device, [*gpu_wanted, *ran_in], repeats=GEMM_REPEATS),
     }
 
 

@@ -1,5 +1,6 @@
 """The machine behind ``textinv bench report``: the UNet's FLOPs counted from its graph, the
-hardware's peak they are a fraction of, what the CPU and GPU are, and the library versions."""
+precision each runner ran in and the fraction of the measured peak it achieved (the peak itself:
+``report_peak``), what the CPU (its instruction sets) and GPU are, and the library versions."""
 
 from __future__ import annotations
 
@@ -7,27 +8,23 @@ import json
 import os
 import platform
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from textinv.cli.bench.generate_runners import REFERENCE
 from textinv.cli.bench.generate_table import measured_rows
+from textinv.cli.bench.report_peak import Peak
+from textinv.hardware import CpuFeatures, cpu_features, resolve_precision
 from textinv.testing import SD15_SHAPE
+from textinv_client.choices import Precision
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s.
+# Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), TFLOP/s: a reference
+# line only; the fractions divide by the measured peak.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-# A CPU core with AVX2: 2 FMA units × 8 fp32 lanes × 2 FLOPs per cycle.
-CPU_FLOPS_PER_CYCLE = 32
-CPU_GHZ_GUESS = 2.5
 CFG_ROWS = 2  # one denoising step runs the UNet on classifier-free guidance's two halves
-
-
-@dataclass(frozen=True)
-class Peak:
-    tflops: float
-    source: str  # where the figure comes from ("estimate: ..." when it is one)
 
 
 # -- FLOPs and the hardware's peak --------------------------------------------------------------
@@ -91,56 +88,111 @@ def _unet_config(model: str) -> dict[str, Any]:
     return json.loads((Path(model) / "unet" / "config.json").read_text())  # type: ignore[no-any-return]
 
 
+def native_side(folder: str) -> int:
+    """A model folder's native image side in pixels: the UNet's sample size × the VAE's factor."""
+    return int(_unet_config(folder)["sample_size"]) * _vae_factor(folder)
+
+
 def _vae_factor(model: str) -> int:
     config = json.loads((Path(model) / "vae" / "config.json").read_text())
     return int(2 ** (len(config["block_out_channels"]) - 1))
 
 
-def peak_for(device: str, given: float | None) -> Peak:
-    """The peak the fractions use: the caller's, a known GPU's bf16 figure, or a CPU estimate."""
-    if given is not None:
-        return Peak(given, "--peak-tflops")
-    if device.startswith("cuda") and torch.cuda.is_available():
-        name = torch.cuda.get_device_name(torch.device(device))
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return Peak(tflops, f"{name}: dense bf16 tensor-core peak, data sheet")
-        return Peak(float("nan"), f"{name}: unknown peak; pass --peak-tflops")
-    threads = torch.get_num_threads()
-    tflops = threads * CPU_GHZ_GUESS * CPU_FLOPS_PER_CYCLE / 1000
-    return Peak(
-        tflops,
-        f"estimate: {threads} cores × {CPU_GHZ_GUESS} GHz × {CPU_FLOPS_PER_CYCLE} fp32 "
-        "FLOP/cycle (AVX2 FMA); not measured",
-    )
+def data_sheet_peak(device: str) -> dict[str, Any] | None:
+    """A known GPU's dense bf16 tensor-core figure from its data sheet, as a reference line
+    beside the measured peaks (the fractions never use it); None on a CPU or an unknown GPU."""
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, tflops in GPU_PEAK_TFLOPS.items():
+        if key in name:
+            return {"tflops": tflops, "source": f"{name}: dense bf16 tensor-core peak, data sheet"}
+    return None
+
+
+def runner_precisions(invert: dict[str, Any], generate: dict[str, Any]) -> dict[str, str]:
+    """The precision each row ran in: ``generate["precision"]`` (``{"ours": "bf16", "diffusers":
+    "fp32", ...}``, a runner's own name first) and ``invert["precision"]`` (one name, or one per
+    method); where a result does not say, its settings' precision if that is a concrete one, else
+    fp32."""
+    found: dict[str, str] = {}
+    stated = generate.get("precision") or {}
+    weights = generate.get("settings", {}).get("weights")  # every runner's, where it was set
+    for name in measured_rows(generate["runners"]):
+        own = stated.get(name) or (None if name == REFERENCE else stated.get("ours"))
+        found[f"generate/{name}"] = precision_name(own or weights)
+    trained = invert.get("precision") or invert.get("settings", {}).get("precision")
+    for method in ("textinv", "reference"):
+        value = trained
+        if isinstance(trained, dict):
+            value = trained.get(method) or trained.get("ours")
+        found[f"invert/{method}"] = precision_name(value)
+    return found
+
+
+def precision_name(value: object) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` from a precision's name or a torch dtype's text
+    (``"torch.bfloat16"``); fp32 for anything else (None, ``"auto"`` unresolved, ``"tf32"``)."""
+    text = str(value or "").lower()
+    for name, spellings in (("bf16", ("bf16", "bfloat16")), ("fp16", ("fp16", "float16", "half"))):
+        if any(spelling in text for spelling in spellings):
+            return name
+    return "fp32"
+
+
+def achieved_tflops(
+    invert: dict[str, Any], generate: dict[str, Any], flops: dict[str, Any]
+) -> dict[str, tuple[str, float]]:
+    """Each row's (precision, achieved UNet TFLOP/s): counted FLOPs over its median step time."""
+    precisions = runner_precisions(invert, generate)
+    step_flops = flops["unet_flops_per_denoising_step"]
+    rows: dict[str, tuple[str, float]] = {}
+    for name, row in measured_rows(generate["runners"]).items():
+        key = f"generate/{name}"
+        rows[key] = (precisions[key], step_flops / (row["unet_step"]["median_ms"] / 1000) / 1e12)
+    for method in ("textinv", "reference"):
+        key = f"invert/{method}"
+        seconds = invert[method]["median_step_s"]
+        rows[key] = (precisions[key], flops["unet_flops_per_train_step"] / seconds / 1e12)
+    return rows
 
 
 def utilization(
-    invert: dict[str, Any], generate: dict[str, Any], flops: dict[str, Any], peak: Peak
+    achieved: dict[str, tuple[str, float]], peaks: Mapping[str, Peak]
 ) -> dict[str, Any]:
-    """Achieved TFLOP/s of the UNet per runner and method, and the fraction of ``peak``."""
-    step_flops = flops["unet_flops_per_denoising_step"]
+    """Each row's achieved TFLOP/s as a fraction of the peak of the precision it ran in
+    (``report_peak.effective_peaks``: never above the peak, so never over 1)."""
     rows: dict[str, Any] = {}
-    for name, row in measured_rows(generate["runners"]).items():
-        tflops = step_flops / (row["unet_step"]["median_ms"] / 1000) / 1e12
-        rows[f"generate/{name}"] = {"tflops": tflops, "fraction_of_peak": tflops / peak.tflops}
-    for method in ("textinv", "reference"):
-        seconds = invert[method]["median_step_s"]
-        tflops = flops["unet_flops_per_train_step"] / seconds / 1e12
-        rows[f"invert/{method}"] = {"tflops": tflops, "fraction_of_peak": tflops / peak.tflops}
+    for name, (precision, tflops) in achieved.items():
+        peak = peaks[precision]
+        rows[name] = {
+            "tflops": tflops,
+            "precision": precision,
+            "peak_tflops": peak.tflops,
+            "peak_source": peak.source,
+            "fraction_of_peak": tflops / peak.tflops,
+        }
     return rows
 
 
 # -- machine and versions -----------------------------------------------------------------------
 
 
-def machine_info(device: str) -> dict[str, Any]:
+def machine_info(device: str, features: CpuFeatures | None = None) -> dict[str, Any]:
+    """The platform, the CPU (name, instruction sets, torch's dispatch level), the precision
+    ``auto`` picks on ``device``, and the GPU where CUDA is there. ``features``: this machine's
+    unless given (tests pass faked flags)."""
+    features = features or cpu_features()
     info: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": features.name,
+        "cpu_instruction_sets": list(features.instruction_sets),
+        "cpu_fast_bf16": features.fast_bf16,
+        "torch_cpu_capability": features.torch_capability,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        "auto_precision": resolve_precision(Precision.AUTO, device, features).describe(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -148,16 +200,6 @@ def machine_info(device: str) -> dict[str, Any]:
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def versions() -> dict[str, str]:

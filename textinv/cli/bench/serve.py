@@ -1,53 +1,77 @@
-"""``textinv bench serve``: latency and throughput of the real server under concurrent clients.
+"""``textinv bench serve``: latency and throughput of the real server under load, the way serving
+engineers read it.
 
-In one run it measures, with the same model, request and settings:
+With the same model, request and settings, one run measures:
 1. in-process runtime calls (the pipeline called directly), the baseline for gRPC's overhead;
-2. the server with micro-batching, at each concurrency;
-3. the server with batching switched off (``max_batch`` 1), at the same concurrencies;
-and prints p50/p95/p99 latency, throughput, failures, and the ratios the targets name.
+2. closed loop: the server with micro-batching at each concurrency (default 1, 2, 4, 8, 16
+   clients, each sending back to back);
+3. open loop: Poisson arrivals at a few rates (``--rates``, or 0.5, 1, 1.5 and 2× the closed-loop
+   throughput at concurrency 1), each request sent at its scheduled time and timed from it;
+4. the server with batching switched off (``max_batch`` 1), closed loop at the same concurrencies.
+
+At every point it prints p50/p95/p99 latency, throughput and the shares of refused
+(RESOURCE_EXHAUSTED, the queue limit) and otherwise failed requests, then the ratios the targets
+name; ``--plot PATH`` draws p50 and p99 latency against throughput (``serve_plot``). With
+``--server HOST:PORT`` (and ``--api-key``, ``--tls*``) it measures a server that is already
+running: no server is started, so 1 and 4 are skipped, and the request's size is the server's
+native one from GetServerInfo. The load itself lives in ``serve_load``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from textinv_client import GenerateRequest, TextInvClient, TextInvError
+import torch
+
+from textinv.cli.bench.serve_load import (
+    Connect,
+    LoadResult,
+    closed_loop,
+    open_loop,
+    summarize,
+)
+from textinv.cli.bench.serve_print import print_results
+from textinv.hardware import cpu_features
+from textinv_client import GenerateRequest, ServerInfo, TextInvClient
+from textinv_client.connection_flags import GROUP, ConnectionFlags
 from textinv_client.flags import add_flags, flag, from_flags
 from textinv_server.background import BackgroundServer
 from textinv_server.config import BatchingConfig, ServerConfig
 from textinv_server.requests import GenerationRequest
 
+__all__ = [
+    "LoadResult",
+    "ServeBenchSettings",
+    "add_serve_bench",
+    "measure_serve",
+    "open_loop_rates",
+    "parse_levels",
+    "parse_rates",
+    "run_serve_bench",
+]
 
-@dataclass(frozen=True)
-class LoadResult:
-    mode: str
-    concurrency: int
-    requests: int
-    failures: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    throughput_rps: float
-    latencies_ms: tuple[float, ...] = ()  # every successful request, in completion order
+RATE_FACTORS = (0.5, 1.0, 1.5, 2.0)  # open loop: × the closed-loop throughput at concurrency 1
+TIMEOUT_S = 600.0  # per call: a queue under 2× overload on a CPU may take minutes to drain
+PROMPT = "a photo of a red star"
+Say = Callable[[str], object]
 
 
 @dataclass(frozen=True)
 class ServeBenchSettings:
-    """One ``bench serve`` run: the same request at each concurrency, batching on and off."""
+    """One ``bench serve`` run: the same request closed loop at each concurrency and open loop at
+    each rate, batching on and off."""
 
     model: str | None = field(  # a model folder the server loads; None: the embedded model
         metadata=flag("a diffusers model folder (default: the embedded model)")
     )
-    concurrency: tuple[int, ...] = (1, 4, 8, 16)  # flag: --concurrency 1,4,8,16
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)  # flag: --concurrency 1,2,4,8,16
     requests: int = field(default=32, metadata=flag("requests per measurement"))
     steps: int = field(default=10, metadata=flag("denoising steps per request"))
     resolution: int | None = field(  # None: native
@@ -57,54 +81,67 @@ class ServeBenchSettings:
     batch_wait_ms: float = field(
         default=10.0, metadata=flag("how long a batch waits to fill, batching on")
     )
+    max_queue: int = field(
+        default=256, metadata=flag("requests that may wait in the started server; more are refused")
+    )
+    rates: tuple[float, ...] | None = None  # flag: --rates 2,4.5 (req/s); None: RATE_FACTORS
+    rate_factors: tuple[float, ...] = RATE_FACTORS  # () and no rates: no open loop
+    seed: int = field(default=0, metadata=flag("seed of the open-loop arrival times"))
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError(f"concurrency values must be ≥ 1, got {self.concurrency}")
         if self.requests < 1:
             raise ValueError(f"requests must be ≥ 1, got {self.requests}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be ≥ 1, got {self.max_queue}")
+        for name, values in (("rates", self.rates or ()), ("rate_factors", self.rate_factors)):
+            if any(not (math.isfinite(v) and v > 0) for v in values):
+                raise ValueError(f"{name} must be positive numbers, got {values}")
 
 
 def add_serve_bench(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("serve", help="server latency and throughput under load")
     add_flags(bench, ServeBenchSettings)
-    bench.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client counts")
+    bench.add_argument(
+        "--concurrency", default="1,2,4,8,16", help="closed loop: comma-separated client counts"
+    )
+    bench.add_argument(
+        "--rates",
+        help="open loop: comma-separated Poisson arrival rates in req/s (default: 0.5, 1, 1.5 "
+        "and 2× the closed-loop throughput at concurrency 1)",
+    )
     bench.add_argument("--json", type=Path, help="also write the results as JSON")
+    bench.add_argument("--plot", type=Path, help="write p50/p99 latency vs throughput as a PNG")
+    bench.add_argument_group(GROUP, "omit --server to start a server here and measure that")
+    add_flags(bench, ConnectionFlags)
     bench.set_defaults(func=run_serve_bench)
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-    settings = from_flags(
-        ServeBenchSettings, args, concurrency=tuple(_parse_levels(args.concurrency))
-    )
-    results = measure_serve(settings)
-    _print(results, list(settings.concurrency))
+    levels, rates = parse_levels(args.concurrency), parse_rates(args.rates)
+    settings = from_flags(ServeBenchSettings, args, concurrency=levels, rates=rates)
+    connection = from_flags(ConnectionFlags, args) if args.server else None
+    if connection is not None and settings.model is not None:
+        raise ValueError("--model is the model of a server started here; --server measures a "
+                         "running server's own model, so give one or the other")  # fmt: skip
+    print(f"machine: {cpu_features().describe()}; torch threads: {torch.get_num_threads()}")
+    results = measure_serve(settings, connection, progress=print)
+    print_results(results, list(settings.concurrency), own_server=connection is None)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    if args.plot:  # imported here: matplotlib loads only when a plot is asked for
+        from textinv.cli.bench.serve_plot import latency_vs_throughput
+
+        title = f"Latency vs throughput: {settings.steps} steps, {settings.requests} req/point"
+        print(f"plot: {latency_vs_throughput(results, args.plot, title)}")
     return 0
 
 
-def measure_serve(settings: ServeBenchSettings) -> list[LoadResult]:
-    """In-process, then the server with batching and without, at each concurrency."""
-    levels, count = list(settings.concurrency), settings.requests
-    with tempfile.TemporaryDirectory() as scratch:
-        base = ServerConfig(model=settings.model, data_dir=Path(scratch) / "on", port=0)
-        on = Path(scratch) / "on"
-        batched = _with_batching(base, settings.max_batch, settings.batch_wait_ms, on)
-        unbatched = _with_batching(base, 1, 0.0, Path(scratch) / "off")
-        results: list[LoadResult] = []
-        with BackgroundServer(batched) as server:
-            request = _request(settings, server)
-            results += _in_process_and_grpc(server, request, count)
-            results += [_drive(server.target, request, c, count, "grpc") for c in levels if c != 1]
-        with BackgroundServer(unbatched) as server:
-            results += [_drive(server.target, request, c, count, "unbatched") for c in levels]
-    return results
-
-
-def _parse_levels(text: str) -> list[int]:
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``--concurrency 1,2,4``: client counts, each ≥ 1."""
     try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"--concurrency must be comma-separated integers, got {text!r}") from None
     if not levels or min(levels) < 1:
@@ -112,15 +149,150 @@ def _parse_levels(text: str) -> list[int]:
     return levels
 
 
-def _with_batching(base: ServerConfig, max_batch: int, wait_ms: float, data: Path) -> ServerConfig:
-    return replace(base, data_dir=data, batching=BatchingConfig(max_batch, wait_ms, max_queue=256))
+def parse_rates(text: str | None) -> tuple[float, ...] | None:
+    """``--rates 2,4.5``: arrival rates in req/s, each positive; None (not given) stays None."""
+    if text is None:
+        return None
+    try:
+        rates = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--rates must be comma-separated numbers (req/s), got {text!r}") from None
+    if not rates or any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise ValueError(f"--rates values must be positive req/s, got {text!r}")
+    return rates
 
 
-def _request(settings: ServeBenchSettings, server: BackgroundServer) -> GenerateRequest:
-    side = settings.resolution or server.running.service.pipeline.host.default_resolution
-    return GenerateRequest(
-        "a photo of a red star", steps=settings.steps, seed=0, width=side, height=side
+def measure_serve(
+    settings: ServeBenchSettings,
+    connection: ConnectionFlags | None = None,
+    progress: Say | None = None,
+) -> list[LoadResult]:
+    """Every point of the run. ``connection``: measure that running server instead of starting
+    one (then no in-process and no batching-off rows); ``progress`` hears what runs next."""
+    say = progress or (lambda _text: None)
+    if connection is None:
+        return _measure_own_server(settings, say)
+    return _measure_running_server(settings, connection, say)
+
+
+def open_loop_rates(settings: ServeBenchSettings, closed: list[LoadResult]) -> tuple[float, ...]:
+    """``settings.rates``, else ``rate_factors`` × the closed-loop throughput at concurrency 1
+    (none when nothing succeeded there)."""
+    if settings.rates is not None:
+        return settings.rates
+    if not settings.rate_factors:
+        return ()
+    base = next(r.throughput_rps for r in closed if r.mode == "grpc" and r.concurrency == 1)
+    return tuple(round(base * factor, 3) for factor in settings.rate_factors if base > 0)
+
+
+def _measure_own_server(settings: ServeBenchSettings, say: Say) -> list[LoadResult]:
+    """In-process, then the server with batching (closed and open loop) and without."""
+    levels, count = list(settings.concurrency), settings.requests
+    say(f"target: a server started here (model: {settings.model or 'embedded'}), batching "
+        f"max_batch {settings.max_batch}, wait {settings.batch_wait_ms:g} ms, queue limit "
+        f"{settings.max_queue}; then the same with batching off")  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        base = ServerConfig(model=settings.model, data_dir=Path(scratch) / "on", port=0)
+        on, off = Path(scratch) / "on", Path(scratch) / "off"
+        batched = _with_batching(base, settings.max_batch, settings.batch_wait_ms, on, settings)
+        unbatched = _with_batching(base, 1, 0.0, off, settings)
+        with BackgroundServer(batched) as server:
+            side = settings.resolution or server.running.service.pipeline.host.default_resolution
+            request = _request(settings, side, side, say)
+            connect = _local_connector(server.target)
+            say("in-process vs gRPC at concurrency 1, interleaved")
+            results = _in_process_and_grpc(server, request, count)
+            results += _closed_sweep(
+                connect, request, [c for c in levels if c != 1], count, "grpc", say
+            )
+            results += _open_sweep(settings, connect, request, results, say)
+        with BackgroundServer(unbatched) as server:
+            connect = _local_connector(server.target)
+            results += _closed_sweep(connect, request, levels, count, "unbatched", say)
+    return results
+
+
+def _measure_running_server(
+    settings: ServeBenchSettings, connection: ConnectionFlags, say: Say
+) -> list[LoadResult]:
+    """Closed, then open loop against ``connection.server``, at the size it reports as native."""
+    connect = replace(connection, timeout=connection.timeout or TIMEOUT_S).client
+    with connect() as client:
+        info = client.get_server_info()
+    say(_describe_running(connection.server, info))
+    native = info.model
+    width = settings.resolution or (native.native_width if native else None)
+    height = settings.resolution or (native.native_height if native else None)
+    request = _request(settings, width, height, say)
+    levels = list(settings.concurrency)
+    if settings.rates is None and 1 not in levels:
+        levels.insert(0, 1)  # the open-loop rates are multiples of its throughput
+    results = _closed_sweep(connect, request, levels, settings.requests, "grpc", say)
+    return results + _open_sweep(settings, connect, request, results, say)
+
+
+def _describe_running(target: str, info: ServerInfo) -> str:
+    model = (
+        f"model {info.model.name or '(unnamed)'} ({info.model.family})"
+        if info.model
+        else "unknown model"
     )
+    limits = info.limits
+    return (
+        f"target: the running server at {target}: {model}, backend {info.backend} on "
+        f"{info.device}; its batching: max_batch {limits.max_batch}, wait {limits.batch_wait_ms} "
+        f"ms, queue limit {limits.max_queue}. No server started here, so the in-process baseline "
+        "and the batching-off comparison are skipped."
+    )
+
+
+def _closed_sweep(
+    connect: Connect, request: GenerateRequest, levels: list[int], count: int, mode: str, say: Say
+) -> list[LoadResult]:
+    results = []
+    for level in levels:
+        say(f"closed loop ({mode}): {level} client(s)")
+        results.append(closed_loop(connect, request, level, count, mode))
+    return results
+
+
+def _open_sweep(
+    settings: ServeBenchSettings,
+    connect: Connect,
+    request: GenerateRequest,
+    closed: list[LoadResult],
+    say: Say,
+) -> list[LoadResult]:
+    rates, count = open_loop_rates(settings, closed), settings.requests
+    if settings.rates is None and settings.rate_factors:
+        factors = ", ".join(f"{f:g}" for f in settings.rate_factors)
+        say(f"open loop: {factors} × the closed-loop throughput at concurrency 1")
+    results = []
+    for rate in rates:
+        say(f"open loop: Poisson arrivals at {rate:g} req/s (seed {settings.seed})")
+        results.append(open_loop(connect, request, rate, count, seed=settings.seed))
+    return results
+
+
+def _local_connector(target: str) -> Connect:
+    return lambda: TextInvClient(target, timeout=TIMEOUT_S)
+
+
+def _with_batching(
+    base: ServerConfig, max_batch: int, wait_ms: float, data: Path, settings: ServeBenchSettings
+) -> ServerConfig:
+    batching = BatchingConfig(max_batch, wait_ms, max_queue=settings.max_queue)
+    return replace(base, data_dir=data, batching=batching)
+
+
+def _request(
+    settings: ServeBenchSettings, width: int | None, height: int | None, say: Say
+) -> GenerateRequest:
+    request = GenerateRequest(PROMPT, steps=settings.steps, seed=0, width=width, height=height)
+    size = f"{width}×{height} px" if width and height else "the server's default size"
+    say(f"request: {PROMPT!r}, {size}, {settings.steps} steps; {settings.requests} per point")
+    return request
 
 
 def _in_process_and_grpc(
@@ -138,7 +310,7 @@ def _in_process_and_grpc(
     )
     local_ms: list[float] = []
     remote_ms: list[float] = []
-    with TextInvClient(server.target, timeout=600) as client:
+    with TextInvClient(server.target, timeout=TIMEOUT_S) as client:
         pipeline(plain)  # warm-up, both paths
         client.generate(request)
         started = time.perf_counter()
@@ -148,8 +320,8 @@ def _in_process_and_grpc(
         wall = time.perf_counter() - started
     # Each path had half of the wall time.
     return [
-        _summarize("in-process", 1, local_ms, 0, sum(local_ms) / 1000 or wall / 2),
-        _summarize("grpc", 1, remote_ms, 0, sum(remote_ms) / 1000 or wall / 2),
+        summarize("in-process", 1, local_ms, sum(local_ms) / 1000 or wall / 2),
+        summarize("grpc", 1, remote_ms, sum(remote_ms) / 1000 or wall / 2),
     ]
 
 
@@ -157,81 +329,3 @@ def _timed_ms(call: Callable[[], object]) -> float:
     begin = time.perf_counter()
     call()
     return (time.perf_counter() - begin) * 1000
-
-
-def _drive(
-    target: str, request: GenerateRequest, concurrency: int, count: int, mode: str
-) -> LoadResult:
-    """``count`` requests from ``concurrency`` clients, each sending back to back."""
-    clients = [TextInvClient(target, timeout=600) for _ in range(concurrency)]
-    clients[0].generate(request)  # warm-up
-    per_client = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
-
-    def run(index: int) -> tuple[list[float], int]:
-        latencies, failures = [], 0
-        for _ in range(per_client[index]):
-            begin = time.perf_counter()
-            try:
-                clients[index].generate(request)
-            except TextInvError:
-                failures += 1
-                continue
-            latencies.append((time.perf_counter() - begin) * 1000)
-        return latencies, failures
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        outcomes = list(pool.map(run, range(concurrency)))
-    wall = time.perf_counter() - started
-    for client in clients:
-        client.close()
-    latencies = [ms for lat, _ in outcomes for ms in lat]
-    return _summarize(mode, concurrency, latencies, sum(f for _, f in outcomes), wall)
-
-
-def _summarize(
-    mode: str, concurrency: int, latencies: list[float], failures: int, wall_s: float
-) -> LoadResult:
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else []
-    pick = (lambda q: cuts[q - 1]) if cuts else (lambda q: latencies[0] if latencies else 0.0)
-    return LoadResult(
-        mode=mode,
-        concurrency=concurrency,
-        requests=len(latencies) + failures,
-        failures=failures,
-        p50_ms=statistics.median(latencies) if latencies else 0.0,
-        p95_ms=pick(95),
-        p99_ms=pick(99),
-        throughput_rps=len(latencies) / wall_s if wall_s > 0 else 0.0,
-        latencies_ms=tuple(latencies),
-    )
-
-
-def _print(results: list[LoadResult], levels: list[int]) -> None:
-    print(
-        f"{'mode':<11} {'conc':>4} {'reqs':>5} {'fail':>4} {'p50 ms':>9} {'p95 ms':>9} "
-        f"{'p99 ms':>9} {'req/s':>7}"
-    )
-    for r in results:
-        print(
-            f"{r.mode:<11} {r.concurrency:>4} {r.requests:>5} {r.failures:>4} {r.p50_ms:>9.1f} "
-            f"{r.p95_ms:>9.1f} {r.p99_ms:>9.1f} {r.throughput_rps:>7.2f}"
-        )
-    by_key: dict[tuple[str, int], Any] = {(r.mode, r.concurrency): r for r in results}
-    local = by_key[("in-process", 1)]
-    if ("grpc", 1) in by_key:
-        remote = by_key[("grpc", 1)]
-        overhead = (remote.p50_ms - local.p50_ms) / remote.p50_ms
-        print(
-            f"gRPC overhead at concurrency 1: {overhead:+.1%} of p50 latency "
-            f"({remote.p50_ms:.1f} ms vs {local.p50_ms:.1f} ms in-process; target ≤ 5%)"
-        )
-    for level in levels:
-        on, off = by_key.get(("grpc", level)), by_key.get(("unbatched", level))
-        if on and off and off.throughput_rps > 0:
-            print(
-                f"batching at concurrency {level}: {on.throughput_rps / off.throughput_rps:.2f}× "
-                f"the throughput of no batching ({on.throughput_rps:.2f} vs "
-                f"{off.throughput_rps:.2f} req/s; target ≥ 1.5× at 8)"
-            )
-    print(f"failed requests: {sum(r.failures for r in results)} (target 0 below the queue limit)")
