@@ -4,8 +4,9 @@ We run onnxruntime's transformer optimizer (``model_type`` ``clip``/``unet``/``v
 fusions whose fused operators onnxruntime's CPU execution provider implements, so the optimized
 graph runs on every onnxruntime build. GroupNorm, NhwcConv, BiasSplitGelu, BiasAdd and packed
 QKV fuse into CUDA-only contrib operators and stay off. The UNet attention fusion of onnxruntime
-1.32 crashes under numpy 2 (``int()`` of a one-element array in ``fusion_attention_unet``), so it
-is off for the UNet. TensorRT never sees these graphs: it parses the raw export.
+1.32 crashes under numpy 2 (``int()`` of a one-element array in ``fusion_attention_unet``), so
+the UNet is fused through ``unet_attention``, which fixes that one read. TensorRT never sees
+these graphs: it parses the raw export.
 
 fp16 conversion keeps graph inputs and outputs in float32 (the spec's dtypes do not change with
 precision) and keeps in fp32 the operators whose range or accumulation fp16 cannot hold: the
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from textinv_export.choices import Component, Precision
 from textinv_export.onnx_export import save_graph
+from textinv_export.unet_attention import optimize_unet
 
 # The optimizer's model_type per component: which fusion patterns to look for.
 MODEL_TYPES = {
@@ -70,20 +72,22 @@ def optimize_graph(
     options = FusionOptions(model_type)
     for name in CUDA_ONLY_FUSIONS:
         setattr(options, name, False)
-    if component is Component.UNET:
-        options.enable_attention = False  # crashes in onnxruntime 1.32 with numpy 2 (see above)
     # 2. Python-side fusions only (opt_level 0): onnxruntime's own level-1/2 passes run anyway
-    #    when a session loads the graph, and level 2 would tie the file to one provider.
+    #    when a session loads the graph, and level 2 would tie the file to one provider. The
+    #    UNet goes through unet_attention's model, whose attention fusion runs under numpy 2.
     with _quiet_onnxruntime_logs():
-        optimized = optimize_model(
-            str(source),
-            model_type=model_type,
-            num_heads=0,
-            hidden_size=0,
-            opt_level=0,
-            optimization_options=options,
-            use_gpu=False,
-        )
+        if component is Component.UNET:
+            optimized = optimize_unet(source, options)
+        else:
+            optimized = optimize_model(
+                str(source),
+                model_type=model_type,
+                num_heads=0,
+                hidden_size=0,
+                opt_level=0,
+                optimization_options=options,
+                use_gpu=False,
+            )
         # 3. fp16 with the sensitive operators and the graph's I/O left in fp32.
         if precision is Precision.FP16:
             optimized.convert_float_to_float16(keep_io_types=True, op_block_list=list(FP32_OPS))
