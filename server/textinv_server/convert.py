@@ -259,10 +259,18 @@ def _params_to_pb(params: dict[str, Any]) -> jobs_pb2.InversionParams:
         lr_schedule=LR_SCHEDULE_TO_PB[params["lr_schedule"]],
         warmup_steps=params["warmup"],
         resolution=params["resolution"] or 0,
-        precision=PRECISION_TO_PB[params["precision"]],
+        precision=precision_to_pb(params["precision"]),
         seed=params["seed"],
         checkpoint_every=params["checkpoint_every"],
     )
+
+
+def precision_to_pb(precision: str) -> jobs_pb2.Precision:
+    """A job's precision on the wire: ``auto`` as UNSPECIFIED (which means auto), so that
+    clients older than ``PRECISION_AUTO`` read the jobs they list."""
+    if precision == Precision.AUTO:
+        return jobs_pb2.PRECISION_UNSPECIFIED
+    return PRECISION_TO_PB[Precision.parse(precision)]
 
 
 def job_info_to_pb(row: JobRow) -> jobs_pb2.JobInfo:

@@ -16,6 +16,7 @@ from textinv.concepts import load_concept
 from textinv.errors import InvalidInputError
 from textinv.trainer import (
     CONCEPT_FILE,
+    CONFIG_FILE,
     InvertConfig,
     Progress,
     Trainer,
@@ -25,6 +26,7 @@ from textinv.trainer import (
     prepare,
     spread_initializer,
 )
+from textinv_client.choices import Precision
 
 
 def make_images(folder: Path, count: int = 3) -> Path:
@@ -162,6 +164,25 @@ def test_resume_extends_a_finished_run(tiny_model, tiny_model_dir, image_dir, tm
     # A resume with a setting that changes the trajectory is refused, naming it.
     with pytest.raises(InvalidInputError, match="lr"):
         invert(dataclasses.replace(config, steps=30, resume=True, lr=1.0), model=tiny_model)
+
+
+def test_resume_compares_resolved_precision(
+    tiny_model, tiny_model_dir, image_dir, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A run asked for fp32 resumes under auto where auto resolves to fp32 (this tiny model, any
+    CPU); one that would resume in another precision is refused, naming it."""
+    common = {"vectors": 1, "checkpoint_every": 10, "precision": Precision.FP32}
+    config = config_for(image_dir, tmp_path / "run", tiny_model_dir, steps=10, **common)
+    invert(config, model=tiny_model)
+    written = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
+    assert (written["precision"], written["precision_asked"]) == ("fp32", "fp32")
+    auto = dataclasses.replace(config, steps=12, resume=True, precision=Precision.AUTO)
+    assert invert(auto, model=tiny_model).metadata.steps == 12
+    written = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
+    assert (written["precision"], written["precision_asked"]) == ("fp32", "auto")
+    with pytest.raises(InvalidInputError, match="precision"):
+        bf16 = dataclasses.replace(auto, steps=14, precision=Precision.BF16)
+        invert(bf16, model=tiny_model)
 
 
 def test_seeded_runs_are_deterministic(tiny_model, tiny_model_dir, image_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -57,6 +57,7 @@ class Trainer:
         self.model = model
         self.device = device
         self.out = Path(config.out)
+        self.precision = prepared.precision  # config.precision resolved ("auto": by device)
         self.dtype = torch_dtype(prepared.precision)
         self.resolution = prepared.resolution
         self.init_ids = prepared.init_ids

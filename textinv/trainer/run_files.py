@@ -119,6 +119,8 @@ def resolved_config(trainer: Trainer) -> dict[str, Any]:
     config = trainer.config
     return {
         **config.to_json(),
+        "precision": trainer.precision.value,  # what it ran in ...
+        "precision_asked": config.precision.value,  # ... and what was asked ("auto")
         "resolution": trainer.resolution,
         "effective_lr": config.effective_lr,
         "init_token_ids": trainer.init_ids,
@@ -133,6 +135,9 @@ def resolved_config(trainer: Trainer) -> dict[str, Any]:
 def fingerprint(trainer: Trainer) -> dict[str, Any]:
     """The settings a resumed run must share with the run it continues (JSON values only)."""
     data = {k: v for k, v in trainer.config.to_json().items() if k not in _RESUMABLE_CHANGES}
+    # The precision the frozen model runs in, not "auto": a resume that would resolve it
+    # differently (another machine, another device) is refused rather than drift.
+    data["precision"] = trainer.precision.value
     data["model_hash"] = trainer.model.model_hash
     data["num_images"] = trainer.cache.num_images
     return json.loads(json.dumps(data))  # type: ignore[no-any-return]
