@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from textinv.concepts import load_concept
+from textinv_client.choices import Precision
 from textinv_client.cli import (
     add_connection_arguments,
     add_generation_arguments,
@@ -25,7 +26,7 @@ from textinv_client.cli import (
     run_remote_generate,
 )
 from textinv_client.flags import Flag, add_flags, flag, from_flags
-from textinv_server.backends import BackendName, BackendOptions, Provider
+from textinv_server.backends import BackendName, BackendOptions, Provider, TorchOptions
 from textinv_server.pipeline import Concepts, load_generation_pipeline
 from textinv_server.requests import GenerationRequest, GenerationResult, StepProgress
 
@@ -66,11 +67,16 @@ class LocalGeneration:
         ),
     )
     threads: int = field(default=0, metadata=_local("CPU threads (library default)"))
+    weights: Precision = field(
+        default=Precision.AUTO,
+        metadata=_local("torch: the weights' precision; auto follows the processor (auto)"),
+    )
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
-            engines=self.engines, device=self.device, provider=self.provider, threads=self.threads
-        )
+            engines=self.engines, device=self.device, provider=self.provider, threads=self.threads,
+            torch_options=TorchOptions(weights=self.weights),
+        )  # fmt: skip
 
 
 def add_generate_subcommand(subparsers: argparse._SubParsersAction) -> None:

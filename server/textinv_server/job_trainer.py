@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from textinv.dtypes import torch_dtype
-from textinv.hardware import resolve_model_precision
 from textinv.model import BaseModel
 from textinv_client.types import JobProgress
 
@@ -75,7 +73,9 @@ def textinv_trainer(model: BaseModel | None, model_name: str | None) -> TrainFn:
 def model_for(config: Any, model: BaseModel | None) -> BaseModel | None:
     """The server's model when it is in the precision the job resolves to; else None (the job
     loads its own copy, as the trainer would alone)."""
+    from textinv.trainer import frozen_dtype
+
     if model is None:
         return None
-    wanted = resolve_model_precision(config.precision, model.unet).precision
-    return model if torch_dtype(wanted) == model.unet.dtype else None
+    wanted = frozen_dtype(config, model.unet.device, model)
+    return model if wanted == model.unet.dtype else None

@@ -36,6 +36,7 @@ from textinv.trainer.config import (
 )
 from textinv.trainer.loop import Progress, ProgressCallback, dvar_plateau
 from textinv.trainer.prepare import (
+    frozen_dtype,
     initializer_ids,
     load_model_for,
     prepare,
@@ -68,6 +69,7 @@ __all__ = [
     "check_config",
     "check_output_folder",
     "dvar_plateau",
+    "frozen_dtype",
     "initializer_ids",
     "invert",
     "iter_log",

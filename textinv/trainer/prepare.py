@@ -79,20 +79,27 @@ def resolve_device(name: str) -> torch.device:
 def load_model_for(config: InvertConfig, device: torch.device) -> BaseModel:
     """The frozen model on ``device`` in ``config.precision``; ``auto`` is resolved once the
     model's width is known (``resolve_model_precision``), so it loads in fp32 and is cast."""
-    model = _load_model(config, device, _load_dtype(config.precision, device))
-    if config.precision is Precision.AUTO:
-        dtype = torch_dtype(resolve_model_precision(Precision.AUTO, model.unet).precision)
+    auto = config.precision is Precision.AUTO
+    model = _load_model(config, device, torch.float32 if auto else frozen_dtype(config, device))
+    if auto:
+        dtype = frozen_dtype(config, device, model)
         for module in (model.text_encoder, model.unet, model.vae):
             module.to(dtype)
     return model
 
 
-def _load_dtype(precision: Precision, device: torch.device) -> torch.dtype:
-    if precision is Precision.AUTO:
-        return torch.float32
+def frozen_dtype(
+    config: InvertConfig, device: torch.device, model: BaseModel | None = None
+) -> torch.dtype:
+    """The dtype the frozen model's weights are held in: ``config.precision`` (``auto``
+    resolved for ``model``), except fp16 on a CPU, which stays fp32 (its kernels are missing or
+    slow there; the loss runs under autocast instead)."""
+    precision = config.precision
+    if model is not None:
+        precision = resolve_model_precision(precision, model.unet).precision
     dtype = torch_dtype(precision)
     if device.type == "cpu" and dtype == torch.float16:
-        return torch.float32  # fp16 kernels are missing or slow on CPU; autocast instead
+        return torch.float32
     return dtype
 
 
