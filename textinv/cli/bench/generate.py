@@ -33,7 +33,7 @@ import torch
 
 from textinv.choices import coerce_choices
 from textinv.cli.bench.generate_checks import UNET_CHECK
-from textinv.cli.bench.generate_runners import EAGER, REFERENCE
+from textinv.cli.bench.generate_runners import DIFFUSERS_SAME, EAGER, REFERENCE
 from textinv.cli.bench.generate_setup import (
     cast_model,
     load_pipelines,
@@ -247,10 +247,25 @@ class GenerateBench:
             self.model, self.pipelines, request, s.warmup, repeats,
             torch.device(s.device), peers=self.peers,
             extra={name: optimum_runner(r, request) for name, r in self.optimum.items()},
+            same_precision=self._in_peer_precision(),
         )  # fmt: skip
         rows["repeats"] = repeats
         self.batches[str(num_images)] = rows
         return rows
+
+    def runner_precisions(self) -> dict[str, str]:
+        """What each runner computes in, by name: ours (each backend's own), diffusers' and
+        optimum's (its export is fp32)."""
+        found = {name: p.backend.precision.precision.value for name, p in self.pipelines.items()}
+        found.update({name: precision_of(m.unet.dtype).value for name, m in self.peers.items()})
+        found.update({name: Precision.FP32.value for name in self.optimum})
+        return found
+
+    def _in_peer_precision(self) -> set[str]:
+        """Our runners in the precision of diffusers' same-precision runner (none without one)."""
+        precisions = self.runner_precisions()
+        same = precisions.get(DIFFUSERS_SAME)
+        return {name for name in self.pipelines if same is not None and precisions[name] == same}
 
     def measure_concepts(self) -> dict[str, Any]:
         from textinv.cli.bench.generate_concepts import concept_costs
@@ -269,9 +284,9 @@ class GenerateBench:
         report["notes"] = [*self.notes, *ROW_NOTES, *(CUDA_NOTES if cuda else ())]
         report["settings"] = _settings_row(self.settings, self.model, self.side)
         report["precision"] = {
-            "ours": self.precision.precision.value,
+            "ours": self.precision.precision.value,  # the torch backend's (auto resolved)
             "reason": self.precision.reason,
-            **{name: precision_of(peer.unet.dtype).value for name, peer in self.peers.items()},
+            **self.runner_precisions(),  # each runner's, by name
         }
         return report
 

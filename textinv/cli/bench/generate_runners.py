@@ -159,18 +159,19 @@ def measure_runners(
     device: torch.device | None = None,
     peers: dict[str, BaseModel] | None = None,
     extra: dict[str, Runner] | None = None,
+    same_precision: set[str] | None = None,
 ) -> dict[str, Any]:
     """Diffusers (on each of ``peers``' models by runner name; default ``model`` as
     ``REFERENCE``), ``extra`` runners (optimum's) and each of our pipelines on ``request``, a
     row each (module docstring); memory on a CUDA ``device``; a runner that raised has its
-    error as its row."""
+    error as its row. ``same_precision``: our runners in ``DIFFUSERS_SAME``'s precision."""
     peers = peers or {REFERENCE: model}
     runners = {name: diffusers_runner(peer, request) for name, peer in peers.items()}
     runners.update(extra or {})
     runners.update({name: our_runner(p, request) for name, p in pipelines.items()})
     samples = round_robin(runners, warmup, repeats, device)
     rows = runner_rows(samples)
-    same_precision_ratios(rows)
+    same_precision_ratios(rows, same_precision or set())
     finished = {name: p for name, p in pipelines.items() if samples[name].error is None}
     for name, check in unet_call_checks(model, finished, request).items():
         rows[name].update(check)
@@ -189,12 +190,13 @@ def runner_rows(samples: dict[str, Samples]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def same_precision_ratios(rows: dict[str, dict[str, Any]]) -> None:
-    """Add to each of our rows its end-to-end and per-step ratios to diffusers in ours'
-    precision (``DIFFUSERS_SAME``), where that runner ran; None otherwise."""
+def same_precision_ratios(rows: dict[str, dict[str, Any]], names: set[str]) -> None:
+    """Add to each row of ``names`` (our runners in the precision ``DIFFUSERS_SAME`` ran in) its
+    end-to-end and per-step ratios to that runner; None where it did not run."""
     same = rows.get(DIFFUSERS_SAME) or {"status": "missing"}
-    for name, row in rows.items():
-        if name in PEERS or row["status"] != "ok":
+    for name in names:
+        row = rows.get(name)
+        if row is None or row["status"] != "ok":
             continue
         for stage in ("e2e", "unet_step"):
             ratio = None

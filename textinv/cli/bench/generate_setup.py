@@ -92,7 +92,8 @@ def load_pipelines(
             continue
         options = BackendOptions(engines=engines, threads=settings.threads, device=settings.device)
         if name is not BackendName.TORCH:
-            pipelines[name.value] = load_generation_pipeline(model, name, options)
+            # The export is fp32: its host side (the token table) comes from the fp32 model too.
+            pipelines[name.value] = load_generation_pipeline(fp32, name, options)
             continue
         for variant in settings.torch_variants:
             if variant.options.cuda_graph and not settings.device.startswith("cuda"):

@@ -138,7 +138,6 @@ def closed_loop(
 ) -> LoadResult:
     """``count`` requests from ``concurrency`` clients, each sending back to back."""
     clients = [connect() for _ in range(concurrency)]
-    clients[0].generate(request)  # warm-up, not counted
     per_client = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
 
     def run(index: int) -> tuple[list[float], list[Failure]]:
@@ -153,14 +152,17 @@ def closed_loop(
                 failures.append(failure)
         return latencies, failures
 
-    started = time.perf_counter()
     try:
+        clients[0].generate(
+            request
+        )  # warm-up, not counted (its error ends the run, clients closed)
+        started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             outcomes = list(pool.map(run, range(concurrency)))
+        wall = time.perf_counter() - started
     finally:
         for client in clients:
             client.close()
-    wall = time.perf_counter() - started
     latencies = [ms for done, _ in outcomes for ms in done]
     failures = [failure for _, failed in outcomes for failure in failed]
     return summarize(
