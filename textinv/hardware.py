@@ -138,11 +138,16 @@ def resolve_precision(
     return PrecisionChoice(Precision.FP32, "auto: the CPU has no AMX-BF16 or AVX512-BF16")
 
 
+def unet_width(unet: torch.nn.Module) -> int:
+    """A diffusers UNet's widest block, in channels (1280 for every SD family)."""
+    config: Any = unet.config  # diffusers' FrozenDict
+    return int(max(config["block_out_channels"]))
+
+
 def resolve_model_precision(precision: Precision, unet: torch.nn.Module) -> PrecisionChoice:
     """``resolve_precision`` for a loaded UNet, on its device and with its width."""
-    config: Any = unet.config  # diffusers' FrozenDict
-    channels = int(max(config["block_out_channels"]))
-    return resolve_precision(precision, next(unet.parameters()).device, model_channels=channels)
+    device = next(unet.parameters()).device
+    return resolve_precision(precision, device, model_channels=unet_width(unet))
 
 
 def log_precision(choice: PrecisionChoice, what: str) -> None:

@@ -94,13 +94,14 @@ def test_unet_gradient_matches_and_is_deterministic(tiny_model) -> None:  # type
     assert all(p.grad is None for p in unet.parameters())
 
 
-def test_used_only_for_fp32_on_cpu() -> None:
-    cpu = torch.device("cpu")
-    assert not use_im2col_convolutions(cpu, torch.bfloat16)
-    assert not use_im2col_convolutions(torch.device("cuda"), torch.float32)
+def test_used_only_for_fp32_on_cpu_and_a_wide_unet() -> None:
+    cpu, sd = torch.device("cpu"), 1280  # SD's widest block
+    assert not use_im2col_convolutions(cpu, torch.bfloat16, sd)
+    assert not use_im2col_convolutions(torch.device("cuda"), torch.float32, sd)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert use_im2col_convolutions(cpu, torch.float32)
+        assert use_im2col_convolutions(cpu, torch.float32, sd)
+        assert not use_im2col_convolutions(cpu, torch.float32, 64)  # the embedded model's width
     finally:
         torch.set_num_threads(threads)

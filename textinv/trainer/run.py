@@ -21,6 +21,7 @@ from textinv.concepts import Concept, ConceptMetadata, save_concept
 from textinv.conv_kernels import im2col_convolutions, use_im2col_convolutions
 from textinv.data import LatentCache
 from textinv.dtypes import torch_dtype
+from textinv.hardware import unet_width
 from textinv.model import BaseModel
 from textinv.prompts import PromptEncoder, TokenizedPrompt
 from textinv.text_encoder import EmbeddingsTextEncoder
@@ -107,7 +108,7 @@ class Trainer:
         return (
             self.dtype == torch.float32
             and not self.config.gradient_checkpointing
-            and use_im2col_convolutions(self.device, unet_dtype)
+            and use_im2col_convolutions(self.device, unet_dtype, unet_width(self.model.unet))
         )
 
     def loss(self, vectors: torch.Tensor, batch: Batch, *, weighted: bool = True) -> torch.Tensor:
