@@ -8,8 +8,10 @@ AVX-512 and AMX-BF16), so nothing here is assumed: the CPU's feature flags come 
 ``auto`` picks bf16 on a CPU only when it has a native bf16 matrix path: AMX-BF16 tiles or the
 AVX512_BF16 dot-product instructions, which oneDNN uses for PyTorch's bf16 convolutions and
 matmuls. Without one, bf16 is emulated through fp32 and runs slower than fp32 itself, so ``auto``
-keeps fp32 there and nothing gets slower. On CUDA it picks bf16 where the GPU supports it
-(Ampere and later) and fp16 elsewhere.
+keeps fp32 there and nothing gets slower. It also keeps fp32 for a narrow model (a UNet under
+``BF16_MIN_CHANNELS`` wide: the shapes-world model, the test models), which ran slower in bf16
+even with AMX. On CUDA it picks bf16 where the GPU supports it (Ampere and later) and fp16
+elsewhere.
 """
 
 from __future__ import annotations
