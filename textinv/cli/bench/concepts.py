@@ -52,7 +52,10 @@ def run_concepts_bench(args: argparse.Namespace) -> int:
     request = GenerationRequest("", steps=1)
     f = registry_scaling(pipeline, request, (settings.few, settings.many), settings.repeats)
     few, many = f["few"], f["many"]
-    print(f"concepts bench: prompt {f['prompt']!r}, median of {settings.repeats} requests")
+    print(
+        f"concepts bench: prompt {f['prompt']!r}, median of {settings.repeats} requests, "
+        f"{pipeline.backend.name.value} in {pipeline.backend.precision.describe()}"
+    )
     for count in (few, many):
         print(
             f"{count:>6} concepts: host-side generate {f[f'host_generate_{count}_concepts_ms']:.3f}"

@@ -198,6 +198,7 @@ def _measure_own_server(settings: ServeBenchSettings, say: Say) -> list[LoadResu
         batched = _with_batching(base, settings.max_batch, settings.batch_wait_ms, on, settings)
         unbatched = _with_batching(base, 1, 0.0, off, settings)
         with BackgroundServer(batched) as server:
+            say(f"precision: {server.running.service.pipeline.backend.precision.describe()}")
             side = settings.resolution or server.running.service.pipeline.host.default_resolution
             request = _request(settings, side, side, say)
             connect = _local_connector(server.target)
@@ -239,11 +240,13 @@ def _describe_running(target: str, info: ServerInfo) -> str:
         else "unknown model"
     )
     limits = info.limits
+    why = f" ({info.precision_reason})" if info.precision_reason else ""
     return (
         f"target: the running server at {target}: {model}, backend {info.backend} on "
-        f"{info.device}; its batching: max_batch {limits.max_batch}, wait {limits.batch_wait_ms} "
-        f"ms, queue limit {limits.max_queue}. No server started here, so the in-process baseline "
-        "and the batching-off comparison are skipped."
+        f"{info.device} in {info.precision or '(unreported)'}{why}; its batching: max_batch "
+        f"{limits.max_batch}, wait {limits.batch_wait_ms} ms, queue limit {limits.max_queue}. "
+        "No server started here, so the in-process baseline and the batching-off comparison are "
+        "skipped."
     )
 
 
