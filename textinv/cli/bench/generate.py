@@ -49,6 +49,7 @@ from textinv.model import BaseModel
 from textinv_client.choices import Precision, Scheduler
 from textinv_client.flags import add_flags, flag, from_flags
 from textinv_server.backends import BackendName, TorchOptions
+from textinv_server.backends.torch_backend import weights_precision
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.requests import GenerationRequest
 
@@ -223,7 +224,7 @@ class GenerateBench:
     ) -> None:
         self.settings, self.model, self.pipelines, self.notes = settings, model, pipelines, notes
         self.peers = peers or {REFERENCE: model}  # diffusers' runners' models, by name
-        self.precision = precision or PrecisionChoice(precision_of(model.unet.dtype), "as loaded")
+        self.precision = precision or weights_precision(None, model)
         self.optimum: dict[str, OptimumRunner] = {}  # open_optimum's, by runner name
         self.side = settings.resolution or model.default_resolution
         self.batches: dict[str, dict[str, Any]] = {}  # str(num_images) → rows

@@ -26,11 +26,12 @@ from textinv.cli.bench.optimum_peer import (
     OptimumUnavailable,
     ensure_optimum_python,
 )
-from textinv.dtypes import precision_of, torch_dtype
-from textinv.hardware import PrecisionChoice, resolve_model_precision
+from textinv.dtypes import torch_dtype
+from textinv.hardware import PrecisionChoice
 from textinv.model import BaseModel
 from textinv_client.choices import Precision
 from textinv_server.backends import BackendName, BackendOptions, TorchOptions
+from textinv_server.backends.torch_backend import weights_precision
 from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
 from textinv_server.requests import GenerationRequest
 
@@ -45,9 +46,7 @@ def place_model(model: BaseModel, settings: GenerateBenchSettings) -> PrecisionC
         module.to(settings.device)
     if settings.channels_last:
         model.unet.to(memory_format=torch.channels_last)
-    if settings.weights is None:
-        return PrecisionChoice(precision_of(model.unet.dtype), "as loaded")
-    return resolve_model_precision(settings.weights, model.unet)
+    return weights_precision(settings.weights, model)
 
 
 def peer_models(
