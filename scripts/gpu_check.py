@@ -139,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
 def run_check(args: argparse.Namespace, results: Results, scratch: Path, started: float) -> None:
     from textinv.cli.bench.report_machine import machine_info, versions
 
-    plan = _plan(args.dry_run, scratch)
+    # Planning builds the dry run's model (imports, and seconds on a slow CPU): a phase of its
+    # own, so that a signal during it is recorded like any other phase's.
+    record: dict[str, Any] = {"status": "running"}
+    results.phases["plan"] = record
+    done = run_phase(lambda: _plan(args.dry_run, scratch), record, before=results.save)
+    if done["status"] != "ok":
+        results.phases["plan"] = done
+        raise RuntimeError(f"planning the check failed: {done['error']}")
+    plan: CheckPlan = done["result"]
+    results.phases["plan"] = {**done, "result": asdict(plan)}  # JSON, like the other phases'
     results.data.update(plan=asdict(plan), machine=machine_info(plan.device), versions=versions())
 
     def left() -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PHASES = ["generate_batch1", "invert", "pytest_gpu", "generate_batch2", "tensorrt"]
+PHASES = ["plan", "generate_batch1", "invert", "pytest_gpu", "generate_batch2", "tensorrt"]
 ROW_FIELDS = {
     "status", "e2e", "text_encoder", "unet_step", "vae_decode", "speedup_e2e",
     "speedup_unet_step", "first_run_ms", "warmup_cost_ms", "peak_cuda_mib",

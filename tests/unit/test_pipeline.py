@@ -276,9 +276,13 @@ def test_seeds_wrap_modulo_two_to_the_64(pipeline, concepts) -> None:
     top = 2**64 - 1
     result = pipeline(request(seed=top, num_images=2), concepts)
     assert result.seeds == (top, 0)
-    # Image 1 is the image that seed 0 draws alone: the generator takes every uint64 as is.
+    # Image 1 is the image that seed 0 draws alone: the generator takes every uint64 as is. Not
+    # bit for bit: a batch of two runs other CPU kernels than a batch of one (oneDNN on AVX2),
+    # which move a pixel by a level or two; another seed moves them by far more (the control).
     alone = pipeline(request(seed=0), concepts)
-    assert result.images[1] == alone.images[0]
+    other = pipeline(request(seed=1), concepts)
+    assert max_pixel_difference(pixels(result)[1], pixels(alone)[0]) <= 2
+    assert max_pixel_difference(pixels(other)[0], pixels(alone)[0]) > 20
 
 
 def test_a_long_bad_value_is_quoted_by_a_short_prefix_only(pipeline, concepts) -> None:
