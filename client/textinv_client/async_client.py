@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 
 from textinv_client import convert
-from textinv_client.channel import ClientBase, open_async_channel
+from textinv_client.channel import ClientBase, create_request_id, open_async_channel
 from textinv_client.errors import from_rpc_error
 from textinv_client.pb.v1 import concepts_pb2, jobs_pb2, server_info_pb2, textinv_pb2_grpc
 from textinv_client.types import (
@@ -172,10 +172,19 @@ class AsyncTextInvClient(ClientBase):
         params: InversionParams,
         *,
         register_on_success: bool = True,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> JobInfo:
-        """Start learning a concept from ``images``; returns the QUEUED job."""
+        """Start learning a concept from ``images``; returns the QUEUED job.
+
+        ``request_id`` is the create's idempotency key (1 to 64 printable ASCII characters; a
+        fresh random one when None): the server answers a repeat of it with the job it started
+        the first time, so gRPC's retries never start a second job. A caller that retries the
+        call itself passes the same ``request_id`` each time.
+        """
+        key = create_request_id(request_id)
         request = convert.create_job_request_to_pb(images, params, register_on_success)
+        request.request_id = key
         response = await self._unary(self._stub.CreateInversionJob, request, timeout)
         return convert.job_info_from_pb(response.job)
 

@@ -1,5 +1,6 @@
 """The connection flags of the remote commands (``--server``, ``--api-key``, ``--tls*``,
-``--timeout``) and the client they open. The server's ``textinv generate`` declares them too.
+``--timeout``, ``--no-retries``) and the client they open. The server's ``textinv generate``
+declares them too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ class ConnectionFlags:
     a missing file is one ``error:`` line rather than a usage error."""
 
     server: str = field(
-        metadata=flag("address of the textinv server", metavar="HOST:PORT", group=GROUP)
+        metadata=flag(
+            "address of the textinv server; several replicas as IP:PORT,IP:PORT, or "
+            "dns:///NAME:PORT for a name that resolves to all of them",
+            metavar="HOST:PORT",
+            group=GROUP,
+        )
     )
     api_key: str | None = field(
         default=None,
@@ -48,6 +54,14 @@ class ConnectionFlags:
         default=None,
         metadata=flag("deadline of each call, in seconds", parse=positive_float, group=GROUP),
     )
+    retries: bool = field(
+        default=True,
+        metadata=flag(
+            "do not retry idempotent calls when a server is unavailable",
+            name="--no-retries",
+            group=GROUP,
+        ),
+    )
 
     def client(self) -> TextInvClient:
         """A client for these settings; the API key falls back to $TEXTINV_API_KEY."""
@@ -59,11 +73,12 @@ class ConnectionFlags:
             client_certificate=self.tls_cert,
             client_key=self.tls_key,
             timeout=DEFAULT_TIMEOUT_S if self.timeout is None else self.timeout,
+            retries=self.retries,
         )
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """Declare --server, --api-key, --tls*, --timeout (``required``: is --server mandatory)."""
+    """Declare the connection flags (``required``: is --server mandatory)."""
     if not required:
         # A group made here first is the one add_flags fills; its description shows in --help.
         parser.add_argument_group(GROUP, "omit --server to run locally")

@@ -57,7 +57,9 @@ def jobs_submit(args: argparse.Namespace) -> int:
     params = inversion_params_from_args(args)
     images = find_training_images(args.images)
     with client_from_args(args) as textinv:
-        job = textinv.create_inversion_job(images, params, register_on_success=not args.no_register)
+        job = textinv.create_inversion_job(
+            images, params, register_on_success=not args.no_register, request_id=args.request_id
+        )
         print(f"submitted job {job.job_id} ({len(images)} images, token {params.token})")
         return watch_until_done(textinv, job.job_id) if args.watch else EXIT_OK
 
@@ -112,6 +114,12 @@ def _add_submit_command(commands: SubParsers) -> None:
         "--no-register", action="store_true", help="do not register the concept on success"
     )
     submit.add_argument("--watch", action="store_true", help="follow the job until it finishes")
+    submit.add_argument(
+        "--request-id",
+        metavar="KEY",
+        help="idempotency key (at most 64 printable ASCII characters): submitting the same key "
+        "again returns the job it started instead of a new one (default: a random key)",
+    )
 
 
 def add_jobs_commands(subparsers: SubParsers) -> None:

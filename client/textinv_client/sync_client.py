@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from textinv_client import convert
-from textinv_client.channel import ClientBase, open_sync_channel
+from textinv_client.channel import ClientBase, create_request_id, open_sync_channel
 from textinv_client.errors import from_rpc_error
 from textinv_client.pb.v1 import (
     concepts_pb2,
@@ -174,10 +174,19 @@ class TextInvClient(ClientBase):
         params: InversionParams,
         *,
         register_on_success: bool = True,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> JobInfo:
-        """Start learning a concept from ``images``; returns the QUEUED job."""
+        """Start learning a concept from ``images``; returns the QUEUED job.
+
+        ``request_id`` is the create's idempotency key (1 to 64 printable ASCII characters; a
+        fresh random one when None): the server answers a repeat of it with the job it started
+        the first time, so gRPC's retries never start a second job. A caller that retries the
+        call itself passes the same ``request_id`` each time.
+        """
+        key = create_request_id(request_id)
         request = convert.create_job_request_to_pb(images, params, register_on_success)
+        request.request_id = key
         response = self._unary(self._stub.CreateInversionJob, request, timeout)
         return convert.job_info_from_pb(response.job)
 

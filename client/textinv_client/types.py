@@ -357,3 +357,9 @@ class ServerInfo:
     precision: str = ""
     precision_reason: str = ""
     cpu_instruction_sets: tuple[str, ...] = ()
+    # Where the server keeps its state ("sqlite" or "postgresql"), which replica answered (host
+    # name and process id), and the tenant of the caller's API key ("default" without keys);
+    # empty from a server older than these fields.
+    store: str = ""
+    replica_id: str = ""
+    tenant: str = ""

@@ -54,6 +54,9 @@ def server_info_to_pb(info: ServerInfo) -> server_info_pb2.GetServerInfoResponse
         precision=info.precision,
         precision_reason=info.precision_reason,
         cpu_instruction_sets=list(info.cpu_instruction_sets),
+        store=info.store,
+        replica_id=info.replica_id,
+        tenant=info.tenant,
     )
     if info.model is not None:
         message.model.CopyFrom(server_info_pb2.ModelInfo(**message_fields(info.model)))
@@ -78,4 +81,7 @@ def server_info_from_pb(message: server_info_pb2.GetServerInfoResponse) -> Serve
         precision=message.precision,
         precision_reason=message.precision_reason,
         cpu_instruction_sets=tuple(message.cpu_instruction_sets),
+        store=message.store,
+        replica_id=message.replica_id,
+        tenant=message.tenant,
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15textinv/v1/jobs.proto\x12\ntextinv.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\rTrainingImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x07\x63\x61ption\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_caption\"\xa5\x03\n\x0fInversionParams\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tinit_text\x18\x02 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x03 \x01(\r\x12-\n\x08property\x18\x04 \x01(\x0e\x32\x1b.textinv.v1.ConceptProperty\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x12\n\ngrad_accum\x18\x07 \x01(\r\x12\x1a\n\rlearning_rate\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08scale_lr\x18\t \x01(\x08\x12+\n\x0blr_schedule\x18\n \x01(\x0e\x32\x16.textinv.v1.LrSchedule\x12\x14\n\x0cwarmup_steps\x18\x0b \x01(\r\x12\x12\n\nresolution\x18\x0c \x01(\r\x12(\n\tprecision\x18\r \x01(\x0e\x32\x15.textinv.v1.Precision\x12\x11\n\x04seed\x18\x0e \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x10\x63heckpoint_every\x18\x0f \x01(\rB\x10\n\x0e_learning_rateB\x07\n\x05_seed\"\x8a\x01\n\x19\x43reateInversionJobRequest\x12)\n\x06images\x18\x01 \x03(\x0b\x32\x19.textinv.v1.TrainingImage\x12+\n\x06params\x18\x02 \x01(\x0b\x32\x1b.textinv.v1.InversionParams\x12\x15\n\rskip_register\x18\x03 \x01(\x08\"\x8f\x03\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.textinv.v1.JobState\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.textinv.v1.InversionParams\x12\x12\n\nnum_images\x18\x04 \x01(\r\x12\x15\n\rskip_register\x18\x05 \x01(\x08\x12\x0c\n\x04step\x18\x06 \x01(\r\x12\x13\n\x0btotal_steps\x18\x07 \x01(\r\x12\x11\n\x04loss\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x18\n\x10registered_token\x18\r \x01(\tB\x07\n\x05_loss\">\n\x1a\x43reateInversionJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfo\"5\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_file\x18\x02 \x01(\x08\"@\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfo\x12\x0c\n\x04\x66ile\x18\x02 \x01(\x0c\"^\n\x0fListJobsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.textinv.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.textinv.v1.JobInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfo\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x84\x01\n\x0bJobProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x18\n\x10steps_per_second\x18\x05 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x06 \x01(\x01\"l\n\x10WatchJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfoH\x00\x12+\n\x08progress\x18\x02 \x01(\x0b\x32\x17.textinv.v1.JobProgressH\x00\x42\x07\n\x05\x65vent*l\n\x0f\x43onceptProperty\x12 \n\x1c\x43ONCEPT_PROPERTY_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONCEPT_PROPERTY_OBJECT\x10\x01\x12\x1a\n\x16\x43ONCEPT_PROPERTY_STYLE\x10\x02*[\n\nLrSchedule\x12\x1b\n\x17LR_SCHEDULE_UNSPECIFIED\x10\x00\x12\x18\n\x14LR_SCHEDULE_CONSTANT\x10\x01\x12\x16\n\x12LR_SCHEDULE_COSINE\x10\x02*v\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRECISION_FP32\x10\x01\x12\x12\n\x0ePRECISION_BF16\x10\x02\x12\x12\n\x0ePRECISION_FP16\x10\x03\x12\x12\n\x0ePRECISION_AUTO\x10\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x42u\n\x0e\x64\x65v.textinv.v1B\tJobsProtoP\x01Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\xa2\x02\x03TXV\xaa\x02\nTextinv.V1\xca\x02\nTextinv\\V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15textinv/v1/jobs.proto\x12\ntextinv.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\rTrainingImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x14\n\x07\x63\x61ption\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_caption\"\xa5\x03\n\x0fInversionParams\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tinit_text\x18\x02 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x03 \x01(\r\x12-\n\x08property\x18\x04 \x01(\x0e\x32\x1b.textinv.v1.ConceptProperty\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x12\n\ngrad_accum\x18\x07 \x01(\r\x12\x1a\n\rlearning_rate\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08scale_lr\x18\t \x01(\x08\x12+\n\x0blr_schedule\x18\n \x01(\x0e\x32\x16.textinv.v1.LrSchedule\x12\x14\n\x0cwarmup_steps\x18\x0b \x01(\r\x12\x12\n\nresolution\x18\x0c \x01(\r\x12(\n\tprecision\x18\r \x01(\x0e\x32\x15.textinv.v1.Precision\x12\x11\n\x04seed\x18\x0e \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x10\x63heckpoint_every\x18\x0f \x01(\rB\x10\n\x0e_learning_rateB\x07\n\x05_seed\"\x9e\x01\n\x19\x43reateInversionJobRequest\x12)\n\x06images\x18\x01 \x03(\x0b\x32\x19.textinv.v1.TrainingImage\x12+\n\x06params\x18\x02 \x01(\x0b\x32\x1b.textinv.v1.InversionParams\x12\x15\n\rskip_register\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x8f\x03\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.textinv.v1.JobState\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.textinv.v1.InversionParams\x12\x12\n\nnum_images\x18\x04 \x01(\r\x12\x15\n\rskip_register\x18\x05 \x01(\x08\x12\x0c\n\x04step\x18\x06 \x01(\r\x12\x13\n\x0btotal_steps\x18\x07 \x01(\r\x12\x11\n\x04loss\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x18\n\x10registered_token\x18\r \x01(\tB\x07\n\x05_loss\">\n\x1a\x43reateInversionJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfo\"5\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cinclude_file\x18\x02 \x01(\x08\"@\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfo\x12\x0c\n\x04\x66ile\x18\x02 \x01(\x0c\"^\n\x0fListJobsRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.textinv.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.textinv.v1.JobInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfo\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x84\x01\n\x0bJobProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x18\n\x10steps_per_second\x18\x05 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x06 \x01(\x01\"l\n\x10WatchJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x13.textinv.v1.JobInfoH\x00\x12+\n\x08progress\x18\x02 \x01(\x0b\x32\x17.textinv.v1.JobProgressH\x00\x42\x07\n\x05\x65vent*l\n\x0f\x43onceptProperty\x12 \n\x1c\x43ONCEPT_PROPERTY_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONCEPT_PROPERTY_OBJECT\x10\x01\x12\x1a\n\x16\x43ONCEPT_PROPERTY_STYLE\x10\x02*[\n\nLrSchedule\x12\x1b\n\x17LR_SCHEDULE_UNSPECIFIED\x10\x00\x12\x18\n\x14LR_SCHEDULE_CONSTANT\x10\x01\x12\x16\n\x12LR_SCHEDULE_COSINE\x10\x02*v\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRECISION_FP32\x10\x01\x12\x12\n\x0ePRECISION_BF16\x10\x02\x12\x12\n\x0ePRECISION_FP16\x10\x03\x12\x12\n\x0ePRECISION_AUTO\x10\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x42u\n\x0e\x64\x65v.textinv.v1B\tJobsProtoP\x01Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\xa2\x02\x03TXV\xaa\x02\nTextinv.V1\xca\x02\nTextinv\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,40 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'textinv_client.pb.v1.jobs_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.textinv.v1B\tJobsProtoP\001Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\242\002\003TXV\252\002\nTextinv.V1\312\002\nTextinv\\V1'
-  _globals['_CONCEPTPROPERTY']._serialized_start=1852
-  _globals['_CONCEPTPROPERTY']._serialized_end=1960
-  _globals['_LRSCHEDULE']._serialized_start=1962
-  _globals['_LRSCHEDULE']._serialized_end=2053
-  _globals['_PRECISION']._serialized_start=2055
-  _globals['_PRECISION']._serialized_end=2173
-  _globals['_JOBSTATE']._serialized_start=2176
-  _globals['_JOBSTATE']._serialized_end=2330
+  _globals['_CONCEPTPROPERTY']._serialized_start=1872
+  _globals['_CONCEPTPROPERTY']._serialized_end=1980
+  _globals['_LRSCHEDULE']._serialized_start=1982
+  _globals['_LRSCHEDULE']._serialized_end=2073
+  _globals['_PRECISION']._serialized_start=2075
+  _globals['_PRECISION']._serialized_end=2193
+  _globals['_JOBSTATE']._serialized_start=2196
+  _globals['_JOBSTATE']._serialized_end=2350
   _globals['_TRAININGIMAGE']._serialized_start=70
   _globals['_TRAININGIMAGE']._serialized_end=151
   _globals['_INVERSIONPARAMS']._serialized_start=154
   _globals['_INVERSIONPARAMS']._serialized_end=575
   _globals['_CREATEINVERSIONJOBREQUEST']._serialized_start=578
-  _globals['_CREATEINVERSIONJOBREQUEST']._serialized_end=716
-  _globals['_JOBINFO']._serialized_start=719
-  _globals['_JOBINFO']._serialized_end=1118
-  _globals['_CREATEINVERSIONJOBRESPONSE']._serialized_start=1120
-  _globals['_CREATEINVERSIONJOBRESPONSE']._serialized_end=1182
-  _globals['_GETJOBREQUEST']._serialized_start=1184
-  _globals['_GETJOBREQUEST']._serialized_end=1237
-  _globals['_GETJOBRESPONSE']._serialized_start=1239
-  _globals['_GETJOBRESPONSE']._serialized_end=1303
-  _globals['_LISTJOBSREQUEST']._serialized_start=1305
-  _globals['_LISTJOBSREQUEST']._serialized_end=1399
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1401
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1479
-  _globals['_CANCELJOBREQUEST']._serialized_start=1481
-  _globals['_CANCELJOBREQUEST']._serialized_end=1515
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1517
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1570
-  _globals['_WATCHJOBREQUEST']._serialized_start=1572
-  _globals['_WATCHJOBREQUEST']._serialized_end=1605
-  _globals['_JOBPROGRESS']._serialized_start=1608
-  _globals['_JOBPROGRESS']._serialized_end=1740
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1742
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1850
+  _globals['_CREATEINVERSIONJOBREQUEST']._serialized_end=736
+  _globals['_JOBINFO']._serialized_start=739
+  _globals['_JOBINFO']._serialized_end=1138
+  _globals['_CREATEINVERSIONJOBRESPONSE']._serialized_start=1140
+  _globals['_CREATEINVERSIONJOBRESPONSE']._serialized_end=1202
+  _globals['_GETJOBREQUEST']._serialized_start=1204
+  _globals['_GETJOBREQUEST']._serialized_end=1257
+  _globals['_GETJOBRESPONSE']._serialized_start=1259
+  _globals['_GETJOBRESPONSE']._serialized_end=1323
+  _globals['_LISTJOBSREQUEST']._serialized_start=1325
+  _globals['_LISTJOBSREQUEST']._serialized_end=1419
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1421
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1499
+  _globals['_CANCELJOBREQUEST']._serialized_start=1501
+  _globals['_CANCELJOBREQUEST']._serialized_end=1535
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1537
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1590
+  _globals['_WATCHJOBREQUEST']._serialized_start=1592
+  _globals['_WATCHJOBREQUEST']._serialized_end=1625
+  _globals['_JOBPROGRESS']._serialized_start=1628
+  _globals['_JOBPROGRESS']._serialized_end=1760
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1762
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1870
 # @@protoc_insertion_point(module_scope)

@@ -101,14 +101,16 @@ class InversionParams(_message.Message):
     def __init__(self, token: _Optional[str] = ..., init_text: _Optional[str] = ..., num_vectors: _Optional[int] = ..., property: _Optional[_Union[ConceptProperty, str]] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., grad_accum: _Optional[int] = ..., learning_rate: _Optional[float] = ..., scale_lr: _Optional[bool] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., warmup_steps: _Optional[int] = ..., resolution: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., seed: _Optional[int] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
 
 class CreateInversionJobRequest(_message.Message):
-    __slots__ = ("images", "params", "skip_register")
+    __slots__ = ("images", "params", "skip_register", "request_id")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SKIP_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[TrainingImage]
     params: InversionParams
     skip_register: bool
-    def __init__(self, images: _Optional[_Iterable[_Union[TrainingImage, _Mapping]]] = ..., params: _Optional[_Union[InversionParams, _Mapping]] = ..., skip_register: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, images: _Optional[_Iterable[_Union[TrainingImage, _Mapping]]] = ..., params: _Optional[_Union[InversionParams, _Mapping]] = ..., skip_register: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
     __slots__ = ("job_id", "state", "params", "num_images", "skip_register", "step", "total_steps", "loss", "created_at", "started_at", "finished_at", "error", "registered_token")

@@ -118,7 +118,7 @@ class Limits(_message.Message):
     def __init__(self, max_request_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_concepts_per_prompt: _Optional[int] = ..., max_concept_file_bytes: _Optional[int] = ..., max_images_per_job: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_batch: _Optional[int] = ..., batch_wait_ms: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_job_steps: _Optional[int] = ..., max_guidance_scale: _Optional[float] = ..., max_token_chars: _Optional[int] = ..., max_init_text_chars: _Optional[int] = ..., max_caption_chars: _Optional[int] = ..., max_filename_chars: _Optional[int] = ..., max_page_token_chars: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_job_id_chars: _Optional[int] = ..., max_training_resolution: _Optional[int] = ..., max_concepts: _Optional[int] = ..., max_stored_jobs: _Optional[int] = ..., job_retention_seconds: _Optional[int] = ..., max_job_bytes: _Optional[int] = ..., max_job_attempts: _Optional[int] = ..., max_training_pixels_per_step: _Optional[int] = ..., max_training_image_pixels: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model", "backend", "device", "execution_providers", "engine_profiles", "limits", "schedulers", "server_version", "api_version", "library_versions", "precision", "precision_reason", "cpu_instruction_sets")
+    __slots__ = ("model", "backend", "device", "execution_providers", "engine_profiles", "limits", "schedulers", "server_version", "api_version", "library_versions", "precision", "precision_reason", "cpu_instruction_sets", "store", "replica_id", "tenant")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,9 @@ class GetServerInfoResponse(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     PRECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     CPU_INSTRUCTION_SETS_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     backend: str
     device: str
@@ -152,4 +155,7 @@ class GetServerInfoResponse(_message.Message):
     precision: str
     precision_reason: str
     cpu_instruction_sets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., engine_profiles: _Optional[_Iterable[_Union[EngineProfile, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., schedulers: _Optional[_Iterable[_Union[_generate_pb2.Scheduler, str]]] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., precision: _Optional[str] = ..., precision_reason: _Optional[str] = ..., cpu_instruction_sets: _Optional[_Iterable[str]] = ...) -> None: ...
+    store: str
+    replica_id: str
+    tenant: str
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., engine_profiles: _Optional[_Iterable[_Union[EngineProfile, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., schedulers: _Optional[_Iterable[_Union[_generate_pb2.Scheduler, str]]] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., precision: _Optional[str] = ..., precision_reason: _Optional[str] = ..., cpu_instruction_sets: _Optional[_Iterable[str]] = ..., store: _Optional[str] = ..., replica_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
