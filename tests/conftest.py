@@ -11,6 +11,8 @@ import torch
 # Two cores are shared by everything on these machines; one thread keeps tests predictable.
 torch.set_num_threads(int(os.environ.get("TEXTINV_TEST_THREADS", "1")))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ``pg_url``: a fresh PostgreSQL database per test (skipped without a server, failed under CI).
+pytest_plugins = ["tests.pg"]
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
+from textinv.errors import InvalidInputError
+
 _CHUNKS = re.compile(r"\S+")
 
 
@@ -109,6 +111,34 @@ class TokenIndex:
             if chunk[start:end].lower() in self._by_key:
                 return end
         return 0
+
+
+def candidate_keys(prompt: str, max_chars: int, limit: int | None = None) -> set[str]:
+    """Every span of ``prompt`` that a registered token could be, as ``TokenIndex.split`` would
+    look it up: NFKC-normalized and lower-cased, starting and ending on a word boundary, at most
+    ``max_chars`` long. A registry that does not hold every token looks these up in its store.
+
+    A prompt of words and spaces has about one per word; a run of punctuation without spaces has
+    up to ``max_chars`` per character, so past ``limit`` keys this stops and raises
+    ``InvalidInputError`` (before the work grows with them).
+    """
+    text = unicodedata.normalize("NFKC", prompt)
+    keys: set[str] = set()
+    for match in _CHUNKS.finditer(text):
+        chunk = match.group()
+        word = _word_characters(chunk)
+        ends = [e for e in range(1, len(chunk) + 1) if e == len(chunk) or not word[e]]
+        for start in range(len(chunk)):
+            if start == 0 or not word[start - 1]:
+                first = bisect.bisect_right(ends, start)
+                last = bisect.bisect_right(ends, start + max_chars)
+                keys.update(chunk[start:end].lower() for end in ends[first:last])
+                if limit is not None and len(keys) > limit:
+                    raise InvalidInputError(
+                        f"the prompt holds more than {limit} places where a concept's token could "
+                        "stand (long runs of punctuation without spaces); add spaces"
+                    )
+    return keys
 
 
 def _word_characters(chunk: str) -> list[bool]:

@@ -49,6 +49,14 @@ class OverloadedError(TextInvError):
     """The server is at a configured limit (queue, concurrent jobs) and refuses at once."""
 
 
+class PermissionDeniedError(TextInvError):
+    """The caller's API key may not do this (a generate-only key managing concepts or jobs)."""
+
+
+class StoreUnavailableError(TextInvError):
+    """The shared store (PostgreSQL) cannot be reached; the call may be retried."""
+
+
 class CancelledError(TextInvError):
     """Work stopped because its caller cancelled it or its deadline passed."""
 

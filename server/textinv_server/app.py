@@ -29,6 +29,7 @@ from textinv_client.pb.v1 import textinv_pb2, textinv_pb2_grpc
 from textinv_server import metrics
 from textinv_server.config import ServerConfig, TlsConfig
 from textinv_server.interceptors import ApiKeyInterceptor, StatusInterceptor
+from textinv_server.keys import KeyEntry, check_unique, load_key_file, plain_key_entries
 from textinv_server.requests import GenerationRequest
 from textinv_server.service import Service, build_service
 from textinv_server.servicer import TextInvServicer
@@ -118,7 +119,7 @@ class RunningServer:
 
 async def start_server(config: ServerConfig) -> RunningServer:
     """Check the keys, load everything, bind the port, warm up, then report SERVING."""
-    check_api_keys(config.api_keys)
+    check_api_keys(config.api_keys, config.keys_file)
     service = await asyncio.to_thread(build_service, config)
     server = aio.server(
         interceptors=_interceptors(config),
@@ -161,8 +162,9 @@ async def serve(config: ServerConfig, on_ready: Callable[[int], None] | None = N
     await running.stop(config.grace_seconds)
 
 
-def check_api_keys(keys: Sequence[str]) -> None:
-    """Refuse a key that no client could send; the message never quotes a key."""
+def check_api_keys(keys: Sequence[str], keys_file: Path | None = None) -> tuple[KeyEntry, ...]:
+    """Every key the server accepts: the plain keys, checked (refuse a key that no client could
+    send), then the key file's entries. Messages never quote a key."""
     for number, key in enumerate(keys, start=1):
         if not key.strip():
             raise InvalidInputError(
@@ -174,18 +176,32 @@ def check_api_keys(keys: Sequence[str]) -> None:
                 f"--api-key #{number} (or $TEXTINV_API_KEYS) must be printable ASCII without "
                 "spaces: gRPC metadata cannot carry anything else, so no client could send it"
             )
+    entries = plain_key_entries(keys)
+    if keys_file is not None:
+        entries += load_key_file(keys_file)
+        if not entries:
+            # Someone meant to require keys; an open server would be the wrong way to fail.
+            raise InvalidInputError(
+                f"key file {keys_file} holds no key: add one with `textinv keys add`"
+            )
+    check_unique(entries, "--api-key and --keys")
+    return entries
 
 
 def _interceptors(config: ServerConfig) -> list[aio.ServerInterceptor]:
     interceptors: list[aio.ServerInterceptor] = []
-    if config.api_keys:
-        interceptors.append(ApiKeyInterceptor(config.api_keys))
+    entries = check_api_keys(config.api_keys, config.keys_file)
+    if entries:
+        interceptors.append(ApiKeyInterceptor(entries))
     else:
         log.warning(
             "no API key configured: anyone who can reach %s may call every RPC; "
-            "give --api-key (or $TEXTINV_API_KEYS) before exposing this server",
+            "give --keys FILE or --api-key (or $TEXTINV_KEYS_FILE, $TEXTINV_API_KEYS) "
+            "before exposing this server",
             config.host,
         )
+    # This order: ApiKeyInterceptor's wrapper runs outside StatusInterceptor's, so the principal is
+    # set before the status mapping sees the handler's errors (textinv_server.interceptors).
     interceptors.append(StatusInterceptor())
     return interceptors
 

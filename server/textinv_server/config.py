@@ -56,7 +56,7 @@ class Limits:
     max_page_size: int = _limit(1000, "most concepts or jobs one list page returns")
     max_job_id_chars: int = _limit(64, "longest job id a request may name, in characters")
     max_training_resolution: int = _limit(1024, "largest training side of a job, in pixels")
-    max_concepts: int = _limit(10_000, "concepts the server may hold; registering more is refused")
+    max_concepts: int = _limit(10_000, "concepts one tenant may hold; registering more is refused")
     max_stored_jobs: int = _limit(256, "jobs whose files are kept; creating more is refused")
     job_retention_seconds: int = _limit(7 * 24 * 3600, "seconds a finished job's files are kept")
     max_job_bytes: int = _limit(128 * MIB, "bytes one job may store (uploads, checkpoints)")
@@ -137,6 +137,38 @@ class ServerConfig:
             "accept this key (repeatable; also $TEXTINV_API_KEYS, comma-separated)",
             name="--api-key",
             metavar="KEY",
+        ),
+    )
+    keys_file: Path | None = field(
+        default=None,
+        metadata=flag(
+            "API keys with tenants and roles: a JSON file of hashed keys (see `textinv keys`); "
+            "also $TEXTINV_KEYS_FILE",
+            name="--keys",
+            metavar="FILE",
+        ),
+    )
+    store: str = field(
+        default="sqlite",
+        metadata=flag(
+            "where state lives: sqlite (the --data folder, one server) or a postgresql:// URL "
+            "shared by every replica and worker; also $TEXTINV_STORE",
+            metavar="URL",
+        ),
+    )
+    workers: bool = field(
+        default=True,
+        metadata=flag(
+            "run no inversion jobs here (a `textinv worker` pool trains them)",
+            name="--no-workers",
+        ),
+    )
+    lease_seconds: float = field(
+        default=30.0,
+        metadata=flag(
+            "a training job's lease: when its worker stops renewing it (it died) for this long, "
+            "another worker resumes the job",
+            metavar="SECONDS",
         ),
     )
     tls: TlsConfig | None = None

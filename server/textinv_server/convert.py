@@ -220,7 +220,7 @@ def create_job_from_pb(
         seed=params.seed if params.HasField("seed") else secrets.randbelow(2**31),
         checkpoint_every=params.checkpoint_every or JOB_DEFAULTS["checkpoint_every"],
     )
-    request = CreateJobRequest(images, config, message.skip_register)
+    request = CreateJobRequest(images, config, message.skip_register, message.request_id)
     request.check(limits, default_resolution)
     return request
 

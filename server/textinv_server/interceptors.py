@@ -5,6 +5,10 @@ back as ``x-request-id`` trailing metadata), times it for the metrics, and maps 
 raised to a status code. Only messages written for callers reach them: an unexpected exception is
 logged with its traceback and answered ``INTERNAL`` with the request id, nothing more.
 
+``ApiKeyInterceptor`` comes first: it refuses a call without a known key, and runs an accepted
+call's behavior, already wrapped by ``StatusInterceptor``, as the key's principal; the status
+mapping so sees every error the service raises (``PERMISSION_DENIED`` for a generate-only key).
+
 Refused calls (``UNAUTHENTICATED`` here, ``RESOURCE_EXHAUSTED`` from an ``OverloadedError``) are
 counted in ``textinv_refused_calls_total`` by RPC and reason.
 """
@@ -12,13 +16,15 @@ counted in ``textinv_refused_calls_total`` by RPC and reason.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import inspect
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
@@ -30,9 +36,13 @@ from textinv.errors import (
     InvalidInputError,
     NotFoundError,
     OverloadedError,
+    PermissionDeniedError,
+    StoreUnavailableError,
 )
 from textinv_client.choices import UnknownChoiceError
 from textinv_server import metrics
+from textinv_server.keys import KeyEntry, check_unique
+from textinv_server.principal import Principal, set_principal
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,8 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CancelledError, grpc.StatusCode.CANCELLED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
 # Health checks must work without a key (load balancers and orchestrators have none).
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -84,36 +96,47 @@ class StatusInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method = method_name(details)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # this service has no client-streaming RPCs
+        return wrap_handler(handler, lambda context: _Call(context, method))
 
 
-def _guard_unary(behavior: Behavior, method: str) -> Behavior:
+# What runs around one call's behavior: entered and left in the call's own task, inside the
+# behavior (a coroutine, or an async generator for a stream), so what it sets there (a context
+# variable) the behavior sees.
+Scope = Callable[[aio.ServicerContext], AbstractAsyncContextManager[Any]]
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, scope: Scope) -> grpc.RpcMethodHandler:
+    """``handler`` with each call's behavior run inside ``scope(context)``."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _guard_unary(handler.unary_unary, scope),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _guard_stream(handler.unary_stream, scope),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # this service has no client-streaming RPCs
+
+
+def _guard_unary(behavior: Behavior, scope: Scope) -> Behavior:
     async def guarded(request: Any, context: aio.ServicerContext) -> Any:
-        async with _Call(context, method):
+        async with scope(context):
             return await behavior(request, context)
 
     return guarded
 
 
-def _guard_stream(behavior: Behavior, method: str) -> Behavior:
+def _guard_stream(behavior: Behavior, scope: Scope) -> Behavior:
     if not inspect.isasyncgenfunction(behavior):
         # A coroutine that writes with ``context.write`` (grpc's own Health.Watch): awaited whole.
-        return _guard_unary(behavior, method)
+        return _guard_unary(behavior, scope)
 
     async def guarded(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _Call(context, method):
+        async with scope(context):
             async for response in behavior(request, context):
                 yield response
 
@@ -171,10 +194,18 @@ def _answer(error: Exception, method: str, request_id: str) -> tuple[grpc.Status
 
 
 class ApiKeyInterceptor(aio.ServerInterceptor):
-    """``authorization: Bearer KEY`` on every RPC but health checks, compared in constant time."""
+    """``authorization: Bearer KEY`` on every RPC but health checks; the call then runs as the
+    key's principal (its tenant, and whether it may manage: ``textinv_server.principal``).
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [key.encode() for key in keys]
+    Keys are known only by their SHA-256 (``textinv_server.keys``): the presented key is hashed
+    and compared with every entry's hash in constant time."""
+
+    def __init__(self, entries: Sequence[KeyEntry]) -> None:
+        check_unique(entries, "API keys")
+        self._entries = [
+            (bytes.fromhex(entry.sha256), Principal(entry.tenant, entry.may_manage))
+            for entry in entries
+        ]
 
     async def intercept_service(
         self,
@@ -183,27 +214,46 @@ class ApiKeyInterceptor(aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         if details.method.startswith(UNAUTHENTICATED_PREFIXES):
             return await continuation(details)
-        reason = self._refusal_reason(details)
+        principal = self.authenticate(details.invocation_metadata or ())
         handler = await continuation(details)
-        if reason is None:
-            return handler
+        if isinstance(principal, Principal):
+            # Set in the behavior, not here: this coroutine need not run in the call's task.
+            scope = _ActingAs(principal)
+            return handler if handler is None else wrap_handler(handler, lambda context: scope)
         # A method the server does not have is "unknown": callers choose method names freely.
-        metrics.count_refusal("unknown" if handler is None else method_name(details), reason)
+        metrics.count_refusal("unknown" if handler is None else method_name(details), principal)
         return _refusal(handler)
 
-    def _refusal_reason(self, details: grpc.HandlerCallDetails) -> str | None:
-        """``None`` for a valid key, else why the call is refused: missing_key or invalid_key."""
-        metadata = dict(details.invocation_metadata or ())
-        value = metadata.get("authorization")
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal | str:
+        """The principal of the call's key, or why it is refused: missing_key or invalid_key."""
+        value = dict(metadata).get("authorization")
         if value is None:
             return "missing_key"
         presented = (value.decode() if isinstance(value, bytes) else value).encode()
         if not presented.startswith(b"Bearer "):
             return "invalid_key"
-        key = presented[len(b"Bearer ") :]
-        # Compare with every key, so the time taken says nothing about which one nearly matched.
-        matches = [hmac.compare_digest(key, candidate) for candidate in self._keys]
-        return None if any(matches) else "invalid_key"
+        digest = hashlib.sha256(presented[len(b"Bearer ") :]).digest()
+        # Compare with every entry, with no early exit, so the time taken says nothing about
+        # which entry nearly matched (keys are unique, so at most one matches).
+        found: Principal | str = "invalid_key"
+        for candidate, principal in self._entries:
+            if hmac.compare_digest(digest, candidate):
+                found = principal
+        return found
+
+
+class _ActingAs:
+    """A call's scope: the behavior runs as ``principal``. Nothing to undo on leaving, since the
+    task is the call's own (grpc runs each call in a task of its own)."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    async def __aenter__(self) -> None:
+        set_principal(self.principal)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
 
 
 def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:

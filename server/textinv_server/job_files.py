@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textinv.errors import StorageFullError
-from textinv.trainer import CONCEPT_FILE
+from textinv.trainer import CHECKPOINT_DIR, CONCEPT_FILE
 from textinv.trainer.run_files import list_checkpoints
+
+if TYPE_CHECKING:
+    from textinv_server.job_uploads import UploadedImage
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +74,45 @@ def check_job_bytes(job_folder: Path, limit: int) -> None:
             f"the job stores {stored} bytes (uploads, checkpoints and validation images); "
             f"the limit per job is {limit} bytes"
         )
+
+
+class FolderJobFiles:
+    """The embedded store's job files: ``jobs/<job id>/`` in the data folder, where the trainer
+    writes directly (so ``sync`` and ``release`` have nothing to do)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def save_uploads(self, job_id: str, images: Sequence[UploadedImage]) -> None:
+        from textinv_server.job_uploads import save_images
+
+        try:
+            save_images(self.checkout(job_id) / IMAGES_DIR, images)
+        except BaseException:
+            self.delete(job_id)
+            raise
+
+    def checkout(self, job_id: str) -> Path:
+        return self.folder / job_id
+
+    def sync(self, job_id: str, holder: str = "") -> None:
+        return None  # the trainer wrote into the store's own folder
+
+    def release(self, job_id: str) -> None:
+        return None
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self.folder / job_id, ignore_errors=True)
+
+    def concept_file(self, job_id: str) -> bytes | None:
+        path = self.folder / job_id / OUT_DIR / CONCEPT_FILE
+        return path.read_bytes() if path.is_file() else None
+
+    def discard_checkpoints(self, job_id: str) -> None:
+        shutil.rmtree(self.folder / job_id / OUT_DIR / CHECKPOINT_DIR, ignore_errors=True)
+
+    def purge(self, job_id: str) -> None:
+        purge_job_files(self.folder / job_id)
+
+    def remove_orphans(self, job_ids: Collection[str]) -> list[str]:
+        return remove_orphan_folders(self.folder, job_ids)

@@ -1,51 +1,56 @@
-"""The concept registry: validated concepts, durable on disk, live in memory for generation.
+"""The concept registry: validated concepts in the store, and the ones in use cached in memory.
 
 Registering a concept validates the upload (``textinv.concepts.parse_concept``: format, shape,
-dtype, finite values, width, token), writes its diffusers-format file atomically under a
-content-addressed name, commits its row, then publishes its vectors. The very next generation
-sees it; nothing is re-exported or reloaded.
+dtype, finite values, width, token) and stores it (``Store.put_concept``, which checks, inside its
+transaction, that no token of the tenant folds alike and that the tenant has room). Nothing is
+re-exported or reloaded: the very next generation, on any replica, finds it.
 
-The published vectors are one immutable ``ConceptTable``, replaced on every change
-(copy-on-write), so ``snapshot()`` costs nothing however many concepts exist, and the table's
-index finds a prompt's tokens without looking at the others. Tokens that differ only in case or
-Unicode form cannot both be registered: a prompt could not tell them apart.
+A replica does not hold every concept. For each request it takes the prompt's candidate words
+(``candidate_keys``: every span that a token could be, about one per word) and resolves them:
+from a bounded LRU of loaded concepts, from a bounded LRU of words known to name nothing, and
+for the rest with one store query. The store announces every change (``StoreEvent``), from any
+replica, and the registry forgets what it cached for that word; a ``reset`` (missed changes)
+forgets everything. A lookup that races a change caches nothing (``_generation``), so a stale
+entry cannot outlive the change's announcement. A request's cost depends on its prompt, not on
+how many concepts are registered.
 
-At start every stored file is checked against its row's sha256; a missing or damaged one is
-logged, listed in ``damaged`` and left out of listings and generation. Concept files that no row
-names (a crash between the file and its row) are removed.
+Tokens that differ only in case or Unicode form cannot both be registered: a prompt could not
+tell them apart. A stored concept whose file does not match its sha256 (a data folder changed
+while the server was stopped) is reported at start, listed in ``damaged`` and left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
-from collections.abc import Collection
+from collections import OrderedDict
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from textinv.concept_table import ConceptTable
+from textinv.concept_table import ConceptTable, candidate_keys, fold
+from textinv.concept_tokens import MAX_TOKEN_LENGTH
 from textinv.concepts import Concept, ConceptFormat, concept_to_bytes, parse_concept
-from textinv.errors import (
-    AlreadyExistsError,
-    ConceptFileError,
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-)
-from textinv.fileio import atomic_write_bytes
-from textinv_server.store import ConceptRow, Store, disk_full_error, is_disk_full
+from textinv.errors import ConceptFileError, InvalidInputError, NotFoundError
+from textinv_server.store import DEFAULT_TENANT, ConceptRow, Store, StoreEvent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCEPTS = 10_000
-# The names this registry gives its files, and the temporary names of ``atomic_write_bytes``.
-_CONCEPT_FILE = re.compile(r"[0-9a-f]{64}\.safetensors")
-_TEMPORARY_FILE = re.compile(r"\.[0-9a-f]{64}\.safetensors\..+\.tmp")
+DEFAULT_CACHED_CONCEPTS = 4096  # K ≤ 16 rows of ≤ 2048 floats each: ≤ 512 MiB at the worst
+DEFAULT_CACHED_MISSES = 65_536  # words known to name no concept
+# A request's candidate words (``candidate_keys``): a 2000-character prompt of words has a few
+# hundred; only long runs of punctuation reach this, and such a prompt is refused.
+MAX_CANDIDATE_KEYS = 8192
+MAX_MISSES_CACHED_PER_REQUEST = 256  # so that no one prompt flushes the others' cached misses
+
+Key = tuple[str, str]  # (tenant, folded token)
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -55,48 +60,114 @@ class DamagedConcept:
     token: str
     sha256: str
     reason: str
+    tenant: str = DEFAULT_TENANT
 
 
 class ConceptRegistry:
     def __init__(
         self,
         store: Store,
-        folder: Path,
         *,
         width: int,
         vocabulary: Collection[str],
         max_file_bytes: int,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
+        cached_concepts: int = DEFAULT_CACHED_CONCEPTS,
+        cached_misses: int = DEFAULT_CACHED_MISSES,
     ) -> None:
         self.store = store
-        self.folder = folder
         self.width = width
         self.vocabulary = vocabulary
         self.max_file_bytes = max_file_bytes
         self.max_concepts = max_concepts
+        # A shared store's misses are not cached: a word looked up on this replica may be
+        # registered on another a moment later, and a client that registers there and generates
+        # here must find it at once (one indexed query per request, whatever the count).
+        self._cached_concepts = cached_concepts
+        self._cached_misses = 0 if store.shared else cached_misses
         self._lock = threading.Lock()
-        self._table = ConceptTable()
-        self._damaged: dict[str, DamagedConcept] = {}
-        folder.mkdir(parents=True, exist_ok=True)
-        self._load_stored()
+        self._loaded: OrderedDict[Key, tuple[str, torch.Tensor]] = OrderedDict()
+        self._absent: OrderedDict[Key, None] = OrderedDict()
+        self._generation = 0  # changes seen; a lookup that spans one caches nothing
+        self._damaged: dict[Key, DamagedConcept] = {}
+        for row, reason in store.damaged_concepts():
+            self._mark_damaged(row, reason)
+        store.subscribe(self._on_change)
 
-    def snapshot(self) -> ConceptTable:
-        """The registered concepts' vectors now: ``{token: [K, D]}``; later changes don't show.
+    # --- generation -------------------------------------------------------------------------
 
-        O(1): the table is immutable and replaced on every change, never copied per request.
-        """
-        return self._table
+    def concepts_for(self, tenant: str, prompts: Iterable[str]) -> ConceptTable:
+        """The tenant's concepts that ``prompts`` may name: ``{token: [K, D]}``, found as
+        ``TokenIndex.split`` finds tokens (whole words, in any case or Unicode form)."""
+        keys: set[str] = set()
+        for prompt in prompts:
+            keys |= candidate_keys(prompt, MAX_TOKEN_LENGTH, MAX_CANDIDATE_KEYS - len(keys))
+        found, missing = self._cached(tenant, keys)
+        if missing:
+            found |= self._look_up(tenant, missing)
+        return ConceptTable(found)
+
+    def _cached(self, tenant: str, keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        found: dict[str, torch.Tensor] = {}
+        missing: list[str] = []
+        with self._lock:
+            for key in keys:
+                if (tenant, key) in self._loaded:
+                    self._loaded.move_to_end((tenant, key))
+                    token, vectors = self._loaded[(tenant, key)]
+                    found[token] = vectors
+                elif (tenant, key) in self._absent:
+                    self._absent.move_to_end((tenant, key))
+                else:
+                    missing.append(key)
+        return found, missing
+
+    def _look_up(self, tenant: str, keys: list[str]) -> dict[str, torch.Tensor]:
+        """One store query for ``keys``; what it finds and misses is cached unless a change
+        was announced meanwhile."""
+        generation = self._generation
+        loaded: dict[str, tuple[str, torch.Tensor]] = {}
+        for row in self.store.find_concepts(tenant, keys):
+            vectors = self._usable_vectors(row)
+            if vectors is not None:
+                loaded.setdefault(fold(row.token), (row.token, vectors))
+        misses = [key for key in keys if key not in loaded][:MAX_MISSES_CACHED_PER_REQUEST]
+        with self._lock:
+            if generation == self._generation:
+                for key, value in loaded.items():
+                    _remember(self._loaded, (tenant, key), value, self._cached_concepts)
+                for key in misses if self._cached_misses else ():
+                    _remember(self._absent, (tenant, key), None, self._cached_misses)
+        return dict(loaded.values())
+
+    def _usable_vectors(self, row: ConceptRow) -> torch.Tensor | None:
+        """The row's vectors once its file checks out; ``None`` (and reported) if it does not."""
+        if (row.tenant, row.token) in self._damaged:
+            return None
+        try:
+            data = self.store.concept_data(row)
+            name = f"{row.sha256}.safetensors"  # messages name the file, never the folder
+            if hashlib.sha256(data).hexdigest() != row.sha256:
+                raise ConceptFileError(f"{name}: its content does not match its sha256")
+            return parse_concept(data, name, expected_width=self.width, token=row.token).vectors
+        except ConceptFileError as error:
+            if self.store.get_concept(row.tenant, row.token) == row:  # not replaced meanwhile
+                self._mark_damaged(row, str(error))
+            return None
+
+    # --- concepts ---------------------------------------------------------------------------
 
     @property
     def damaged(self) -> list[DamagedConcept]:
-        """Stored concepts found unusable at start, by token (until replaced or deleted)."""
-        return sorted(self._damaged.values(), key=lambda d: d.token)
+        """Stored concepts found unusable, by tenant and token (until replaced or deleted)."""
+        return sorted(self._damaged.values(), key=lambda d: (d.tenant, d.token))
 
     def register(
         self,
         data: bytes,
         filename: str,
         *,
+        tenant: str = DEFAULT_TENANT,
         token: str | None = None,
         replace: bool = False,
         job_id: str = "",
@@ -114,149 +185,114 @@ class ConceptRegistry:
             vocabulary=self.vocabulary,
             token=token,
         )
-        with self._lock:
-            previous = self._check_can_register(concept.token, replace)
-            row = self._write(concept, job_id, previous)
-            self._table = self._table.with_concept(concept.token, concept.vectors)
-            self._damaged.pop(concept.token, None)
-        log.info("registered concept %s (%d×%d)", concept.token, row.num_vectors, row.width)
+        stored = concept_to_bytes(concept, ConceptFormat.DIFFUSERS)
+        row = ConceptRow(
+            token=concept.token,
+            sha256=hashlib.sha256(stored).hexdigest(),
+            num_vectors=concept.num_vectors,
+            width=concept.width,
+            source_format=concept.source_format.value,
+            size_bytes=len(stored),
+            created_at=time.time(),
+            job_id=job_id,
+            tenant=tenant,
+        )
+        self.store.put_concept(row, stored, replace=replace, max_concepts=self.max_concepts)
+        self._forget(tenant, fold(row.token))  # this replica reads its own write at once
+        self._damaged.pop((tenant, row.token), None)
+        log.info("registered concept %s (%d×%d)", row.token, row.num_vectors, row.width)
         return row
 
     def register_concept(
-        self, concept: Concept, *, job_id: str = "", replace: bool = True
+        self,
+        concept: Concept,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        job_id: str = "",
+        replace: bool = True,
     ) -> ConceptRow:
-        """Register a concept learned on this server (already validated by the trainer)."""
+        """Register a concept learned by a job (already validated by the trainer)."""
         return self.register(
             concept_to_bytes(concept),
             f"{job_id or 'job'}.safetensors",
+            tenant=tenant,
             token=concept.token,
             replace=replace,
             job_id=job_id,
         )
 
-    def get(self, token: str) -> ConceptRow:
-        row = self._row(token)
-        if token in self._damaged:
+    def get(self, tenant: str, token: str) -> ConceptRow:
+        row = self.store.get_concept(tenant, token)
+        if row is None:
+            raise NotFoundError(f"concept {token!r} is not registered")
+        if (tenant, token) in self._damaged:
             raise NotFoundError(
                 f"concept {token!r} is damaged on the server; register it again with replace, "
                 "or delete it"
             )
         return row
 
-    def file_bytes(self, token: str) -> bytes:
-        """The concept as a diffusers-format safetensors file."""
-        return self._path(self.get(token).sha256).read_bytes()
+    def find(self, tenant: str, token: str) -> str | None:
+        """The tenant's registered token that ``token`` spells in another case or form, if any."""
+        rows = self.store.find_concepts(tenant, [fold(token)])
+        return rows[0].token if rows else None
 
-    def list(self, after: str = "", limit: int = -1) -> list[ConceptRow]:
-        """Usable concepts by token, after ``after``: damaged ones are left out."""
-        damaged = set(self._damaged)
+    def file_bytes(self, tenant: str, token: str) -> bytes:
+        """The concept as a diffusers-format safetensors file."""
+        return self.store.concept_data(self.get(tenant, token))
+
+    def list(self, tenant: str, after: str = "", limit: int = -1) -> list[ConceptRow]:
+        """The tenant's usable concepts by token, after ``after``: damaged ones are left out."""
+        damaged = {token for owner, token in self._damaged if owner == tenant}
         # Fetching ``len(damaged)`` more rows than asked still fills the page.
-        rows = self.store.list_concepts(after, limit + len(damaged) if limit >= 0 else -1)
+        rows = self.store.list_concepts(tenant, after, limit + len(damaged) if limit >= 0 else -1)
         usable = [row for row in rows if row.token not in damaged]
         return usable if limit < 0 else usable[:limit]
 
-    def delete(self, token: str) -> ConceptRow:
-        with self._lock:
-            row = self._row(token)
-            self.store.delete_concept(token)
-            self._table = self._table.without(token)
-            self._damaged.pop(token, None)
-            if not self.store.sha256_in_use(row.sha256):
-                self._path(row.sha256).unlink(missing_ok=True)
+    def delete(self, tenant: str, token: str) -> ConceptRow:
+        row = self.store.delete_concept(tenant, token)
+        if row is None:
+            raise NotFoundError(f"concept {token!r} is not registered")
+        self._forget(tenant, fold(token))
+        self._damaged.pop((tenant, token), None)
         log.info("deleted concept %s", token)
         return row
 
-    def _row(self, token: str) -> ConceptRow:
-        row = self.store.get_concept(token)
-        if row is None:
-            raise NotFoundError(f"concept {token!r} is not registered")
-        return row
+    # --- cache upkeep -----------------------------------------------------------------------
 
-    def _check_can_register(self, token: str, replace: bool) -> ConceptRow | None:
-        """The row ``token`` replaces, if any; refuses duplicates, look-alikes and overflow."""
-        previous = self.store.get_concept(token)
-        if previous is not None and not replace:
-            raise AlreadyExistsError(
-                f"concept {token!r} is already registered; delete it or set replace"
-            )
-        look_alike = self._table.index.find(token)
-        if look_alike is not None and look_alike != token:
-            raise AlreadyExistsError(
-                f"concept {token!r} would match the same prompt words as the registered "
-                f"{look_alike!r} (tokens match case-insensitively); delete that one first"
-            )
-        if previous is None and len(self._table) + len(self._damaged) >= self.max_concepts:
-            raise OverloadedError(
-                f"the server holds {self.max_concepts} concepts, its limit; delete one first"
-            )
-        return previous
+    def _on_change(self, event: StoreEvent) -> None:
+        """A store event, from this replica or another (on the store's thread). A concept that
+        changed is no longer the one found damaged (its new row is checked when it is used)."""
+        if event.kind == "concept":
+            self._forget(event.tenant, event.key)
+            for tenant, token in list(self._damaged):
+                if tenant == event.tenant and fold(token) == event.key:
+                    self._damaged.pop((tenant, token), None)
+        elif event.kind == "reset":
+            with self._lock:
+                self._generation += 1
+                self._loaded.clear()
+                self._absent.clear()
 
-    def _write(self, concept: Concept, job_id: str, previous: ConceptRow | None) -> ConceptRow:
-        """File first (atomic), then the row: a crash between leaves an unused file, no lost row."""
-        data = concept_to_bytes(concept, ConceptFormat.DIFFUSERS)
-        sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            atomic_write_bytes(self._path(sha256), data)
-        except OSError as error:  # a full disk is RESOURCE_EXHAUSTED, never a path in a reply
-            if is_disk_full(error):
-                raise disk_full_error() from error
-            raise
-        row = ConceptRow(
-            token=concept.token,
-            sha256=sha256,
-            num_vectors=concept.num_vectors,
-            width=concept.width,
-            source_format=concept.source_format.value,
-            size_bytes=len(data),
-            created_at=time.time(),
-            job_id=job_id,
+    def _forget(self, tenant: str, key: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._loaded.pop((tenant, key), None)
+            self._absent.pop((tenant, key), None)
+
+    def _mark_damaged(self, row: ConceptRow, reason: str) -> None:
+        log.error("stored concept %s is unusable and was left out: %s", row.token, reason)
+        self._damaged[(row.tenant, row.token)] = DamagedConcept(
+            row.token, row.sha256, reason, row.tenant
         )
-        self.store.put_concept(row)
-        replaced = previous is not None and previous.sha256 != sha256
-        if replaced and previous and not self.store.sha256_in_use(previous.sha256):
-            self._path(previous.sha256).unlink(missing_ok=True)
-        return row
 
-    def _path(self, sha256: str) -> Path:
-        return self.folder / f"{sha256}.safetensors"
 
-    def _load_stored(self) -> None:
-        """Publish every stored concept that checks out; report the rest; drop orphan files."""
-        # 1. Verify each row's file against its sha256, then parse it as any upload is parsed.
-        rows = self.store.list_concepts()
-        vectors: dict[str, torch.Tensor] = {}
-        for row in rows:
-            try:
-                vectors[row.token] = self._verified_vectors(row)
-            except ConceptFileError as error:
-                log.error("stored concept %s is unusable and was left out: %s", row.token, error)
-                self._damaged[row.token] = DamagedConcept(row.token, row.sha256, str(error))
-        # 2. Publish them in one table (built once, not once per concept).
-        self._table = ConceptTable(vectors)
-        if len(self._table.index) < len(vectors):
-            log.warning(
-                "stored concepts differ only in case; a prompt reaches one of each such set"
-            )
-        # 3. Remove concept files no row names (any row, damaged or not, keeps its file).
-        self._remove_orphans({row.sha256 for row in rows})
-
-    def _verified_vectors(self, row: ConceptRow) -> torch.Tensor:
-        name = f"{row.sha256}.safetensors"  # messages name the file, never the folder
-        try:
-            data = self._path(row.sha256).read_bytes()
-        except OSError as error:
-            raise ConceptFileError(f"{name}: cannot be read ({error.strerror})") from None
-        if hashlib.sha256(data).hexdigest() != row.sha256:
-            raise ConceptFileError(f"{name}: its content does not match its sha256")
-        concept = parse_concept(data, name, expected_width=self.width, token=row.token)
-        return concept.vectors
-
-    def _remove_orphans(self, referenced: set[str]) -> None:
-        for path in self.folder.iterdir():
-            orphan = _CONCEPT_FILE.fullmatch(path.name) and path.stem not in referenced
-            if (orphan or _TEMPORARY_FILE.fullmatch(path.name)) and path.is_file():
-                log.warning("removing %s: no stored concept uses it", path.name)
-                path.unlink(missing_ok=True)
+def _remember(cache: OrderedDict[Key, V], key: Key, value: V, limit: int) -> None:
+    """Put ``key`` last in ``cache``; drop the least recently used past ``limit``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 
 def _display_name(filename: str) -> str:

@@ -66,6 +66,10 @@ class GenerationRequest:
             height=default_size if self.height is None else self.height,
         )
 
+    def prompts(self) -> tuple[str, str]:
+        """The texts in which concepts may be named."""
+        return self.prompt, self.negative_prompt
+
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batch (one UNet call per step)."""
         return (self.width, self.height, self.steps, self.scheduler, self.uses_guidance)

@@ -163,6 +163,7 @@ class CreateJobRequest:
     images: tuple[UploadedImage, ...]
     config: InvertConfig
     skip_register: bool = False
+    request_id: str = ""  # the client's idempotency key
 
     def check(self, limits: Limits, default_resolution: int | None = None) -> None:
         """Every check that needs no model: counts and lengths first, then the server's limits
@@ -176,6 +177,7 @@ class CreateJobRequest:
             )
         for index, image in enumerate(self.images):
             _check_image(index, image, limits)
+        _check_request_id(self.request_id)
         check_token_text("params.token", self.config.token, limits)
         check_text("params.init_text", self.config.init, limits.max_init_text_chars)
         _check_server_bounds(self.config, limits)
@@ -185,6 +187,20 @@ class CreateJobRequest:
     def params(self) -> dict[str, Any]:
         """The trainer's fields this job sets, as the job manager stores them."""
         return {name: getattr(self.config, name) for name in PARAM_NAMES}
+
+
+MAX_REQUEST_ID_CHARS = 64
+
+
+def _check_request_id(request_id: str) -> None:
+    """At most 64 printable ASCII characters, as jobs.proto says (it is stored and compared)."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not (
+        request_id.isascii() and request_id.isprintable()
+    ):
+        raise InvalidInputError(
+            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable ASCII characters, "
+            f"got {quote(request_id)}"
+        )
 
 
 def _check_image(index: int, image: UploadedImage, limits: Limits) -> None:

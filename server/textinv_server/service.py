@@ -9,11 +9,13 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from textinv_server.batching import MicroBatcher
 from textinv_server.config import Limits, ServerConfig
 from textinv_server.jobs import JobManager, textinv_trainer
 from textinv_server.pipeline import GenerationPipeline, Outcome, PreparedRequest
+from textinv_server.principal import current_principal, managing_tenant
 from textinv_server.registry import ConceptRegistry
 from textinv_server.requests import GenerationRequest, GenerationResult, StepProgress
 from textinv_server.rpc_requests import (
@@ -25,7 +27,7 @@ from textinv_server.rpc_requests import (
     RegisterConceptRequest,
     encode_page_token,
 )
-from textinv_server.store import ConceptRow, JobRow, Store
+from textinv_server.store import ConceptRow, JobRow, Store, open_store, replica_id
 
 # Job creations (each decodes up to max_images_per_job images) that run at once; more wait.
 MAX_CONCURRENT_DECODES = 2
@@ -36,7 +38,11 @@ class Service:
     """The servicer's one collaborator. Each method takes a checked request value
     (``textinv_server.convert``) and runs what is CPU- or disk-heavy (parsing, hashing, fsync,
     SQLite, image decoding) on a worker thread, so the event loop keeps answering health checks
-    and streams meanwhile."""
+    and streams meanwhile.
+
+    Each call acts for the caller's tenant (``current_principal``, set by the API-key
+    interceptor): it sees and changes only that tenant's concepts and jobs. Changes need a key that
+    may manage (``managing_tenant``)."""
 
     config: ServerConfig
     pipeline: GenerationPipeline
@@ -64,8 +70,11 @@ class Service:
 
         # Every error the request can still cause (backend sizes, unknown concepts) is raised
         # here, at arrival, before it takes a place in the queue.
+        tenant = current_principal().tenant
+
         def prepare() -> PreparedRequest:
-            return self.pipeline.prepare(request, self.registry.snapshot(), on_step=on_step)
+            concepts = self.registry.concepts_for(tenant, request.prompts())
+            return self.pipeline.prepare(request, concepts, on_step=on_step)
 
         prepared = await asyncio.to_thread(prepare)
         arrived = time.perf_counter()
@@ -82,43 +91,56 @@ class Service:
             self.registry.register,
             request.data,
             request.filename,
+            tenant=managing_tenant("register concepts"),
             token=request.token,
             replace=request.replace,
         )
 
     async def list_concepts(self, page: Page) -> tuple[list[ConceptRow], str]:
         """One page of concepts and the next page's token ("" on the last page)."""
-        rows = await asyncio.to_thread(self.registry.list, page.after(), page.size + 1)
+        tenant = current_principal().tenant
+        rows = await asyncio.to_thread(self.registry.list, tenant, page.after(), page.size + 1)
         more = len(rows) > page.size
         return rows[: page.size], encode_page_token(rows[page.size - 1].token) if more else ""
 
     async def get_concept(self, lookup: ConceptLookup) -> tuple[ConceptRow, bytes]:
+        tenant = current_principal().tenant
+
         def read() -> tuple[ConceptRow, bytes]:
-            row = self.registry.get(lookup.token)
-            data = self.registry.file_bytes(lookup.token) if lookup.include_file else b""
+            row = self.registry.get(tenant, lookup.token)
+            data = self.registry.file_bytes(tenant, lookup.token) if lookup.include_file else b""
             return row, data
 
         return await asyncio.to_thread(read)
 
     async def delete_concept(self, lookup: ConceptLookup) -> ConceptRow:
-        return await asyncio.to_thread(self.registry.delete, lookup.token)
+        tenant = managing_tenant("delete concepts")
+        return await asyncio.to_thread(self.registry.delete, tenant, lookup.token)
 
     # --- jobs -------------------------------------------------------------------------------
 
     async def create_job(self, request: CreateJobRequest) -> JobRow:
+        tenant = managing_tenant("create inversion jobs")
         async with self.decodes:  # at most MAX_CONCURRENT_DECODES job uploads decode at once
             return await asyncio.to_thread(
-                self.jobs.create, request.images, request.params(), request.skip_register
+                self.jobs.create,
+                request.images,
+                request.params(),
+                request.skip_register,
+                tenant=tenant,
+                request_id=request.request_id,
             )
 
     async def get_job(self, lookup: JobLookup) -> tuple[JobRow, bytes]:
         """The job, and its concept file when asked for and the job has one (else b""): it has once
         the job SUCCEEDED, or FAILED only because its token was taken while it trained."""
 
+        tenant = current_principal().tenant
+
         def read() -> tuple[JobRow, bytes]:
-            row = self.jobs.get(lookup.job_id)
+            row = self.jobs.get(lookup.job_id, tenant)
             wanted = lookup.include_file and row.concept_ready
-            return row, self.jobs.concept_file(lookup.job_id) if wanted else b""
+            return row, self.jobs.concept_file(lookup.job_id, tenant) if wanted else b""
 
         return await asyncio.to_thread(read)
 
@@ -127,15 +149,18 @@ class Service:
         start, size = request.page.offset(), request.page.size
         if request.states == ():  # only JOB_STATE_UNSPECIFIED, which matches no job
             return [], ""
-        rows = await asyncio.to_thread(self.jobs.list, request.states or ())
+        tenant = current_principal().tenant
+        rows = await asyncio.to_thread(self.jobs.list, request.states or (), tenant)
         more = start + size < len(rows)
         return rows[start : start + size], encode_page_token(str(start + size)) if more else ""
 
     async def cancel_job(self, lookup: JobLookup) -> JobRow:
-        return await asyncio.to_thread(self.jobs.cancel, lookup.job_id)
+        tenant = managing_tenant("cancel inversion jobs")
+        return await asyncio.to_thread(self.jobs.cancel, lookup.job_id, tenant)
 
     async def find_job(self, lookup: JobLookup) -> JobRow:
-        return await asyncio.to_thread(self.jobs.get, lookup.job_id)
+        tenant = current_principal().tenant
+        return await asyncio.to_thread(self.jobs.get, lookup.job_id, tenant)
 
 
 def build_service(config: ServerConfig) -> Service:
@@ -143,31 +168,14 @@ def build_service(config: ServerConfig) -> Service:
     from textinv_server.loading import load_pipeline
 
     pipeline, model = load_pipeline(config)
-    store = Store(config.data_dir / "textinv.db")
-    vocabulary = pipeline.host.tokenizer.get_vocab()
-    registry = ConceptRegistry(
-        store,
-        config.data_dir / "concepts",
-        width=pipeline.host.text_width,
-        vocabulary=vocabulary,
-        max_file_bytes=config.limits.max_concept_file_bytes,
-        max_concepts=config.limits.max_concepts,
-    )
-    jobs = JobManager(
-        store,
-        registry,
-        config.data_dir / "jobs",
-        textinv_trainer(model, config.model),
-        vocabulary=vocabulary,
-        max_concurrent=config.limits.max_concurrent_jobs,
-        max_queued=config.limits.max_queued_jobs,
-        max_images=config.limits.max_images_per_job,
-        max_steps=config.limits.max_job_steps,
-        max_stored=config.limits.max_stored_jobs,
-        retention_s=config.limits.job_retention_seconds,
-        max_job_bytes=config.limits.max_job_bytes,
-        max_attempts=config.limits.max_job_attempts,
-    )
+    store = open_store(config.store, config.data_dir)
+    try:
+        vocabulary = pipeline.host.tokenizer.get_vocab()
+        registry = build_registry(store, config, pipeline.host.text_width, vocabulary)
+        jobs = build_jobs(store, registry, config, textinv_trainer(model, config.model), vocabulary)
+    except BaseException:
+        store.close()
+        raise
     batching = config.batching
     batcher: MicroBatcher[PreparedRequest, Outcome] = MicroBatcher(
         lambda batch: pipeline.run_batch(batch),  # looked up per batch: tests may wrap it
@@ -178,6 +186,40 @@ def build_service(config: ServerConfig) -> Service:
     )
     device = str(getattr(pipeline.backend, "device", "cpu"))
     return Service(config, pipeline, registry, jobs, batcher, store, device)
+
+
+def build_registry(
+    store: Store, config: ServerConfig, width: int, vocabulary: Any
+) -> ConceptRegistry:
+    return ConceptRegistry(
+        store,
+        width=width,
+        vocabulary=vocabulary,
+        max_file_bytes=config.limits.max_concept_file_bytes,
+        max_concepts=config.limits.max_concepts,
+    )
+
+
+def build_jobs(
+    store: Store, registry: ConceptRegistry, config: ServerConfig, train: Any, vocabulary: Any
+) -> JobManager:
+    """The job manager; it trains here unless the server runs with ``--no-workers``."""
+    return JobManager(
+        store,
+        registry,
+        train,
+        vocabulary=vocabulary,
+        max_concurrent=config.limits.max_concurrent_jobs if config.workers else 0,
+        max_queued=config.limits.max_queued_jobs,
+        max_images=config.limits.max_images_per_job,
+        max_steps=config.limits.max_job_steps,
+        max_stored=config.limits.max_stored_jobs,
+        retention_s=config.limits.job_retention_seconds,
+        max_job_bytes=config.limits.max_job_bytes,
+        max_attempts=config.limits.max_job_attempts,
+        worker_id=replica_id(),
+        lease_s=config.lease_seconds,
+    )
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from textinv_client.pb.v1 import (
 from textinv_server import convert
 from textinv_server.config import Limits
 from textinv_server.jobs import JobProgress
+from textinv_server.principal import current_principal
 from textinv_server.requests import GenerationRequest
 from textinv_server.service import Service, library_versions
 from textinv_server.store import JobRow
@@ -199,4 +200,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
             precision=service.pipeline.backend.precision.precision.value,
             precision_reason=service.pipeline.backend.precision.reason,
             cpu_instruction_sets=cpu_features().instruction_sets,
+            store=service.store.kind,
+            replica_id=service.jobs.runs.worker_id,
+            tenant=current_principal().tenant,
         )

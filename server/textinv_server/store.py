@@ -1,87 +1,58 @@
-"""The server's durable state: one SQLite database in the data folder, for concepts and jobs.
+"""The server's durable state behind one interface, with two implementations.
 
-Rows are small; the concept vectors live beside the database as content-addressed safetensors
-files (``concepts/<sha256>.safetensors``), written atomically before their row is committed, so a
-``kill -9`` at any point leaves either the old state or the new one. A token or a job id never
-becomes a path: file names are hashes and server-made ids only.
+``SqliteStore`` (``store_sqlite``) is the embedded default: one SQLite file and the data folder,
+owned by one server process. ``PostgresStore`` (``store_postgres``) keeps the same state in
+PostgreSQL, shared by any number of ``textinv serve`` replicas and ``textinv worker`` processes,
+which then hold nothing that another replica could not rebuild. ``open_store`` picks one from
+``--store``.
 
-One server per data folder: opening the store takes an exclusive ``flock`` on ``textinv.lock``,
-held until ``close`` (the kernel drops it when the process dies, even by ``kill -9``). With the
-lock held, temporary files that a crash left behind (``.name.XXXX.tmp`` from atomic writes) are
-deleted. Every write is one transaction that commits or rolls back whole; a full disk is a
-``StorageFullError`` (RESOURCE_EXHAUSTED), and the connection stays usable.
+What lives here: concepts (their rows and their safetensors bytes, kilobytes each), jobs (rows,
+uploaded images, the trainer's checkpoints and log), and the leases by which workers hold jobs.
+Every write is one transaction that commits or rolls back whole. Rules that must hold across
+replicas are checked inside that transaction, never before it in a replica's memory: a token is
+unique per tenant up to case and Unicode form (``fold``), a tenant holds at most ``max_concepts``,
+a job's request id names at most one job of its tenant, and one worker at a time holds a job.
+
+Changes are announced to every process that shares the store (``subscribe``): PostgreSQL's
+``LISTEN``/``NOTIFY`` there, an in-process call for SQLite. Replicas use them to drop what they
+cached; anything they do not know they look up.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
-import logging
 import os
+import socket
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from textinv.errors import DataFolderLockedError, OverloadedError, StorageFullError
+from textinv.errors import AlreadyExistsError, OverloadedError, StorageFullError, TextInvError
 from textinv_client.choices import JobState
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from textinv_server.job_uploads import UploadedImage
 
-LOCK_FILE = "textinv.lock"
-SCHEMA_VERSION = 2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS concepts (
-    token TEXT PRIMARY KEY,
-    sha256 TEXT NOT NULL,
-    num_vectors INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    source_format TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    job_id TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    params TEXT NOT NULL,
-    num_images INTEGER NOT NULL,
-    skip_register INTEGER NOT NULL,
-    step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER NOT NULL,
-    loss REAL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT NOT NULL DEFAULT '',
-    registered_token TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
-"""
-# Columns added after version 1, each with a default that fits the rows written before it.
-ADDED_JOB_COLUMNS = (
-    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
-    ("concept_ready", "INTEGER NOT NULL DEFAULT 0"),
-    ("purged_at", "REAL"),
-)
+DEFAULT_TENANT = "default"
+# How long a worker's claim on a job lasts without renewal; a dead worker's job is taken over by
+# another worker once its lease has run out. Workers renew every LEASE_S / 3.
+DEFAULT_LEASE_S = 30.0
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
 class ConceptRow:
     token: str
-    sha256: str
+    sha256: str  # of the stored diffusers-format safetensors file
     num_vectors: int
     width: int
     source_format: str
     size_bytes: int
     created_at: float  # unix seconds
     job_id: str = ""
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -103,6 +74,178 @@ class JobRow:
     cancel_requested: bool = False  # durable: a restart cancels instead of resuming
     concept_ready: bool = False  # training finished: the job's concept file can be downloaded
     purged_at: float | None = None  # when retention deleted the job's images and checkpoints
+    tenant: str = DEFAULT_TENANT
+    request_id: str = ""  # the client's idempotency key ("" without one)
+    worker: str = ""  # the worker holding the job's lease ("" when none does)
+    lease_expires_at: float | None = None  # unix seconds; past it another worker may take it
+    progress: dict[str, Any] | None = None  # the latest JobProgress, for watchers elsewhere
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """A change another process may have cached. ``kind`` is ``concept`` (``tenant``, ``key``: the
+    folded token), ``job`` (``job_id``; ``key`` is ``CANCEL_HINT`` when the change requested the
+    job's cancel, so its worker stops without reading the row) or ``reset``: changes may have
+    been missed (a listener reconnected), so drop everything cached."""
+
+    kind: str
+    tenant: str = ""
+    key: str = ""
+    job_id: str = ""
+
+
+Listener = Callable[[StoreEvent], None]
+CANCEL_HINT = "cancel"  # a job event's key: the change requested the job's cancel
+QUEUED_HINT = "queued"  # a job event's key: a job became claimable (created, given back)
+
+
+class JobFiles(Protocol):
+    """A job's files: its uploads, and the trainer's run folder (checkpoints, log, concept).
+
+    The trainer works in a local folder (``checkout``); ``sync`` saves what it wrote where every
+    worker can read it, so that another worker's ``checkout`` resumes from the newest checkpoint.
+    """
+
+    def save_uploads(self, job_id: str, images: Sequence[UploadedImage]) -> None:
+        """Save and check the uploads (``job_uploads.save_images``) before the job's row."""
+        ...
+
+    def checkout(self, job_id: str) -> Path:
+        """A local folder with ``images/`` and ``out/`` (as last synced) for the trainer."""
+        ...
+
+    def sync(self, job_id: str, holder: str = "") -> None:
+        """Save the checked-out ``out/`` folder (after a checkpoint was written). With a
+        ``holder``, only while that worker holds the job's lease, else ``LeaseLostError``."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """This worker is done with the job for now: drop its local copy (if it is a copy)."""
+        ...
+
+    def delete(self, job_id: str) -> None:
+        """Every file of the job (its creation failed before the row was committed)."""
+        ...
+
+    def concept_file(self, job_id: str) -> bytes | None: ...
+
+    def discard_checkpoints(self, job_id: str) -> None: ...
+
+    def purge(self, job_id: str) -> None:
+        """Delete everything but the learned concept (retention)."""
+        ...
+
+    def remove_orphans(self, job_ids: Collection[str]) -> list[str]:
+        """Delete the files of jobs that have no row (a crash between upload and commit)."""
+        ...
+
+
+class Store(Protocol):
+    """What the registry, the job manager and the workers need; see the module docstring."""
+
+    kind: str  # "sqlite" or "postgresql", reported by GetServerInfo
+    shared: bool  # other processes write it too (their changes arrive as announcements)
+
+    @property
+    def files(self) -> JobFiles: ...
+
+    def close(self) -> None: ...
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` (on a store thread; it must be quick) for every change, from any
+        process that shares the store, this one's included."""
+        ...
+
+    # --- concepts ---------------------------------------------------------------------------
+
+    def put_concept(
+        self, row: ConceptRow, data: bytes, *, replace: bool, max_concepts: int
+    ) -> ConceptRow | None:
+        """Store ``row`` and its file; the row it replaced, if any. Raises ``AlreadyExistsError``
+        when the token (or one that folds alike) exists and ``replace`` is false, or a look-alike
+        holds the fold; ``OverloadedError`` past ``max_concepts`` for the tenant."""
+        ...
+
+    def delete_concept(self, tenant: str, token: str) -> ConceptRow | None: ...
+
+    def get_concept(self, tenant: str, token: str) -> ConceptRow | None: ...
+
+    def find_concepts(self, tenant: str, keys: Collection[str]) -> list[ConceptRow]:
+        """The tenant's concepts whose folded token is one of ``keys`` (one indexed query)."""
+        ...
+
+    def concept_data(self, row: ConceptRow) -> bytes:
+        """The stored file of ``row``; ``ConceptFileError`` if it is missing."""
+        ...
+
+    def list_concepts(self, tenant: str, after: str = "", limit: int = -1) -> list[ConceptRow]:
+        """The tenant's concepts ordered by token, starting after ``after``."""
+        ...
+
+    def count_concepts(self, tenant: str) -> int: ...
+
+    def damaged_concepts(self) -> list[tuple[ConceptRow, str]]:
+        """Stored concepts whose file is missing or does not match its sha256, and why: checked
+        at start where files can change behind the store's back (a data folder); else []."""
+        ...
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def add_job_allowed(self, *, max_queued: int, max_stored: int) -> None: ...
+
+    def add_job(self, row: JobRow, *, max_queued: int, max_stored: int) -> JobRow:
+        """Insert a new job (capacity checked again inside the transaction). When ``row`` has a
+        request id that an earlier job of its tenant has, nothing is inserted and that job is
+        returned: a retried create gets the job the first call made."""
+        ...
+
+    def find_job_by_request(self, tenant: str, request_id: str) -> JobRow | None: ...
+
+    def put_job(self, row: JobRow) -> None: ...
+
+    def update_job(self, job_id: str, holder: str | None = None, **changes: Any) -> JobRow | None:
+        """Change only the named columns; the row after the change, ``None`` if none (or, with a
+        ``holder``, if that worker no longer holds the running job: it lost its lease)."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRow | None: ...
+
+    def list_jobs(
+        self, states: tuple[JobState, ...] = (), tenant: str | None = None
+    ) -> list[JobRow]:
+        """Jobs newest first, optionally only those in ``states`` / of ``tenant``."""
+        ...
+
+    def job_ids(self) -> set[str]: ...
+
+    def count_jobs(self) -> dict[JobState, int]: ...
+
+    def finished_before(self, finished_at: float) -> list[JobRow]: ...
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def claim_job(self, worker: str, lease_s: float) -> JobRow | None:
+        """Take the oldest job that is queued, or running under an expired lease (its worker
+        died), for ``worker``: it becomes RUNNING with a lease of ``lease_s`` and one more
+        attempt. ``None`` when there is none. Two workers never get the same job."""
+        ...
+
+    def renew_lease(self, job_id: str, worker: str, lease_s: float) -> JobRow | None:
+        """Extend ``worker``'s lease; the row, or ``None`` when the worker lost the job."""
+        ...
+
+    def release_job(self, job_id: str, worker: str) -> JobRow | None:
+        """Give a running job back (an orderly stop): QUEUED again, its attempt returned."""
+        ...
+
+
+class LeaseLostError(TextInvError):
+    """The worker's lease on a job went to another worker: this one must stop writing."""
+
+
+def replica_id() -> str:
+    """This process, as leases and GetServerInfo name it: host name and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -119,163 +262,30 @@ def disk_full_error() -> StorageFullError:
     return StorageFullError("the server's storage is full; retry after space is freed")
 
 
-class Store:
-    """Thread-safe access to the database; every write is one committed transaction."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.folder = path.parent
-        self._lock = threading.Lock()
-        self._lock_fd = _lock_folder(self.folder)
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss
-            self._db.executescript(SCHEMA)
-            self._migrate()
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
-        remove_temporary_files(self.folder)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-            os.close(self._lock_fd)  # releases the folder's lock
-
-    def _migrate(self) -> None:
-        """Add the columns a database of an older version lacks; its rows keep working."""
-        with self._transaction() as db:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version >= SCHEMA_VERSION:
-                return
-            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, declaration in ADDED_JOB_COLUMNS:
-                if name not in present:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
-            # Jobs that succeeded before version 2 have their concept file.
-            db.execute("UPDATE jobs SET concept_ready = 1 WHERE state = 'succeeded'")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        log.info("%s: schema version %d → %d", self.path, version, SCHEMA_VERSION)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` … ``COMMIT``; any failure, the commit's too, rolls back."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if is_disk_full(error):
-                    raise disk_full_error() from error
-                raise
-
-    def _read(self, query: str, values: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(query, values).fetchall()
-
-    # --- concepts ---------------------------------------------------------------------------
-
-    def put_concept(self, row: ConceptRow) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                tuple(asdict(row).values()),
-            )
-
-    def delete_concept(self, token: str) -> bool:
-        with self._transaction() as db:
-            return db.execute("DELETE FROM concepts WHERE token = ?", (token,)).rowcount > 0
-
-    def get_concept(self, token: str) -> ConceptRow | None:
-        rows = self._read("SELECT * FROM concepts WHERE token = ?", (token,))
-        return ConceptRow(**dict(rows[0])) if rows else None
-
-    def list_concepts(self, after: str = "", limit: int = -1) -> list[ConceptRow]:
-        """Concepts ordered by token, starting after ``after``."""
-        rows = self._read(
-            "SELECT * FROM concepts WHERE token > ? ORDER BY token LIMIT ?", (after, limit)
-        )
-        return [ConceptRow(**dict(row)) for row in rows]
-
-    def sha256_in_use(self, sha256: str) -> bool:
-        return bool(self._read("SELECT 1 FROM concepts WHERE sha256 = ?", (sha256,)))
-
-    # --- jobs -------------------------------------------------------------------------------
-
-    def add_job_allowed(self, *, max_queued: int, max_stored: int) -> None:
-        """Raise ``OverloadedError`` unless a new job fits (checked again by ``add_job``)."""
-        with self._lock:
-            _check_job_capacity(self._db, max_queued, max_stored)
-
-    def add_job(self, row: JobRow, *, max_queued: int, max_stored: int) -> None:
-        """Insert a new job, unless ``max_queued`` jobs wait or ``max_stored`` keep files."""
-        with self._transaction() as db:
-            _check_job_capacity(db, max_queued, max_stored)
-            _insert_job(db, row)
-
-    def put_job(self, row: JobRow) -> None:
-        with self._transaction() as db:
-            _insert_job(db, row)
-
-    def update_job(self, job_id: str, **changes: Any) -> JobRow | None:
-        """Change only the named columns (never a whole-row overwrite that loses a concurrent
-        change, such as a cancel request); the row after the change, ``None`` if none."""
-        unknown = set(changes) - ({f.name for f in fields(JobRow)} - {"job_id"})
-        if unknown:
-            raise ValueError(f"not updatable job columns: {sorted(unknown)}")
-        values = _job_values(changes)
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        with self._transaction() as db:
-            db.execute(
-                f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*values.values(), job_id)
-            )
-            found = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if found is None else _job_from_row(found)
-
-    def get_job(self, job_id: str) -> JobRow | None:
-        rows = self._read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
-        return _job_from_row(rows[0]) if rows else None
-
-    def list_jobs(self, states: tuple[JobState, ...] = ()) -> list[JobRow]:
-        """Jobs newest first, optionally only those in ``states``."""
-        query = "SELECT * FROM jobs"
-        if states:
-            query += f" WHERE state IN ({', '.join('?' for _ in states)})"
-        values = tuple(state.value for state in states)
-        rows = self._read(query + " ORDER BY created_at DESC, job_id", values)
-        return [_job_from_row(row) for row in rows]
-
-    def job_ids(self) -> set[str]:
-        return {row[0] for row in self._read("SELECT job_id FROM jobs")}
-
-    def count_jobs(self) -> dict[JobState, int]:
-        """How many jobs are in each state (every state present, zeros included)."""
-        counts = dict.fromkeys(JobState, 0)
-        for state, count in self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-            counts[JobState(state)] = int(count)
-        return counts
-
-    def finished_before(self, finished_at: float) -> list[JobRow]:
-        """Terminal jobs that finished before ``finished_at`` and still keep their files."""
-        rows = self._read(
-            "SELECT * FROM jobs WHERE purged_at IS NULL AND finished_at IS NOT NULL "
-            "AND finished_at < ? ORDER BY finished_at",
-            (finished_at,),
-        )
-        return [_job_from_row(row) for row in rows]
+# --- the refusals both stores raise, worded once ---------------------------------------------
 
 
-def _check_job_capacity(db: sqlite3.Connection, max_queued: int, max_stored: int) -> None:
-    queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+def duplicate_concept_error(token: str) -> AlreadyExistsError:
+    return AlreadyExistsError(f"concept {token!r} is already registered; delete it or set replace")
+
+
+def look_alike_error(token: str, other: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"concept {token!r} would match the same prompt words as the registered {other!r} "
+        "(tokens match case-insensitively); delete that one first"
+    )
+
+
+def too_many_concepts_error(max_concepts: int) -> OverloadedError:
+    return OverloadedError(
+        f"the server holds {max_concepts} concepts of this tenant, its limit; delete one first"
+    )
+
+
+def job_capacity_error(queued: int, stored: int, max_queued: int, max_stored: int) -> None:
+    """Raise ``OverloadedError`` when ``queued`` or ``stored`` jobs are at their limit."""
     if queued >= max_queued:
         raise OverloadedError(f"{queued} inversion jobs are waiting already; retry later")
-    stored = db.execute("SELECT COUNT(*) FROM jobs WHERE purged_at IS NULL").fetchone()[0]
     if stored >= max_stored:
         raise OverloadedError(
             f"the server stores {stored} inversion jobs, its limit; retry once older jobs "
@@ -283,56 +293,19 @@ def _check_job_capacity(db: sqlite3.Connection, max_queued: int, max_stored: int
         )
 
 
-def _job_values(values: dict[str, Any]) -> dict[str, Any]:
-    """``JobRow`` values as SQLite stores them: JSON params, int flags, state names."""
-    stored = dict(values)
-    if "params" in stored:
-        stored["params"] = json.dumps(stored["params"], sort_keys=True)
-    for name in ("skip_register", "cancel_requested", "concept_ready"):
-        if name in stored:
-            stored[name] = int(stored[name])
-    if "state" in stored:
-        stored["state"] = JobState(stored["state"]).value
-    return stored
+def open_store(url: str, data_dir: Path) -> Store:
+    """``sqlite`` (or ""): the data folder's SQLite file; ``postgresql://...``: PostgreSQL, with
+    ``data_dir`` as scratch space for the jobs this process trains."""
+    if url in ("", "sqlite"):
+        from textinv_server.store_sqlite import SqliteStore
 
+        return SqliteStore(data_dir / "textinv.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from textinv_server.store_postgres import PostgresStore
 
-def _insert_job(db: sqlite3.Connection, row: JobRow) -> None:
-    values = _job_values(asdict(row))
-    columns = ", ".join(values)
-    marks = ", ".join("?" for _ in values)
-    db.execute(f"INSERT OR REPLACE INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+        return PostgresStore(url, scratch=data_dir / "scratch")
+    from textinv.errors import InvalidInputError
 
-
-def _job_from_row(row: sqlite3.Row) -> JobRow:
-    values = dict(row)
-    values["params"] = json.loads(values["params"])
-    for name in ("skip_register", "cancel_requested", "concept_ready"):
-        values[name] = bool(values[name])
-    values["state"] = JobState(values["state"])
-    return JobRow(**values)
-
-
-def _lock_folder(folder: Path) -> int:
-    """An exclusive ``flock`` on the folder's lock file; refused at once if another holds it."""
-    path = folder / LOCK_FILE
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise DataFolderLockedError(
-            f"the data folder {str(folder)!r} is in use by another textinv server (it holds "
-            f"{LOCK_FILE}); stop that server or choose another --data folder"
-        ) from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())  # who holds it, for a person looking
-    return descriptor
-
-
-def remove_temporary_files(folder: Path) -> list[Path]:
-    """Delete what an interrupted atomic write left (``.name.XXXX.tmp``); the paths deleted."""
-    removed = [path for path in folder.rglob(".*.tmp") if path.is_file()]
-    for path in removed:
-        path.unlink(missing_ok=True)
-        log.warning("removed %s, a temporary file an interrupted write left", path)
-    return removed
+    raise InvalidInputError(
+        "--store (or $TEXTINV_STORE) must be 'sqlite' or a postgresql://USER@HOST/DB URL"
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.replicas import Process
 from textinv_server.background import BackgroundServer
 from textinv_server.config import BatchingConfig, Limits, ServerConfig
 
@@ -45,6 +46,20 @@ def start_textinv(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[...
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[[Process], Any]]:
+    """Processes (``tests.integration.replicas``) started in a test; each killed at its end."""
+    started: list[Process] = []
+
+    def keep(process: Process) -> Any:
+        started.append(process)
+        return process
+
+    yield keep
+    for process in started:
+        process.kill()
 
 
 @pytest.fixture

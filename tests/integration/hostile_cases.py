@@ -212,9 +212,24 @@ def _concept_read_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def job_with_request_id(request_id: str) -> Callable[[Context], jobs_pb2.CreateInversionJobRequest]:
+    make = job()
+
+    def request(context: Context) -> jobs_pb2.CreateInversionJobRequest:
+        message = make(context)
+        message.request_id = request_id
+        return message
+
+    return request
+
+
 def _job_parameter_cases() -> list[Case]:
     png = payloads.image_bytes("PNG")
     return [
+        Case("request_id of 1 MB", "CreateInversionJob", job_with_request_id("r" * MB), BAD,
+             ("request_id",)),
+        Case("request_id with a newline", "CreateInversionJob", job_with_request_id("a\nb"), BAD,
+             ("request_id",)),
         Case("num_vectors 10**9", "CreateInversionJob", job(num_vectors=10**9), BAD,
              ("num_vectors",)),
         Case("num_vectors 17", "CreateInversionJob", job(num_vectors=17), BAD, ("num_vectors",)),

@@ -24,7 +24,8 @@ from textinv_client.types import JobProgress
 from textinv_server.job_events import JobEvents
 from textinv_server.jobs import JobManager, UploadedImage, textinv_trainer
 from textinv_server.registry import ConceptRegistry
-from textinv_server.store import JobRow, Store
+from textinv_server.store import DEFAULT_TENANT, JobRow
+from textinv_server.store_sqlite import SqliteStore as Store
 
 Open = Callable[..., JobManager]
 
@@ -46,7 +47,6 @@ def open_jobs(tiny_model: Any, tiny_model_dir: Path, tmp_path: Path) -> Iterator
         store = Store(tmp_path / "data" / "textinv.db")
         registry = ConceptRegistry(
             store,
-            tmp_path / "data" / "concepts",
             width=tiny_model.text_width,
             vocabulary=tiny_model.tokenizer.get_vocab(),
             max_file_bytes=1 << 20,
@@ -56,7 +56,6 @@ def open_jobs(tiny_model: Any, tiny_model_dir: Path, tmp_path: Path) -> Iterator
         jobs = JobManager(
             store,
             registry,
-            tmp_path / "data" / "jobs",
             train or textinv_trainer(tiny_model, str(tiny_model_dir)),
             vocabulary=tiny_model.tokenizer.get_vocab(),
             **settings,
@@ -97,7 +96,7 @@ def test_queued_and_stored_jobs_are_bounded_and_retention_frees_them(open_jobs: 
     jobs.cancel(third.job_id)
     with pytest.raises(OverloadedError, match="stores 3 inversion jobs"):
         jobs.create(images(), params("<q4>"), False)
-    folder = jobs.folder / first.job_id / "images"
+    folder = jobs.store.files.checkout(first.job_id) / "images"
     assert folder.is_dir()
     jobs.retention_s = 0.0  # every finished job is now past its retention period
     assert set(jobs.purge_expired()) == {first.job_id, second.job_id, third.job_id}
@@ -195,7 +194,7 @@ def test_a_token_registered_meanwhile_is_never_replaced(
     jobs.start()
     final = wait_terminal(jobs, row.job_id)
     assert final.state is JobState.FAILED and "registered by someone else" in final.error
-    assert jobs.registry.get("<race>").job_id == ""  # theirs, untouched
+    assert jobs.registry.get(DEFAULT_TENANT, "<race>").job_id == ""  # theirs, untouched
     learned = parse_concept(jobs.concept_file(row.job_id), "job file")
     assert learned.token == "<race>" and learned.metadata.steps == 2
 
@@ -233,5 +232,5 @@ def test_a_stop_that_outlasts_its_grace_is_no_crash_attempt(open_jobs: Open) -> 
     assert jobs.get(job.job_id).attempts == 1
     jobs.stop(0.1)
     assert jobs.get(job.job_id).attempts == 0
-    assert jobs.get(job.job_id).state is JobState.RUNNING  # resumes at the next start
+    assert jobs.get(job.job_id).state is JobState.QUEUED  # given back: the next worker resumes it
     release.set()

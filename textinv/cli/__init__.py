@@ -28,10 +28,16 @@ def _registrars() -> list[Registrar]:
     from textinv_client.cli import add_remote_subcommands
     from textinv_export.export_command import add_export_subcommand
     from textinv_server.generate_command import add_generate_subcommand
+    from textinv_server.keys_command import add_keys_subcommand
     from textinv_server.serve_command import add_serve_subcommand
+    from textinv_server.store_migrate import add_store_subcommand
+    from textinv_server.worker_command import add_worker_subcommand
 
     return [
         add_serve_subcommand,
+        add_worker_subcommand,
+        add_keys_subcommand,
+        add_store_subcommand,
         add_concept_subcommands,
         add_remote_subcommands,
         add_generate_subcommand,
@@ -50,6 +56,7 @@ def _bench_registrars() -> list[Registrar]:
     from textinv.cli.bench.invert import add_invert_bench
     from textinv.cli.bench.report import add_report_bench
     from textinv.cli.bench.serve import add_serve_bench
+    from textinv.cli.bench.store import add_store_bench
 
     return [
         add_invert_bench,
@@ -57,6 +64,7 @@ def _bench_registrars() -> list[Registrar]:
         add_generate_bench,
         add_concepts_bench,
         add_serve_bench,
+        add_store_bench,
         add_report_bench,
     ]
 

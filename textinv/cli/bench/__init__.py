@@ -9,6 +9,9 @@ run, as a ratio. Entry points, thin over the libraries they measure:
   precision) and, with ``--optimum``, optimum's ORT pipeline (``optimum_peer``, whose
   ``optimum_worker`` runs in a venv of its own);
 - ``concepts``: a Generate's host-side cost with 10,000 registered concepts against 10;
+- ``store`` (``store_replicas``, ``store_scaling``, ``store_print``): PostgreSQL: a concept's
+  propagation between replicas, host-side cost at 100,000 concepts against 10, and three replicas
+  against one;
 - ``serve`` (``serve_load``, ``serve_print``, ``serve_plot``): the gRPC server under closed-loop
   concurrency and open-loop Poisson arrivals, against in-process calls, or a running server;
 - ``report`` (``report_machine``, ``report_peak``, ``report_startup``, ``report_markdown``,

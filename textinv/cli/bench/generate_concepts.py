@@ -24,7 +24,8 @@ from textinv_server.backends import BackendName
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.registry import DEFAULT_MAX_CONCEPTS, ConceptRegistry
 from textinv_server.requests import GenerationRequest
-from textinv_server.store import Store
+from textinv_server.store import DEFAULT_TENANT
+from textinv_server.store_sqlite import SqliteStore
 
 PROMPT_CONCEPTS = "a photo of <c0> with <c1> in <c2> style"
 CONCEPT_VECTORS = 2  # K, each concept's vectors
@@ -141,10 +142,10 @@ def registry_scaling(
             registries[count] = _open_registry(folder, pipeline.host.text_width, count)
             figures[f"start_{count}_concepts_ms"] = (time.perf_counter() - start) * 1000
         runners = {
-            count: _host_generate(pipeline, with_concepts, registry)
+            count: host_generate(pipeline, with_concepts, registry)
             for count, registry in registries.items()
         }
-        for count, median in _interleaved_medians(runners, repeats).items():
+        for count, median in interleaved_medians(runners, repeats).items():
             figures[f"host_generate_{count}_concepts_ms"] = median
         for registry in registries.values():
             registry.store.close()
@@ -153,16 +154,18 @@ def registry_scaling(
     return figures
 
 
-def _host_generate(
-    pipeline: GenerationPipeline, request: GenerationRequest, registry: ConceptRegistry
+def host_generate(
+    pipeline: GenerationPipeline,
+    request: GenerationRequest,
+    registry: ConceptRegistry,
+    tenant: str = DEFAULT_TENANT,
 ) -> Callable[[], object]:
-    """What ``Generate`` does on the host before the batcher: snapshot, then ``prepare``."""
-    return lambda: pipeline.prepare(request, registry.snapshot())
+    """What ``Generate`` does on the host before the batcher: the prompt's concepts (from the
+    registry's cache, after the first call), then ``prepare``."""
+    return lambda: pipeline.prepare(request, registry.concepts_for(tenant, request.prompts()))
 
 
-def _interleaved_medians(
-    runners: dict[int, Callable[[], object]], repeats: int
-) -> dict[int, float]:
+def interleaved_medians(runners: dict[int, Callable[[], object]], repeats: int) -> dict[int, float]:
     """Median milliseconds of each runner, taking turns so that a noisy neighbour hurts all."""
     times: dict[int, list[float]] = {key: [] for key in runners}
     for _ in range(repeats):
@@ -179,10 +182,9 @@ def _scratch() -> str | None:
 
 
 def _open_registry(folder: Path, width: int, count: int) -> ConceptRegistry:
-    store = Store(folder / "textinv.db")
+    store = SqliteStore(folder / "textinv.db")
     return ConceptRegistry(
         store,
-        folder / "concepts",
         width=width,
         vocabulary=(),
         max_file_bytes=1 << 20,
