@@ -5,6 +5,7 @@ keeps working while one is killed and restarted."""
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,15 @@ def test_a_concept_is_live_on_every_replica_and_gone_from_every_one(
         clients[1].register_concept(
             concept_file("<shared>", seed=2), filename="s.safetensors", replace=True
         )
-        changed = eventually(
-            lambda: clients[0].generate(small("a photo of <shared>")).images[0] != images[0]
-        )
-        assert changed
+
+        def first_sees_the_new_vectors() -> bool:
+            return clients[0].generate(small("a photo of <shared>")).images[0] != images[0]
+
+        assert eventually(first_sees_the_new_vectors)
         # 3. Deleted on the third: gone from the first two (announced, no restart).
         clients[2].delete_concept("<shared>")
         for client in clients[:2]:
-            eventually(lambda c=client: _is_not_found(c, "a photo of <shared>"))
+            eventually(partial(_is_not_found, client, "a photo of <shared>"))
     finally:
         for client in clients:
             client.close()
@@ -118,7 +120,9 @@ def _uninterrupted(url: str, job_id: str, model: Any, out: Path) -> torch.Tensor
     images = out / "images"
     images.mkdir(parents=True)
     with psycopg.connect(url) as conn:
-        (params,) = conn.execute("SELECT params FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+        found = conn.execute("SELECT params FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+        assert found is not None
+        (params,) = found
         for path, data in conn.execute(
             "SELECT path, data FROM job_files WHERE job_id = %s AND path LIKE 'images/%%'",
             (job_id,),

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -70,9 +70,10 @@ def open_jobs(tiny_model: Any, tiny_model_dir: Path, tmp_path: Path) -> Iterator
 
 def close(jobs: JobManager) -> None:
     jobs.stop(30)
-    if jobs.store._lock_fd >= 0:
-        jobs.store.close()
-        jobs.store._lock_fd = -1
+    store = cast(Store, jobs.store)  # the SQLite store: its lock's descriptor says if open
+    if store._lock_fd >= 0:
+        store.close()
+        store._lock_fd = -1
 
 
 def wait_terminal(jobs: JobManager, job_id: str, timeout_s: float = 120) -> JobRow:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -130,12 +131,12 @@ def test_lookups_are_cached_and_every_change_is_seen(tmp_path: Path) -> None:
     registry.register(concept_bytes("<a>"), "a.safetensors")
     queries: list[list[str]] = []
     find = registry.store.find_concepts
-    registry.store.find_concepts = lambda tenant, keys: (
+
+    def counted(tenant: str, keys: Collection[str]) -> list[ConceptRow]:
         queries.append(sorted(keys))
-        or find(  # type: ignore[method-assign]
-            tenant, keys
-        )
-    )
+        return find(tenant, keys)
+
+    registry.store.find_concepts = counted  # type: ignore[method-assign]
     assert visible(registry, "a photo of <a> and <b>") == {"<a>"}
     assert visible(registry, "a photo of <a> and <b>") == {"<a>"}
     assert len(queries) == 1  # the second request: found and missing words both cached
