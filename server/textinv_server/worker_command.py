@@ -14,7 +14,6 @@ import argparse
 import logging
 import signal
 import threading
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -33,7 +32,6 @@ def add_worker_subcommand(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--model", default=None, help="a diffusers model folder or hub id")
     worker.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="scratch folder")
     worker.add_argument("--store", default=None, help="postgresql:// URL; also $TEXTINV_STORE")
-    worker.add_argument("--jobs", type=int, default=1, help="jobs this worker trains at once")
     worker.add_argument("--grace", type=float, default=30.0, help="seconds to checkpoint at stop")
     worker.add_argument(
         "--lease-seconds",
@@ -53,11 +51,13 @@ def worker_config(args: argparse.Namespace) -> ServerConfig:
             "textinv worker needs the store that the serving replicas share: give --store "
             "postgresql://USER@HOST/DB (or $TEXTINV_STORE)"
         )
-    if args.jobs < 1:
-        raise InvalidInputError(f"--jobs must be ≥ 1, got {args.jobs}")
     if not args.lease_seconds >= 1:
         raise InvalidInputError(f"--lease-seconds must be ≥ 1, got {args.lease_seconds}")
-    limits = replace(from_flags(Limits, args), max_concurrent_jobs=args.jobs)
+    limits = from_flags(Limits, args)  # --max-concurrent-jobs: jobs this worker trains at once
+    if limits.max_concurrent_jobs < 1:
+        raise InvalidInputError(
+            f"--max-concurrent-jobs must be ≥ 1, got {limits.max_concurrent_jobs}"
+        )
     return ServerConfig(
         model=args.model,
         data_dir=args.data,
