@@ -137,10 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_check(args: argparse.Namespace, results: Results, scratch: Path, started: float) -> None:
-    from textinv.cli.bench.report_machine import machine_info, versions
-
     # Planning builds the dry run's model (imports, and seconds on a slow CPU): a phase of its
-    # own, so that a signal during it is recorded like any other phase's.
+    # own, and the first thing done, so that a signal during it is recorded like any other.
     record: dict[str, Any] = {"status": "running"}
     results.phases["plan"] = record
     done = run_phase(lambda: _plan(args.dry_run, scratch), record, before=results.save)
@@ -149,6 +147,8 @@ def run_check(args: argparse.Namespace, results: Results, scratch: Path, started
         raise RuntimeError(f"planning the check failed: {done['error']}")
     plan: CheckPlan = done["result"]
     results.phases["plan"] = {**done, "result": asdict(plan)}  # JSON, like the other phases'
+    from textinv.cli.bench.report_machine import machine_info, versions  # imports torch: slow
+
     results.data.update(plan=asdict(plan), machine=machine_info(plan.device), versions=versions())
 
     def left() -> float:
