@@ -17,6 +17,7 @@ elsewhere.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from functools import cache
@@ -94,6 +95,35 @@ def cpu_features() -> CpuFeatures:
     name, flags = parse_cpuinfo(text)
     capability = torch.backends.cpu.get_cpu_capability()
     return CpuFeatures(name or platform.processor() or "unknown", flags, capability)
+
+
+def physical_cores() -> int:
+    """The physical cores this process may run on: onnxruntime's and PyTorch's default thread
+    count (hyperthread siblings share one core's units). From the ``physical id``/``core id``
+    pairs of ``/proc/cpuinfo`` over the process's CPU affinity; the affinity's size elsewhere."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    return count_physical_cores(text, allowed) or len(allowed) or os.cpu_count() or 1
+
+
+def count_physical_cores(cpuinfo: str, allowed: set[int]) -> int:
+    """Distinct ``(physical id, core id)`` pairs among the processors in ``allowed``; 0 when the
+    text names none (a VM may list no core ids)."""
+    cores: set[tuple[str, str]] = set()
+    for block in cpuinfo.split("\n\n"):
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (line.partition(":") for line in block.splitlines())
+        )
+        processor, core = fields.get("processor"), fields.get("core id")
+        if processor is None or core is None or not processor.isdigit():
+            continue
+        if int(processor) in allowed:
+            cores.add((fields.get("physical id", "0"), core))
+    return len(cores)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ import torch
 from textinv.hardware import (
     BF16_MIN_CHANNELS,
     CpuFeatures,
+    count_physical_cores,
     cpu_features,
     parse_cpuinfo,
+    physical_cores,
     resolve_model_precision,
     resolve_precision,
 )
@@ -92,3 +94,17 @@ def test_this_machine_is_read_once_and_named() -> None:
     found = cpu_features()
     assert found is cpu_features()
     assert found.name and found.torch_capability == torch.backends.cpu.get_cpu_capability()
+
+
+CPUINFO_SMT = "\n\n".join(
+    f"processor\t: {cpu}\nphysical id\t: {cpu // 4}\ncore id\t\t: {cpu % 4 // 2}\nflags\t\t: avx2"
+    for cpu in range(8)
+)  # 2 sockets × 2 cores × 2 hyperthreads
+
+
+def test_physical_cores_count_cores_not_hyperthreads() -> None:
+    assert count_physical_cores(CPUINFO_SMT, set(range(8))) == 4
+    assert count_physical_cores(CPUINFO_SMT, {0, 1}) == 1  # siblings of one core
+    assert count_physical_cores(CPUINFO_SMT, {0, 2, 4}) == 3
+    assert count_physical_cores("processor\t: 0\nflags\t: avx2", {0}) == 0  # no core ids
+    assert physical_cores() >= 1

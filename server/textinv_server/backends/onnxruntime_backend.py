@@ -12,12 +12,22 @@ Every call binds tensors by address (I/O binding): the inputs where they are, on
 output shapes. On the CPU that is the same code path the GPU providers run, with
 ``device_type="cpu"``; with the CUDA or TensorRT provider the latents stay on the GPU for the whole
 loop (no host copy per step), and ``backend.device`` is ``cuda:N``.
+
+On the CPU the UNet's and the text encoder's batch (guidance's unconditional and conditional
+halves) is split in two, and the halves run at once, each on half the threads (``CpuThreads``).
+At the sizes a CPU serves, most of the graph's operators are too small for onnxruntime to spread
+one of them over several threads well; two independent halves keep every core busy. Each image's
+numbers do not change: the batch's items never mix in these graphs.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +37,7 @@ import torch
 
 from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
-from textinv.hardware import PrecisionChoice
+from textinv.hardware import PrecisionChoice, physical_cores
 from textinv_export.manifest import ComponentEntry, FileSelector, Manifest, load_manifest
 from textinv_export.specs import Component, ComponentSpec, Precision, Shape, TensorSpec
 from textinv_server.backends import BackendName, ShapeLimits
@@ -41,6 +51,11 @@ _PROVIDER_NAMES = {
 # The components generation runs; a manifest's vae_encoder is neither loaded nor checked here.
 GENERATION_COMPONENTS = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
 TRT_CACHE_NAME = "ort_trt_cache"  # the TensorRT provider's engines, beside the manifest
+log = logging.getLogger(__name__)
+# The components whose batch the CPU provider splits (their batch is guidance's two halves);
+# the VAE decoder's batch is the images, mostly one, so it keeps every thread for itself.
+SPLIT_COMPONENTS = (Component.TEXT_ENCODER, Component.UNET)
+BATCH_AXIS = "batch"  # the specs' name of the axis a split cuts
 # Graph I/O dtypes as the specs name them (numpy names) → torch's.
 _TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -52,15 +67,46 @@ class ProviderUnavailableError(InvalidInputError):
     """The onnxruntime provider asked for is not in this build, or a session fell back from it."""
 
 
+@dataclass(frozen=True)
+class CpuThreads:
+    """How the CPU provider spends its threads on a split graph: ``workers`` parts of a batch
+    run at once, each with ``threads_per_run`` intra-op threads (never more than asked in all)."""
+
+    workers: int
+    threads_per_run: int
+
+    @classmethod
+    def plan(cls, threads: int, split: bool = True) -> CpuThreads:
+        """``threads`` (0: onnxruntime's default, the physical cores) in two halves when there
+        are two to give."""
+        total = threads if threads > 0 else physical_cores()
+        workers = 2 if split and total >= 2 else 1
+        return cls(workers, total // workers)
+
+    def describe(self) -> str:
+        if self.workers == 1:
+            return f"one run of {self.threads_per_run} thread(s) per call"
+        return f"batch split in {self.workers}, {self.threads_per_run} thread(s) each"
+
+
 class _Graph:
     """One session with its component's spec, run on ``device`` through I/O binding.
 
     What a call needs from the spec is looked up once, here, and each output shape once per
     input shapes (a few, within the profile), so a bound call does no more Python work than a
-    ``session.run`` with host arrays did.
+    ``session.run`` with host arrays did. With a ``pool`` of ``workers - 1`` threads, a batch of
+    two or more is cut into ``workers`` parts along ``BATCH_AXIS``, run at once (the first on
+    the calling thread), each writing its rows of one output tensor.
     """
 
-    def __init__(self, session: Any, spec: ComponentSpec, device: torch.device) -> None:
+    def __init__(
+        self,
+        session: Any,
+        spec: ComponentSpec,
+        device: torch.device,
+        pool: ThreadPoolExecutor | None = None,
+        workers: int = 1,
+    ) -> None:
         self.session = session  # onnxruntime.InferenceSession
         self.spec = spec
         self.device = device
@@ -70,20 +116,57 @@ class _Graph:
         self._inputs = [_tensor_types(t) for t in spec.inputs]
         self._output = _tensor_types(spec.outputs[0])
         self._output_shapes: dict[tuple[Shape, ...], Shape] = {}  # by the inputs' shapes
+        self._batched = [t.shape[:1] == (BATCH_AXIS,) for t in spec.inputs]
+        splittable = pool is not None and spec.outputs[0].shape[:1] == (BATCH_AXIS,)
+        self._pool = pool if splittable else None
+        self.workers = workers if splittable else 1
 
     def run(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The spec's inputs in order → its first output, a tensor on ``device``."""
-        binding = self.session.io_binding()
         # Each input on the device in its graph dtype (no copy when it is already so); `feeds`
         # keeps them alive until the run has read them.
         feeds = [
             t.to(self.device, dtype).contiguous()
             for t, (_, dtype, _) in zip(tensors, self._inputs, strict=True)
         ]
+        output = torch.empty(self._output_shape(feeds), dtype=self._output[1], device=self.device)
+        parts = self._parts(output.shape[0])
+        if self._pool is None or len(parts) == 1:
+            self._run_bound(feeds, output)
+            return output
+        # Rows [lo, hi) of every batched input → the same rows of the output (a contiguous
+        # view, so no concatenation afterwards); the other inputs go whole to every part.
+        calls = [
+            (
+                [
+                    self._rows(f, batched, lo, hi)
+                    for f, batched in zip(feeds, self._batched, strict=True)
+                ],
+                output[lo:hi],
+            )
+            for lo, hi in parts
+        ]
+        others = [self._pool.submit(self._run_bound, *call) for call in calls[1:]]
+        self._run_bound(*calls[0])
+        for other in others:
+            other.result()
+        return output
+
+    def _parts(self, batch: int) -> list[tuple[int, int]]:
+        """``[lo, hi)`` row ranges: ``workers`` near-equal parts, fewer for a small batch."""
+        count = max(1, min(self.workers, batch))
+        bounds = [batch * k // count for k in range(count + 1)]
+        return list(itertools.pairwise(bounds))
+
+    @staticmethod
+    def _rows(feed: torch.Tensor, batched: bool, lo: int, hi: int) -> torch.Tensor:
+        return feed[lo:hi] if batched else feed
+
+    def _run_bound(self, feeds: Sequence[torch.Tensor], output: torch.Tensor) -> None:
+        binding = self.session.io_binding()
         for (name, _, element), feed in zip(self._inputs, feeds, strict=True):
             binding.bind_input(name, *self._where, element, feed.shape, feed.data_ptr())
-        name, dtype, element = self._output
-        output = torch.empty(self._output_shape(feeds), dtype=dtype, device=self.device)
+        name, _, element = self._output
         binding.bind_output(name, *self._where, element, output.shape, output.data_ptr())
         # GPU: torch wrote the inputs (and may still read the block `output` reuses) on its own
         # stream, and onnxruntime runs on streams it created non-blocking, unordered with torch's.
@@ -94,9 +177,8 @@ class _Graph:
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         binding.synchronize_inputs()
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding)  # releases the GIL while it runs
         binding.synchronize_outputs()
-        return output
 
     def _output_shape(self, feeds: list[torch.Tensor]) -> Shape:
         key = tuple(tuple(feed.shape) for feed in feeds)
@@ -136,6 +218,7 @@ class OnnxRuntimeBackend:
         threads: int = 0,
         verify_checksums: bool = True,
         device_id: int = 0,
+        split_batch: bool = True,
     ) -> None:
         self.provider = parse_input(Provider, provider)
         check_available(self.provider)  # before any hashing
@@ -152,21 +235,31 @@ class OnnxRuntimeBackend:
         self.device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
         self.precision = PrecisionChoice(self.manifest.precision, "the export's")
         self.limits = shape_limits(self.manifest)
-        options = _session_options(threads)
-        self.text_encoder = self._graph(Component.TEXT_ENCODER, options)
-        self.unet = self._graph(Component.UNET, options)
-        self.vae_decoder = self._graph(Component.VAE_DECODER, options)
+        # CPU: the split graphs' halves share one pool thread (the caller runs the other half).
+        self.cpu_threads = CpuThreads.plan(threads, split=split_batch and not gpu)
+        workers = self.cpu_threads.workers
+        self._pool = ThreadPoolExecutor(workers - 1, "onnxruntime-half") if workers > 1 else None
+        self.text_encoder = self._graph(Component.TEXT_ENCODER, threads)
+        self.unet = self._graph(Component.UNET, threads)
+        self.vae_decoder = self._graph(Component.VAE_DECODER, threads)
+        if not gpu:
+            log.info("onnxruntime on the CPU: %s", self.cpu_threads.describe())
 
-    def _graph(self, component: Component, options: Any) -> _Graph:
+    def _graph(self, component: Component, threads: int) -> _Graph:
         entry: ComponentEntry = self.manifest.component(component)
         file = entry.source if self.provider is Provider.TENSORRT else entry.graph
         path = self.folder / file.path
         providers = provider_options(
             self.provider, entry, self.manifest.precision, self.folder, self.device.index or 0
         )
+        split = self._pool is not None and component in SPLIT_COMPONENTS
+        per_run = self.cpu_threads.threads_per_run if split else threads
+        options = _session_options(per_run)
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         check_provider(session, self.provider, path)
-        return _Graph(session, entry.spec, self.device)
+        if not split:
+            return _Graph(session, entry.spec, self.device)
+        return _Graph(session, entry.spec, self.device, self._pool, self.cpu_threads.workers)
 
     def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
         return self.text_encoder.run(inputs_embeds, eos_positions)  # [B, T, D]

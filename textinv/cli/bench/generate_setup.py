@@ -92,7 +92,10 @@ def load_pipelines(
         options = BackendOptions(engines=engines, threads=settings.threads, device=settings.device)
         if name is not BackendName.TORCH:
             # The export is fp32: its host side (the token table) comes from the fp32 model too.
-            pipelines[name.value] = load_generation_pipeline(fp32, name, options)
+            pipeline = pipelines[name.value] = load_generation_pipeline(fp32, name, options)
+            threads = getattr(pipeline.backend, "cpu_threads", None)  # onnxruntime on the CPU
+            if threads is not None and pipeline.backend.device.type == "cpu":
+                notes.append(f"{name.value}: {threads.describe()} (UNet, text encoder)")
             continue
         for variant in settings.torch_variants:
             if variant.options.cuda_graph and not settings.device.startswith("cuda"):
