@@ -58,4 +58,8 @@ def test_the_time_limit_exits_130_with_the_interrupt_recorded(tmp_path) -> None:
     assert done.returncode == 130, done.stdout[-2000:] + done.stderr[-2000:]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["status"] == "interrupted" and saved["signal"] == "SIGINT"
-    assert "interrupted" in {phase["status"] for phase in saved["phases"].values()}
+    # Where the signal lands depends on the machine's speed: inside a phase (marked
+    # interrupted) or between two (the machine report's torch import, under load). Either way no
+    # phase is left running or pending; test_gpu_check_interrupt pins each phase's marking.
+    statuses = {phase["status"] for phase in saved["phases"].values()}
+    assert statuses and statuses <= {"ok", "interrupted", "skipped"}, statuses
