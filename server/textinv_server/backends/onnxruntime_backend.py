@@ -147,9 +147,11 @@ class _Graph:
             for lo, hi in parts
         ]
         others = [self._pool.submit(self._run_bound, *call) for call in calls[1:]]
-        self._run_bound(*calls[0])
-        for other in others:
-            other.result()
+        try:
+            self._run_bound(*calls[0])
+        finally:  # every part has finished (or failed) before the call returns or raises
+            for other in others:
+                other.result()
         return output
 
     def _parts(self, batch: int) -> list[tuple[int, int]]:
