@@ -86,13 +86,19 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
 
 
 @cache
-def cpu_features() -> CpuFeatures:
-    """This machine's features, read once per process."""
+def cpuinfo_text() -> str:
+    """``/proc/cpuinfo``, read once per process; empty where there is none (not Linux)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no flags, so auto keeps fp32
-        text = ""
-    name, flags = parse_cpuinfo(text)
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+@cache
+def cpu_features() -> CpuFeatures:
+    """This machine's features, read once per process (not Linux: no flags, so auto keeps
+    fp32)."""
+    name, flags = parse_cpuinfo(cpuinfo_text())
     capability = torch.backends.cpu.get_cpu_capability()
     return CpuFeatures(name or platform.processor() or "unknown", flags, capability)
 
@@ -102,11 +108,7 @@ def physical_cores() -> int:
     count (hyperthread siblings share one core's units). From the ``physical id``/``core id``
     pairs of ``/proc/cpuinfo`` over the process's CPU affinity; the affinity's size elsewhere."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    return count_physical_cores(text, allowed) or len(allowed) or os.cpu_count() or 1
+    return count_physical_cores(cpuinfo_text(), allowed) or len(allowed) or os.cpu_count() or 1
 
 
 def count_physical_cores(cpuinfo: str, allowed: set[int]) -> int:
