@@ -94,8 +94,12 @@ def size_int(text: str) -> int:
     return value
 
 
-def png_path(text: str) -> Path:
+# An output file's suffix → the image format it names (``ImageFormat`` values).
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def image_path(text: str) -> Path:
     path = Path(text)
-    if path.suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"must end in .png, got {text!r}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"must end in {', '.join(IMAGE_SUFFIXES)}, got {text!r}")
     return path

@@ -55,6 +55,26 @@ class Scheduler(Choice):
     PNDM = "pndm"
 
 
+class PromptSyntax(Choice):
+    """How a prompt is read: as plain text, or with Automatic1111's emphasis, BREAK, long-prompt
+    chunks and ComfyUI's embedding:name."""
+
+    __choice_name__ = "prompt syntax"
+
+    PLAIN = "plain"
+    A1111 = "a1111"
+
+
+class ImageFormat(Choice):
+    """The encoding of generated images."""
+
+    __choice_name__ = "image format"
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
 class Precision(Choice):
     """A floating-point precision: of the frozen model while training, of the torch backend's
     weights, of exported graphs and engines. Each user says which members it accepts."""

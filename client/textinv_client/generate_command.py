@@ -1,19 +1,25 @@
-"""``generate --server``: generate on a server and write the PNGs, with the flags that local
+"""``generate --server``: generate on a server and write the images, with the flags that local
 ``textinv generate`` (the server package's) shares: the request's fields, and ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from textinv_client.checks import png_path
+from textinv_client.checks import IMAGE_SUFFIXES, image_path
 from textinv_client.command_support import EXIT_OK, SubParsers, add_command, reports_errors
 from textinv_client.connection_flags import client_from_args
 from textinv_client.flags import add_flags, flag, from_flags
-from textinv_client.types import GENERATE_FLAG_DEFAULTS, GenerateRequest, GenerateResult
+from textinv_client.types import (
+    GENERATE_FLAG_DEFAULTS,
+    GenerateRequest,
+    GenerateResult,
+    ImageFormat,
+)
 
 
 @dataclass(frozen=True)
@@ -22,10 +28,10 @@ class ImageOutput:
 
     out: Path = field(
         metadata=flag(
-            "where to write the image; with --num-images N > 1, numbered files "
-            "PATH-0.png ... PATH-{N-1}.png are written instead",
+            "where to write the image (.png, .jpg or .webp; the suffix sets --format); with "
+            "--num-images N > 1, numbered files PATH-0.png ... PATH-{N-1}.png are written instead",
             metavar="PATH.png",
-            parse=png_path,
+            parse=image_path,
         )
     )
 
@@ -37,8 +43,17 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generate_request_from_args(args: argparse.Namespace) -> GenerateRequest:
-    """The request that the generation flags describe; ValueError names a bad value."""
-    return from_flags(GenerateRequest, args)
+    """The request that the generation flags describe; ValueError names a bad value. The format
+    is ``--out``'s suffix's unless ``--format`` names it, and then the two must agree."""
+    request = from_flags(GenerateRequest, args)
+    named = ImageFormat(IMAGE_SUFFIXES[from_flags(ImageOutput, args).out.suffix.lower()])
+    if request.output_format is None:
+        return dataclasses.replace(request, output_format=named)
+    if request.output_format is not named:
+        raise ValueError(
+            f"--format {request.output_format} does not match --out's suffix ({named} file)"
+        )
+    return request
 
 
 def numbered_output_paths(out: Path, count: int) -> list[Path]:
@@ -51,14 +66,14 @@ def numbered_output_paths(out: Path, count: int) -> list[Path]:
 def write_images(result: GenerateResult, out: Path) -> list[Path]:
     paths = numbered_output_paths(out, len(result.images))
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, png in zip(paths, result.images, strict=True):
-        path.write_bytes(png)
+    for path, data in zip(paths, result.images, strict=True):
+        path.write_bytes(data)
     return paths
 
 
 @reports_errors
 def run_remote_generate(args: argparse.Namespace) -> int:
-    """Generate on the server named by ``--server`` and write PNGs to ``--out``."""
+    """Generate on the server named by ``--server`` and write the images to ``--out``."""
     request = generate_request_from_args(args)
     with client_from_args(args) as textinv:
         result = textinv.generate(request)

@@ -32,9 +32,11 @@ from textinv_client.checks import (
 
 # One home per closed choice; re-exported (``X as X``) so ``textinv_client.types.Scheduler`` stays.
 from textinv_client.choices import ConceptProperty as ConceptProperty
+from textinv_client.choices import ImageFormat as ImageFormat
 from textinv_client.choices import JobState as JobState
 from textinv_client.choices import LrSchedule as LrSchedule
 from textinv_client.choices import Precision as Precision
+from textinv_client.choices import PromptSyntax as PromptSyntax
 from textinv_client.choices import Scheduler as Scheduler
 from textinv_client.flags import flag
 
@@ -78,6 +80,24 @@ class GenerateRequest:
             "noise scheduler (ddim: deterministic and good at 30 steps on every backend)"
         ),
     )
+    # None means plain: the text as written, one 77-token window.
+    prompt_syntax: PromptSyntax | None = field(
+        default=None,
+        metadata=flag(
+            "how prompts are read: plain, or a1111 ((word:1.2) weights, BREAK, "
+            "embedding:name, prompts past 75 tokens in chunks)",
+            name="--syntax",
+            metavar="SYNTAX",
+        ),
+    )
+    # None means PNG.
+    output_format: ImageFormat | None = field(
+        default=None,
+        metadata=flag("image encoding: png, jpeg or webp (png)", name="--format", metavar="FORMAT"),
+    )
+    quality: int | None = field(
+        default=None, metadata=flag("jpeg/webp quality, 1..100 (90)", parse=positive_int)
+    )
 
     def __post_init__(self) -> None:
         # Cheap checks that save a round trip; the server validates everything again.
@@ -89,6 +109,8 @@ class GenerateRequest:
         check_multiple_of_8("width", self.width)
         check_multiple_of_8("height", self.height)
         check_seed(self.seed)
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
 
 
 # What the command line sends where the request leaves a field to the server.
@@ -110,13 +132,15 @@ class StageTimings:
 
 @dataclass(frozen=True)
 class GenerateResult:
-    """The images of one request, PNG-encoded, with the seed of each (``seeds[i] == seed + i``)."""
+    """The images of one request, encoded as ``format``, with the seed of each
+    (``seeds[i] == seed + i``)."""
 
     images: tuple[bytes, ...]
     seeds: tuple[int, ...]
     seed: int
     timings: StageTimings
     warnings: tuple[str, ...] = ()
+    format: ImageFormat = ImageFormat.PNG
 
 
 @dataclass(frozen=True)
@@ -336,6 +360,7 @@ class Limits:
     max_job_attempts: int = 0
     max_training_pixels_per_step: int = 0
     max_training_image_pixels: int = 0
+    max_prompt_chunks: int = 0
 
 
 @dataclass(frozen=True)

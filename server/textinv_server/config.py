@@ -13,6 +13,7 @@ from pathlib import Path
 from textinv.choices import coerce_choices
 from textinv.concept_tokens import MAX_TOKEN_LENGTH
 from textinv.data import MAX_CAPTION_CHARS
+from textinv.prompts import DEFAULT_MAX_CHUNKS
 from textinv_client.choices import Precision
 from textinv_client.flags import Flag, flag
 from textinv_server.choices import BackendName, Provider
@@ -37,6 +38,9 @@ class Limits:
     max_steps: int = _limit(150, "denoising steps one generate request may ask for")
     max_prompt_chars: int = _limit(2000, "longest prompt or negative prompt, in characters")
     max_concepts_per_prompt: int = _limit(8, "concepts the prompts of one request may name")
+    max_prompt_chunks: int = _limit(
+        DEFAULT_MAX_CHUNKS, "75-token chunks of one prompt under the a1111 syntax"
+    )
     max_concept_file_bytes: int = _limit(8 * MIB, "largest concept file to register, in bytes")
     max_images_per_job: int = _limit(16, "training images one inversion job may upload")
     max_concurrent_jobs: int = _limit(1, "inversion jobs that train at once")

@@ -16,8 +16,10 @@ from textinv.trainer import InvertConfig
 from textinv_client.choices import (
     Choice,
     ConceptProperty,
+    ImageFormat,
     LrSchedule,
     Precision,
+    PromptSyntax,
     Scheduler,
 )
 from textinv_client.convert import (
@@ -31,6 +33,11 @@ from textinv_client.convert import (
     PROPERTY_TO_PB,
     SCHEDULER_FROM_PB,
     SCHEDULER_TO_PB,
+)
+from textinv_client.convert.generation import (
+    IMAGE_FORMAT_FROM_PB,
+    PROMPT_SYNTAX_FROM_PB,
+    generated_image_to_pb,
 )
 from textinv_client.pb.v1 import (
     concepts_pb2,
@@ -58,6 +65,11 @@ C = TypeVar("C", bound=Choice)
 # home for each mapping); the server adds what an UNSPECIFIED value (0) means where the field has
 # a default, and refuses it where it has none (job states).
 SCHEDULERS = {generate_pb2.SCHEDULER_UNSPECIFIED: Scheduler.DDIM, **SCHEDULER_FROM_PB}
+PROMPT_SYNTAXES = {
+    generate_pb2.PROMPT_SYNTAX_UNSPECIFIED: PromptSyntax.PLAIN,
+    **PROMPT_SYNTAX_FROM_PB,
+}
+IMAGE_FORMATS = {generate_pb2.IMAGE_FORMAT_UNSPECIFIED: ImageFormat.PNG, **IMAGE_FORMAT_FROM_PB}
 JOB_STATES = JOB_STATE_FROM_PB
 PROPERTIES = {jobs_pb2.CONCEPT_PROPERTY_UNSPECIFIED: ConceptProperty.OBJECT, **PROPERTY_FROM_PB}
 LR_SCHEDULES = {jobs_pb2.LR_SCHEDULE_UNSPECIFIED: LrSchedule.CONSTANT, **LR_SCHEDULE_FROM_PB}
@@ -107,6 +119,9 @@ def generation_request_from_pb(
         height=message.height or None,
         num_images=message.num_images or 1,
         scheduler=_enum(SCHEDULERS, message.scheduler, "scheduler"),
+        prompt_syntax=_enum(PROMPT_SYNTAXES, message.prompt_syntax, "prompt_syntax"),
+        output_format=_enum(IMAGE_FORMATS, message.output_format, "output_format"),
+        quality=message.quality or None,
         **given,
     )
     request.check(limits, default_size)
@@ -118,10 +133,14 @@ def generate_response_to_pb(
 ) -> generate_pb2.GenerateResponse:
     request, timings = result.request, result.timings
     images = [
-        generate_pb2.GeneratedImage(
-            png=png, seed=seed, width=request.width or 0, height=request.height or 0
+        generated_image_to_pb(
+            data,
+            request.output_format,
+            seed=seed,
+            width=request.width or 0,
+            height=request.height or 0,
         )
-        for png, seed in zip(result.images, result.seeds, strict=True)
+        for data, seed in zip(result.images, result.seeds, strict=True)
     ]
     return generate_pb2.GenerateResponse(
         images=images,

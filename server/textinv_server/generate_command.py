@@ -100,7 +100,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_local_generate(args: argparse.Namespace) -> int:
-    """Generate on this machine and write PNGs to ``--out``; errors reach the composer."""
+    """Generate on this machine and write the images to ``--out``; errors reach the composer."""
     local = from_flags(LocalGeneration, args)
     pipeline = load_generation_pipeline(local.model, local.backend, local.backend_options())
     concepts = load_concepts(local.concepts, pipeline.host.text_width)
@@ -136,8 +136,8 @@ def write_result(result: GenerationResult, out: Path) -> None:
         print(f"warning: {warning}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = numbered_output_paths(out, len(result.images))
-    for path, png, seed in zip(paths, result.images, result.seeds, strict=True):
-        path.write_bytes(png)
+    for path, data, seed in zip(paths, result.images, result.seeds, strict=True):
+        path.write_bytes(data)
         print(f"wrote {path} (seed {seed})")
     t = result.timings
     print(

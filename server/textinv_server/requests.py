@@ -14,14 +14,17 @@ from dataclasses import dataclass, replace
 
 from textinv.choices import coerce_choices
 from textinv.errors import InvalidInputError, quote
+from textinv.prompt_syntax import embedding_names
 from textinv.prompts import PLACEHOLDER
-from textinv_client.choices import Scheduler
+from textinv_client.choices import ImageFormat, PromptSyntax, Scheduler
 from textinv_server.config import Limits
 
 # A seed is a uint64 on the wire; image i of a request uses (seed + i) mod 2^64.
 SEED_MODULUS = 2**64
 # Pixel sizes are multiples of this (the UNet's latent grid is H/vae_scale_factor).
 SIZE_MULTIPLE = 8
+# JPEG and WebP without a quality.
+DEFAULT_QUALITY = 90
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class GenerationRequest:
     height: int | None = None
     num_images: int = 1
     scheduler: Scheduler = Scheduler.DDIM
+    prompt_syntax: PromptSyntax = PromptSyntax.PLAIN
+    output_format: ImageFormat = ImageFormat.PNG
+    quality: int | None = None  # JPEG and WebP only; None: DEFAULT_QUALITY
 
     def __post_init__(self) -> None:
         coerce_choices(self)  # a caller's "euler" becomes Scheduler.EULER, or names the value
@@ -55,6 +61,10 @@ class GenerationRequest:
         if self.seed is None:
             raise InvalidInputError("the request has no seed yet; call resolved() first")
         return tuple((self.seed + i) % SEED_MODULUS for i in range(self.num_images))
+
+    @property
+    def effective_quality(self) -> int:
+        return DEFAULT_QUALITY if self.quality is None else self.quality
 
     def resolved(self, default_size: int) -> GenerationRequest:
         """A copy with a concrete seed (random when None) and size (``default_size`` when None)."""
@@ -87,12 +97,22 @@ class GenerationRequest:
         if self.seed is not None:
             check_int("seed", self.seed, 0, SEED_MODULUS - 1)
         self._check_size(limits, default_size)
+        self._check_options()
         named = {*PLACEHOLDER.findall(self.prompt), *PLACEHOLDER.findall(self.negative_prompt)}
+        if self.prompt_syntax is PromptSyntax.A1111:
+            named |= {*embedding_names(self.prompt), *embedding_names(self.negative_prompt)}
         if len(named) > limits.max_concepts_per_prompt:
             raise InvalidInputError(
                 f"the prompts name {len(named)} concepts; the limit is "
                 f"{limits.max_concepts_per_prompt}"
             )
+
+    def _check_options(self) -> None:
+        """The output options, named when bad."""
+        if self.quality is not None:
+            if self.output_format is ImageFormat.PNG:
+                raise InvalidInputError("quality applies to jpeg and webp, not to png")
+            check_int("quality", self.quality, 1, 100)
 
     def _check_size(self, limits: Limits, default_size: int | None) -> None:
         sides = []
@@ -156,7 +176,8 @@ class StageTimings:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """The images of one request as PNG bytes, with the seed of each (``seeds[i] == seed + i``)."""
+    """The images of one request encoded as ``request.output_format``, with the seed of each
+    (``seeds[i] == seed + i``)."""
 
     images: tuple[bytes, ...]
     seeds: tuple[int, ...]

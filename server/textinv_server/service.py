@@ -74,7 +74,7 @@ class Service:
 
         def prepare() -> PreparedRequest:
             concepts = self.registry.concepts_for(tenant, request.prompts())
-            return self.pipeline.prepare(request, concepts, on_step=on_step)
+            return self.pipeline.prepare(request, concepts, on_step=on_step, limits=self.limits)
 
         prepared = await asyncio.to_thread(prepare)
         arrived = time.perf_counter()
@@ -179,7 +179,7 @@ def build_service(config: ServerConfig) -> Service:
     batching = config.batching
     batcher: MicroBatcher[PreparedRequest, Outcome] = MicroBatcher(
         lambda batch: pipeline.run_batch(batch),  # looked up per batch: tests may wrap it
-        key=lambda prepared: prepared.request.batch_key(),
+        key=lambda prepared: prepared.batch_key(),
         max_batch=batching.max_batch,
         wait_s=batching.batch_wait_ms / 1000,
         max_queue=batching.max_queue,

@@ -47,10 +47,27 @@ def test_bad_generation_flags_exit_2_naming_the_value(
     assert message.replace("\\", "") in capsys.readouterr().err
 
 
-def test_out_must_be_png(capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_must_name_an_image_format(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        parse([*GENERATE[:-1], "o.jpg"])
-    assert "must end in .png, got 'o.jpg'" in capsys.readouterr().err
+        parse([*GENERATE[:-1], "o.gif"])
+    assert "must end in .png, .jpg, .jpeg, .webp, got 'o.gif'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("out", "flags", "expected"),
+    [("o.png", [], "png"), ("o.JPG", [], "jpeg"), ("o.webp", ["--format", "webp"], "webp")],
+)
+def test_the_out_suffix_sets_the_format(out: str, flags: list[str], expected: str) -> None:
+    args = parse([*GENERATE[:-1], out, *flags, "--syntax", "a1111", "--quality", "80"])
+    request = cli.generate_request_from_args(args)
+    assert request.output_format == expected
+    assert request.prompt_syntax == "a1111" and request.quality == 80
+
+
+def test_a_format_that_contradicts_the_suffix_is_refused() -> None:
+    args = parse([*GENERATE[:-1], "o.png", "--format", "jpeg"])
+    with pytest.raises(ValueError, match="--format jpeg does not match --out's suffix"):
+        cli.generate_request_from_args(args)
 
 
 def test_numbered_output_paths() -> None:

@@ -95,7 +95,7 @@ def test_long_prompt_is_truncated_like_diffusers_with_a_warning(tiny_model, conc
     prompt = "a photo of " + "red " * 80 + "<cat-toy>"
     result = encoder.tokenize(prompt, {"<cat-toy>": 2})
     assert len(result.input_ids) == MAX_LENGTH
-    assert result.eos_position == MAX_LENGTH - 1
+    assert result.eos_positions == (MAX_LENGTH - 1,)
     assert result.slots == ()  # the concept fell past the budget
     assert "<cat-toy>" in result.warnings[0] and "dropped" in result.warnings[0]
     reference = tiny_model.tokenizer(

@@ -21,6 +21,8 @@ from textinv_client.types import (
     GenerateProgress,
     GenerateRequest,
     GenerateResult,
+    ImageFormat,
+    PromptSyntax,
     Scheduler,
     StageTimings,
 )
@@ -33,6 +35,17 @@ SCHEDULER_TO_PB: dict[Scheduler, generate_pb2.Scheduler] = {
     Scheduler.PNDM: generate_pb2.SCHEDULER_PNDM,
 }
 SCHEDULER_FROM_PB = invert(SCHEDULER_TO_PB)
+PROMPT_SYNTAX_TO_PB: dict[PromptSyntax, generate_pb2.PromptSyntax] = {
+    PromptSyntax.PLAIN: generate_pb2.PROMPT_SYNTAX_PLAIN,
+    PromptSyntax.A1111: generate_pb2.PROMPT_SYNTAX_A1111,
+}
+PROMPT_SYNTAX_FROM_PB = invert(PROMPT_SYNTAX_TO_PB)
+IMAGE_FORMAT_TO_PB: dict[ImageFormat, generate_pb2.ImageFormat] = {
+    ImageFormat.PNG: generate_pb2.IMAGE_FORMAT_PNG,
+    ImageFormat.JPEG: generate_pb2.IMAGE_FORMAT_JPEG,
+    ImageFormat.WEBP: generate_pb2.IMAGE_FORMAT_WEBP,
+}
+IMAGE_FORMAT_FROM_PB = invert(IMAGE_FORMAT_TO_PB)
 
 
 def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateRequest:
@@ -46,6 +59,13 @@ def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateReq
         scheduler=enum_to_pb(
             SCHEDULER_TO_PB, request.scheduler, generate_pb2.SCHEDULER_UNSPECIFIED
         ),
+        prompt_syntax=enum_to_pb(
+            PROMPT_SYNTAX_TO_PB, request.prompt_syntax, generate_pb2.PROMPT_SYNTAX_UNSPECIFIED
+        ),
+        output_format=enum_to_pb(
+            IMAGE_FORMAT_TO_PB, request.output_format, generate_pb2.IMAGE_FORMAT_UNSPECIFIED
+        ),
+        quality=request.quality or 0,
     )
     if request.guidance_scale is not None:
         message.guidance_scale = request.guidance_scale
@@ -66,6 +86,9 @@ def generate_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerateR
         height=or_none(message.height),
         num_images=message.num_images or 1,
         scheduler=enum_from_pb(SCHEDULER_FROM_PB, message.scheduler, "scheduler"),
+        prompt_syntax=enum_from_pb(PROMPT_SYNTAX_FROM_PB, message.prompt_syntax, "prompt syntax"),
+        output_format=enum_from_pb(IMAGE_FORMAT_FROM_PB, message.output_format, "image format"),
+        quality=or_none(message.quality),
     )
 
 
@@ -83,8 +106,8 @@ def generate_result_to_pb(
     """``sizes`` gives each image's (width, height); without it they are sent as 0 (unknown)."""
     size_list = list(sizes) or [(0, 0)] * len(result.images)
     images = [
-        generate_pb2.GeneratedImage(png=png, seed=seed, width=width, height=height)
-        for png, seed, (width, height) in zip(result.images, result.seeds, size_list, strict=True)
+        generated_image_to_pb(data, result.format, seed=seed, width=width, height=height)
+        for data, seed, (width, height) in zip(result.images, result.seeds, size_list, strict=True)
     ]
     return generate_pb2.GenerateResponse(
         images=images,
@@ -94,9 +117,31 @@ def generate_result_to_pb(
     )
 
 
+def generated_image_to_pb(
+    data: bytes, image_format: ImageFormat, *, seed: int, width: int, height: int
+) -> generate_pb2.GeneratedImage:
+    """PNG bytes go in ``png`` (what v1 clients read); JPEG and WebP in ``data``."""
+    png = image_format is ImageFormat.PNG
+    return generate_pb2.GeneratedImage(
+        png=data if png else b"",
+        data=b"" if png else data,
+        format=IMAGE_FORMAT_TO_PB[image_format],
+        seed=seed,
+        width=width,
+        height=height,
+    )
+
+
 def generate_result_from_pb(message: generate_pb2.GenerateResponse) -> GenerateResult:
+    formats = {
+        enum_from_pb(IMAGE_FORMAT_FROM_PB, image.format, "image format") or ImageFormat.PNG
+        for image in message.images
+    }
+    if len(formats) > 1:
+        raise ValueError(f"the server sent images in several formats: {sorted(formats)}")
     return GenerateResult(
-        images=tuple(image.png for image in message.images),
+        images=tuple(image.png or image.data for image in message.images),
+        format=formats.pop() if formats else ImageFormat.PNG,
         seeds=tuple(image.seed for image in message.images),
         seed=message.seed,
         timings=stage_timings_from_pb(message.timings),

@@ -43,6 +43,8 @@ class ShapeLimits:
     max_size: int = 2048
     size_multiple: int = 8
     max_images: int = 64
+    # 77-token chunks the UNet's encoder_hidden_states may hold; None: any (the torch backend).
+    max_prompt_chunks: int | None = None
 
     def check(self, width: int, height: int, images: int) -> None:
         for axis, size in (("width", width), ("height", height)):

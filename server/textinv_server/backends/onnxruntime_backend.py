@@ -39,7 +39,14 @@ from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
 from textinv.hardware import PrecisionChoice, physical_cores
 from textinv_export.manifest import ComponentEntry, FileSelector, Manifest, load_manifest
-from textinv_export.specs import Component, ComponentSpec, Precision, Shape, TensorSpec
+from textinv_export.specs import (
+    TEXT_LENGTH,
+    Component,
+    ComponentSpec,
+    Precision,
+    Shape,
+    TensorSpec,
+)
 from textinv_server.backends import BackendName, ShapeLimits
 from textinv_server.choices import Provider
 
@@ -199,13 +206,22 @@ def _tensor_types(spec: TensorSpec) -> tuple[str, torch.dtype, type]:
 def shape_limits(manifest: Manifest) -> ShapeLimits:
     """The manifest's shape ranges as the pipeline checks them (pixels, images per call)."""
     resolution = manifest.ranges.resolution
-    multiple = manifest.component(Component.UNET).spec.pixel_multiple
+    unet = manifest.component(Component.UNET).spec
     return ShapeLimits(
         min_size=resolution.min,
         max_size=resolution.max,
-        size_multiple=multiple,
+        size_multiple=unet.pixel_multiple,
         max_images=manifest.ranges.batch.max,
+        max_prompt_chunks=_prompt_chunks(unet),
     )
+
+
+def _prompt_chunks(unet: ComponentSpec) -> int | None:
+    """The 77-token chunks the exported UNet takes: a fixed token axis (every export so far)
+    holds exactly its length's worth; a dynamic one is not bounded here."""
+    (hidden,) = [t for t in unet.inputs if t.name == "encoder_hidden_states"]
+    tokens = hidden.shape[1]
+    return tokens // TEXT_LENGTH if isinstance(tokens, int) else None
 
 
 class OnnxRuntimeBackend:

@@ -1,7 +1,8 @@
-"""``GenerationPipeline``: prompt in, PNG images out, as numbered steps over any backend."""
+"""``GenerationPipeline``: prompt in, encoded images out, as numbered steps over any backend."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,8 @@ DEFAULT_LIMITS = Limits()
 
 
 class GenerationPipeline:
-    """Prompt in, PNG images out, over any backend. Thread-compatible: one call at a time."""
+    """Prompt in, PNG, JPEG or WebP images out, over any backend. Thread-compatible: one call
+    at a time."""
 
     def __init__(self, host: HostModel, backend: Backend) -> None:
         if backend.model_hash != host.model_hash:
@@ -54,14 +56,17 @@ class GenerationPipeline:
         *,
         on_step: ProgressCallback | None = None,
         is_cancelled: CancelCheck | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> PreparedRequest:
         """Resolve a checked request (``GenerationRequest.check``) and embed its prompts: every
         error that needs the backend or the concepts, before any backend work (the server calls
-        this when a request arrives, before it queues)."""
+        this when a request arrives, before it queues, with its ``limits``)."""
         request = request.resolved(self.host.default_resolution)
         assert request.width is not None and request.height is not None
-        self.backend.limits.check(request.width, request.height, request.num_images)
-        embeddings = embed_prompts(self.prompts, request, concepts)
+        shapes = self.backend.limits
+        shapes.check(request.width, request.height, request.num_images)
+        max_chunks = min(limits.max_prompt_chunks, shapes.max_prompt_chunks or sys.maxsize)
+        embeddings = embed_prompts(self.prompts, request, concepts, max_chunks)
         return PreparedRequest(request, embeddings, embeddings.warnings, on_step, is_cancelled)
 
     def __call__(
@@ -76,7 +81,9 @@ class GenerationPipeline:
         """Check and generate one request; raises ``CancelledError`` if ``is_cancelled`` turns
         true. ``limits`` are the server's defaults unless given."""
         request.check(limits, self.host.default_resolution)
-        prepared = self.prepare(request, concepts, on_step=on_step, is_cancelled=is_cancelled)
+        prepared = self.prepare(
+            request, concepts, on_step=on_step, is_cancelled=is_cancelled, limits=limits
+        )
         (outcome,) = self.run_batch([prepared])
         if isinstance(outcome, CancelledError):
             raise outcome
@@ -94,7 +101,7 @@ class GenerationPipeline:
         # 4. Denoising loop with classifier-free guidance; drops requests cancelled on the way.
         outcomes: Outcomes = {}
         step_ms = denoise(self.backend, running, outcomes)
-        # 5. Decode what finished and encode PNGs.
+        # 5. Decode what finished and encode each request's images in its format.
         finished = [state for state in running if id(state.prepared) not in outcomes]
         images, vae_ms = decode(self.backend, self.host.latent_scaling, finished)
         # 6. Package each request's images with the batch's stage timings.
@@ -106,10 +113,10 @@ class GenerationPipeline:
             total_ms=(time.perf_counter() - start) * 1000,
             batch_size=len(batch),
         )
-        for state, pngs in zip(finished, images, strict=True):
+        for state, encoded_images in zip(finished, images, strict=True):
             prepared = state.prepared
             outcomes[id(prepared)] = GenerationResult(
-                pngs, prepared.request.seeds, prepared.request, timings, prepared.warnings
+                encoded_images, prepared.request.seeds, prepared.request, timings, prepared.warnings
             )
         return [outcomes[id(prepared)] for prepared in batch]
 

@@ -2,7 +2,8 @@
 
 A request is checked and its prompts embedded when it arrives (``GenerationPipeline.prepare``),
 so every error it can cause is raised before any backend work. Requests with equal
-``batch_key()`` (size, steps, scheduler, whether guidance runs) then run as one batch; each
+``PreparedRequest.batch_key()`` (size, steps, scheduler, whether guidance runs, and the prompts'
+77-token chunk count, which sets the UNet's sequence length) then run as one batch; each
 ``PreparedRequest`` keeps its own progress callback and cancellation, and is the only wrapper of
 a request between its arrival and its ``RunningRequest`` (the denoising loop's mutable state).
 """
@@ -51,6 +52,11 @@ class PreparedRequest:
     def cancelled(self) -> bool:
         return self._cancel.is_set() or (self.is_cancelled is not None and self.is_cancelled())
 
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal keys can share one batch: the request's key and the prompts'
+        chunk count (prompts, weights and syntax may differ)."""
+        return (*self.request.batch_key(), self.embeddings.chunks)
+
     def report(self, progress: StepProgress) -> None:
         if self.on_step is not None:
             self.on_step(progress)
@@ -60,11 +66,11 @@ def check_batch(batch: Sequence[PreparedRequest], limits: ShapeLimits) -> None:
     """Refuse a batch whose requests cannot share one UNet call per step, or that is too big."""
     if not batch:
         raise InvalidInputError("a batch needs at least one request, got none")
-    keys = {prepared.request.batch_key() for prepared in batch}
+    keys = {prepared.batch_key() for prepared in batch}
     if len(keys) > 1:
         raise InvalidInputError(
-            f"requests in one batch must share size, steps, scheduler and whether guidance "
-            f"runs; got {sorted(map(str, keys))}"
+            f"requests in one batch must share size, steps, scheduler, whether guidance "
+            f"runs and their prompts' chunk count; got {sorted(map(str, keys))}"
         )
     first = batch[0].request
     assert first.width is not None and first.height is not None

@@ -15,15 +15,35 @@ class Scheduler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCHEDULER_EULER_ANCESTRAL: _ClassVar[Scheduler]
     SCHEDULER_DPM_SOLVER_PP_2M: _ClassVar[Scheduler]
     SCHEDULER_PNDM: _ClassVar[Scheduler]
+
+class PromptSyntax(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROMPT_SYNTAX_UNSPECIFIED: _ClassVar[PromptSyntax]
+    PROMPT_SYNTAX_PLAIN: _ClassVar[PromptSyntax]
+    PROMPT_SYNTAX_A1111: _ClassVar[PromptSyntax]
+
+class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
+    IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
 SCHEDULER_UNSPECIFIED: Scheduler
 SCHEDULER_DDIM: Scheduler
 SCHEDULER_EULER: Scheduler
 SCHEDULER_EULER_ANCESTRAL: Scheduler
 SCHEDULER_DPM_SOLVER_PP_2M: Scheduler
 SCHEDULER_PNDM: Scheduler
+PROMPT_SYNTAX_UNSPECIFIED: PromptSyntax
+PROMPT_SYNTAX_PLAIN: PromptSyntax
+PROMPT_SYNTAX_A1111: PromptSyntax
+IMAGE_FORMAT_UNSPECIFIED: ImageFormat
+IMAGE_FORMAT_PNG: ImageFormat
+IMAGE_FORMAT_JPEG: ImageFormat
+IMAGE_FORMAT_WEBP: ImageFormat
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler")
+    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +53,9 @@ class GenerateRequest(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_SYNTAX_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     steps: int
@@ -42,19 +65,26 @@ class GenerateRequest(_message.Message):
     height: int
     num_images: int
     scheduler: Scheduler
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ...) -> None: ...
+    prompt_syntax: PromptSyntax
+    output_format: ImageFormat
+    quality: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
-    __slots__ = ("png", "seed", "width", "height")
+    __slots__ = ("png", "seed", "width", "height", "data", "format")
     PNG_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     png: bytes
     seed: int
     width: int
     height: int
-    def __init__(self, png: _Optional[bytes] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    data: bytes
+    format: ImageFormat
+    def __init__(self, png: _Optional[bytes] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("queue_wait_ms", "text_encoder_ms", "unet_total_ms", "unet_step_mean_ms", "vae_decode_ms", "total_ms", "batch_size")
