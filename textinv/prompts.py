@@ -54,7 +54,7 @@ class ConceptSlot:
     index: int
 
 
-# What fills a chunk: a text token id or one vector of a concept, with its emphasis weight.
+# What fills a chunk: a text token id, or one vector of a concept.
 Item = int | ConceptSlot
 
 
@@ -129,6 +129,8 @@ class PromptEncoder:
         Automatic1111 pads the conditional and unconditional halves. Pass a ``ConceptTable``
         (the server's registry snapshot) to reuse its index; any other mapping is indexed here.
         """
+        if max_chunks < 1:
+            raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
         table = as_table(concepts)
         rows = _row_count(table)
         if syntax is PromptSyntax.A1111:
