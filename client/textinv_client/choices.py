@@ -54,6 +54,11 @@ class Scheduler(Choice):
     DPM_SOLVER_PP_2M = "dpmpp-2m"
     PNDM = "pndm"
 
+    @property
+    def takes_karras_sigmas(self) -> bool:
+        """Whether diffusers' class for it has the Karras sigma schedule (``use_karras_sigmas``)."""
+        return self in (Scheduler.EULER, Scheduler.DPM_SOLVER_PP_2M)
+
 
 class PromptSyntax(Choice):
     """How a prompt is read: as plain text, or with Automatic1111's emphasis, BREAK, long-prompt

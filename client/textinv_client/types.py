@@ -80,6 +80,12 @@ class GenerateRequest:
             "noise scheduler (ddim: deterministic and good at 30 steps on every backend)"
         ),
     )
+    karras_sigmas: bool = field(
+        default=False,
+        metadata=flag(
+            "Karras sigma schedule (euler, dpmpp-2m: 'DPM++ 2M Karras')", name="--karras"
+        ),
+    )
     # None means plain: the text as written, one 77-token window.
     prompt_syntax: PromptSyntax | None = field(
         default=None,

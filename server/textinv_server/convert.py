@@ -120,6 +120,7 @@ def generation_request_from_pb(
         num_images=message.num_images or 1,
         scheduler=_enum(SCHEDULERS, message.scheduler, "scheduler"),
         prompt_syntax=_enum(PROMPT_SYNTAXES, message.prompt_syntax, "prompt_syntax"),
+        karras_sigmas=message.karras_sigmas,
         output_format=_enum(IMAGE_FORMATS, message.output_format, "output_format"),
         quality=message.quality or None,
         **given,

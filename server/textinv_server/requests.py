@@ -45,6 +45,7 @@ class GenerationRequest:
     num_images: int = 1
     scheduler: Scheduler = Scheduler.DDIM
     prompt_syntax: PromptSyntax = PromptSyntax.PLAIN
+    karras_sigmas: bool = False  # Euler and DPM++ 2M only
     output_format: ImageFormat = ImageFormat.PNG
     quality: int | None = None  # JPEG and WebP only; None: DEFAULT_QUALITY
 
@@ -82,7 +83,14 @@ class GenerationRequest:
 
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batch (one UNet call per step)."""
-        return (self.width, self.height, self.steps, self.scheduler, self.uses_guidance)
+        return (
+            self.width,
+            self.height,
+            self.steps,
+            self.scheduler,
+            self.karras_sigmas,  # it changes the timesteps every request of a batch shares
+            self.uses_guidance,
+        )
 
     def check(self, limits: Limits, default_size: int | None = None) -> None:
         """Raise ``InvalidInputError`` naming the first bad field; O(1) in every value but the
@@ -108,7 +116,13 @@ class GenerationRequest:
             )
 
     def _check_options(self) -> None:
-        """The output options, named when bad."""
+        """The scheduler and output options, named when bad."""
+        if self.karras_sigmas and not self.scheduler.takes_karras_sigmas:
+            takes = " and ".join(s.value for s in Scheduler if s.takes_karras_sigmas)
+            raise InvalidInputError(
+                f"karras_sigmas: scheduler {self.scheduler.value} has no Karras schedule; "
+                f"{takes} do"
+            )
         if self.quality is not None:
             if self.output_format is ImageFormat.PNG:
                 raise InvalidInputError("quality applies to jpeg and webp, not to png")

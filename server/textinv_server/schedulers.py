@@ -34,10 +34,17 @@ _CLASSES: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
 
 
 def make_scheduler(
-    name: Scheduler, config: Mapping[str, Any], steps: int, device: torch.device
+    name: Scheduler,
+    config: Mapping[str, Any],
+    steps: int,
+    device: torch.device,
+    karras_sigmas: bool = False,
 ) -> Any:
-    """A fresh scheduler of kind ``name`` from the model's scheduler config, timesteps set."""
+    """A fresh scheduler of kind ``name`` from the model's scheduler config, timesteps set;
+    ``karras_sigmas`` only for the kinds that take it (``Scheduler.takes_karras_sigmas``)."""
     scheduler_class, overrides = _CLASSES[name]
+    if karras_sigmas:
+        overrides = {**overrides, "use_karras_sigmas": True}
     scheduler = scheduler_class.from_config(dict(config), **overrides)
     scheduler.set_timesteps(steps, device=device)
     return scheduler

@@ -27,8 +27,14 @@ def test_unset_fields_keep_todays_behaviour() -> None:
 
 def test_the_options_reach_the_server() -> None:
     request = server_request(
-        prompt_syntax=PromptSyntax.A1111, output_format=ImageFormat.WEBP, quality=70
+        prompt_syntax=PromptSyntax.A1111,
+        output_format=ImageFormat.WEBP,
+        quality=70,
+        scheduler="dpmpp-2m",
+        karras_sigmas=True,
     )
+    assert request.karras_sigmas and request.scheduler == "dpmpp-2m"
+    assert server_request().karras_sigmas is False
     assert request.prompt_syntax is PromptSyntax.A1111
     assert request.output_format is ImageFormat.WEBP and request.quality == 70
 

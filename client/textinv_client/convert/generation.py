@@ -66,6 +66,7 @@ def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateReq
             IMAGE_FORMAT_TO_PB, request.output_format, generate_pb2.IMAGE_FORMAT_UNSPECIFIED
         ),
         quality=request.quality or 0,
+        karras_sigmas=request.karras_sigmas,
     )
     if request.guidance_scale is not None:
         message.guidance_scale = request.guidance_scale
@@ -89,6 +90,7 @@ def generate_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerateR
         prompt_syntax=enum_from_pb(PROMPT_SYNTAX_FROM_PB, message.prompt_syntax, "prompt syntax"),
         output_format=enum_from_pb(IMAGE_FORMAT_FROM_PB, message.output_format, "image format"),
         quality=or_none(message.quality),
+        karras_sigmas=message.karras_sigmas,
     )
 
 

@@ -54,7 +54,11 @@ def start_request(
     # kernels as arguments, so stepping never waits for the GPU (an index with a CUDA
     # timestep would be a host sync every step). The UNet gets device timesteps (denoising).
     scheduler = make_scheduler(
-        request.scheduler, host.scheduler_config, request.steps, torch.device("cpu")
+        request.scheduler,
+        host.scheduler_config,
+        request.steps,
+        torch.device("cpu"),
+        request.karras_sigmas,
     )
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
     noise = initial_noise(request, host, generators, device)

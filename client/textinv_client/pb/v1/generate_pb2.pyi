@@ -43,7 +43,7 @@ IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality")
+    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality", "karras_sigmas")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class GenerateRequest(_message.Message):
     PROMPT_SYNTAX_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    KARRAS_SIGMAS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     steps: int
@@ -68,7 +69,8 @@ class GenerateRequest(_message.Message):
     prompt_syntax: PromptSyntax
     output_format: ImageFormat
     quality: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+    karras_sigmas: bool
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., karras_sigmas: _Optional[bool] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("png", "seed", "width", "height", "data", "format")
