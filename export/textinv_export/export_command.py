@@ -1,8 +1,8 @@
 """``textinv export``: thin over ``textinv_export.exporter`` and ``textinv_export.parity``.
 
 textinv export --model PATH --out DIR [--target onnx|tensorrt] [--precision fp32|fp16]
-    [--batch-sizes MIN:OPT:MAX] [--resolutions MIN:OPT:MAX] [--components NAME ...] [--check]
-    [--force]
+    [--batch-sizes MIN:OPT:MAX] [--resolutions MIN:OPT:MAX] [--prompt-chunks N]
+    [--components NAME ...] [--check] [--force]
 
 ``--out``, ``--target``, ``--precision``, ``--components`` and ``--force`` are ``ExportConfig``'s
 own fields (``textinv_client.flags``); the ranges and the model are read here. An export of some
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from textinv_client.flags import add_flags, from_flags
 from textinv_export.choices import Component, Target
 from textinv_export.config import ExportConfig
+from textinv_export.shapes import parse_count
 from textinv_export.specs import Range, ShapeRanges
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ def add_export_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="image side in pixels, multiples of 8 (default: half to 1.5× the model's own)",
     )
     parser.add_argument(
+        "--prompt-chunks",
+        default="3",
+        metavar="N",
+        help="the most 77-token chunks of a long prompt the graphs take (1 to 8; default 3)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="compare each graph with PyTorch in onnxruntime"
     )
     parser.set_defaults(func=run_export)
@@ -64,19 +71,17 @@ def run_export(args: argparse.Namespace) -> int:
     resolution = (
         None if args.resolutions is None else Range.parse(args.resolutions, "--resolutions")
     )
-    # Checks the precision and the multiples of 8; without --resolutions the model's own
-    # resolutions replace the default ones once it is loaded.
-    config = from_flags(
-        ExportConfig,
-        args,
-        ranges=ShapeRanges(batch) if resolution is None else ShapeRanges(batch, resolution),
-    )
+    chunks = parse_count(args.prompt_chunks, "--prompt-chunks")
+    # Checks the precision, the multiples of 8 and the chunks; without --resolutions the model's
+    # own resolutions replace the default ones once it is loaded.
+    ranges = ShapeRanges(batch, resolution or ShapeRanges().resolution, chunks)
+    config = from_flags(ExportConfig, args, ranges=ranges)
     check_writable(config.out)
     # 2. Load, export, report.
     model = load_base_model(args.model)
     if resolution is None:
         native = default_resolutions(model.default_resolution)
-        config = replace(config, ranges=ShapeRanges(batch, native))
+        config = replace(config, ranges=replace(ranges, resolution=native))
     result = export_model(model, config, progress=print)
     for report in result.reports:
         state = "reused" if report.reused else "written"

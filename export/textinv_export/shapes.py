@@ -1,10 +1,10 @@
 """Shapes and ranges: what a deployment serves, and the symbolic shapes of graph inputs and outputs.
 
-A ``Range`` is an inclusive ``(min, opt, max)`` size; ``ShapeRanges`` are a deployment's two
-(images per call, image side in pixels). A ``TensorSpec`` names one graph tensor with a symbolic
-shape (ints fixed, strings dynamic axes) and a ``ShapeProfile`` is one input's concrete
-``(min, opt, max)`` shapes, as a TensorRT optimization profile takes them. The per-component specs
-that combine them live in ``textinv_export.specs``.
+A ``Range`` is an inclusive ``(min, opt, max)`` size; ``ShapeRanges`` are a deployment's
+(images per call, image side in pixels, 77-token prompt chunks). A ``TensorSpec`` names one graph
+tensor with a symbolic shape (ints fixed, strings dynamic axes) and a ``ShapeProfile`` is one
+input's concrete ``(min, opt, max)`` shapes, as a TensorRT optimization profile takes them.
+The per-component specs that combine them live in ``textinv_export.specs``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from textinv.errors import InvalidInputError
 from textinv_export.records import Record
 
 RESOLUTION_MULTIPLE = 8  # every image side a deployment declares is a multiple of 8
+# Prompt chunks a deployment may declare: 8 × 77 = 616 tokens bounds the UNet's cross-attention.
+MAX_PROMPT_CHUNKS = 8
 
 # A symbolic shape: ints are fixed sizes, strings name dynamic axes ("batch", "height", ...).
 Dim = int | str
@@ -73,23 +75,42 @@ def check_sides(sides: Range, multiple: int, why: str = "") -> None:
 
 @dataclass(frozen=True)
 class ShapeRanges:
-    """What a deployment must serve: images per call and the image side in pixels."""
+    """What a deployment must serve: images per call, the image side in pixels, and the most
+    77-token prompt chunks (long prompts, ``PromptSyntax.A1111``) a prompt may take."""
 
     batch: Range = Range(1, 1, 4)
     resolution: Range = Range(512, 512, 768)
+    prompt_chunks: int = 3
 
     def __post_init__(self) -> None:
         check_sides(self.resolution, RESOLUTION_MULTIPLE)
+        if not 1 <= self.prompt_chunks <= MAX_PROMPT_CHUNKS:
+            raise InvalidInputError(
+                f"prompt chunks {self.prompt_chunks} must be between 1 and {MAX_PROMPT_CHUNKS}"
+            )
 
     def to_dict(self) -> dict[str, str]:
-        return {"batch": str(self.batch), "resolution": str(self.resolution)}
+        return {
+            "batch": str(self.batch),
+            "resolution": str(self.resolution),
+            "prompt_chunks": str(self.prompt_chunks),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, str]) -> ShapeRanges:
+        """A manifest written before long prompts has no ``prompt_chunks``: its graphs take one."""
         return cls(
             batch=Range.parse(data["batch"], "batch sizes"),
             resolution=Range.parse(data["resolution"], "resolutions"),
+            prompt_chunks=parse_count(data.get("prompt_chunks", "1"), "prompt chunks"),
         )
+
+
+def parse_count(text: str, what: str) -> int:
+    """A whole number of at least 1, or ``InvalidInputError`` naming ``what``."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise InvalidInputError(f"{what} {text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 @dataclass(frozen=True)

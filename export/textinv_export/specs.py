@@ -16,6 +16,9 @@ Conventions, decided here for every reader:
 - **Resolution.** ``ShapeRanges.resolution`` is an image side in pixels; height and width vary
   independently within it. Latent sides are ``pixels / vae_scale_factor``;
   every side must be a multiple of the model's ``pixel_multiple`` (64 for SD 1.5).
+- **Prompt tokens.** The text encoder takes 77-token rows; a long prompt's chunks are rows of its
+  batch (so its batch axis reaches ``2·max·prompt_chunks``). The UNet's ``encoder_hidden_states``
+  has a dynamic ``tokens`` axis of ``77 · chunks``, from 77 to ``77 · prompt_chunks``.
 - **Timestep.** The UNet takes ``timestep float32[B]``: one timestep per sample, so a batcher may
   run requests that stand at different denoising steps together. Scheduler timesteps (integers)
   are cast to float by the caller; the UNet's sinusoidal projection is in float anyway.
@@ -122,12 +125,13 @@ class ComponentSpec:
         self, batch: int, height: int | None = None, width: int | None = None
     ) -> dict[str, int]:
         """Axis sizes for one call. ``height``/``width`` are image sides in pixels (default: the
-        profile's opt); they become this component's own units (latent cells or pixels)."""
-        sizes = {"batch": batch}
+        profile's opt); they become this component's own units (latent cells or pixels). Every
+        other axis is at its opt."""
+        sizes = {axis: rng.opt for axis, rng in self.axes.items()}  # "tokens": one chunk
+        sizes["batch"] = batch
         for axis, pixels in (("height", height), ("width", width)):
-            if axis in self.axes:
-                own = pixels // self.spatial_divisor if pixels is not None else None
-                sizes[axis] = self.axes[axis].opt if own is None else own
+            if axis in self.axes and pixels is not None:
+                sizes[axis] = pixels // self.spatial_divisor
         return sizes
 
     def output_shapes(self, input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
@@ -226,9 +230,13 @@ def component_specs(dims: ModelDims, ranges: ShapeRanges) -> dict[Component, Com
     images, pixels = ranges.batch, ranges.resolution
     guided = ranges.batch.scaled(1, 2)  # cond + uncond halves of classifier-free guidance
     latent = ranges.resolution.divided(dims.vae_scale_factor)
+    chunks = ranges.prompt_chunks
+    # Each 77-token chunk of a long prompt is one text-encoder row; the UNet gets them joined.
+    chunk_rows = Range(guided.min, guided.opt, guided.max * chunks)
+    tokens = Range(TEXT_LENGTH, TEXT_LENGTH, TEXT_LENGTH * chunks)
     axes = {
-        Component.TEXT_ENCODER: {"batch": guided},
-        Component.UNET: {"batch": guided, "height": latent, "width": latent},
+        Component.TEXT_ENCODER: {"batch": chunk_rows},
+        Component.UNET: {"batch": guided, "height": latent, "width": latent, "tokens": tokens},
         Component.VAE_DECODER: {"batch": images, "height": latent, "width": latent},
         Component.VAE_ENCODER: {"batch": images, "height": pixels, "width": pixels},
     }
@@ -274,9 +282,7 @@ def _unet_tensors(dims: ModelDims) -> Tensors:
         (
             TensorSpec("sample", F32, ("batch", dims.unet_in_channels, "height", "width")),
             TensorSpec("timestep", F32, ("batch",)),
-            TensorSpec(
-                "encoder_hidden_states", F32, ("batch", TEXT_LENGTH, dims.cross_attention_dim)
-            ),
+            TensorSpec("encoder_hidden_states", F32, ("batch", "tokens", dims.cross_attention_dim)),
         ),
         (TensorSpec("noise_pred", F32, ("batch", dims.unet_out_channels, "height", "width")),),
     )

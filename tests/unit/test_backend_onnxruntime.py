@@ -159,7 +159,8 @@ def test_tensorrt_provider_cache_is_keyed_by_the_graph_and_its_weights(engines) 
 def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> None:
     manifest = load_manifest(engines)
     unet = manifest.component(Component.UNET)
-    # Batch 1..4 images (2..8 UNet rows under guidance), sides 32..64 px (16..32 latent cells).
+    # Batch 1..4 images (2..8 UNet rows under guidance), sides 32..64 px (16..32 latent cells),
+    # 77..231 prompt tokens (3 chunks, each a text-encoder row: 24 rows at most).
     providers = provider_options(Provider.TENSORRT, unet, manifest.precision, engines, device_id=1)
     assert providers[1:] == [
         ("CUDAExecutionProvider", {"device_id": 1}),
@@ -174,7 +175,7 @@ def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> Non
             "trt_engine_cache_path": str(trt_cache_folder(engines, unet)),
             "trt_profile_min_shapes": "sample:1x4x16x16,timestep:1,encoder_hidden_states:1x77x32",
             "trt_profile_opt_shapes": "sample:2x4x16x16,timestep:2,encoder_hidden_states:2x77x32",
-            "trt_profile_max_shapes": "sample:8x4x32x32,timestep:8,encoder_hidden_states:8x77x32",
+            "trt_profile_max_shapes": "sample:8x4x32x32,timestep:8,encoder_hidden_states:8x231x32",
         },
     )
     text = manifest.component(Component.TEXT_ENCODER)
@@ -182,7 +183,7 @@ def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> Non
     assert isinstance(first, tuple) and first[0] == "TensorrtExecutionProvider"
     fp16 = first[1]
     assert (fp16["device_id"], fp16["trt_fp16_enable"]) == (0, True)
-    assert fp16["trt_profile_max_shapes"] == "inputs_embeds:8x77x32,eos_positions:8"
+    assert fp16["trt_profile_max_shapes"] == "inputs_embeds:24x77x32,eos_positions:24"
 
 
 def test_cpu_and_cuda_options_name_the_device(engines) -> None:

@@ -29,6 +29,8 @@ def test_missing_model_is_named(capsys, tmp_path: Path) -> None:
         ("--batch-sizes", "4:2:1", "MIN 4 > MAX 1"),
         ("--resolutions", "512:768:256", "MIN 512 > MAX 256"),
         ("--resolutions", "60:64:96", "resolution 60 in 60:64:96 is not a multiple of 8"),
+        ("--prompt-chunks", "many", "--prompt-chunks 'many' is not a whole number"),
+        ("--prompt-chunks", "12", "prompt chunks 12 must be between 1 and 8"),
     ],
 )
 def test_bad_ranges_are_refused(

@@ -61,8 +61,12 @@ def test_sd15_profiles_follow_the_ranges() -> None:
     assert unet["sample"].opt == (4, 4, 64, 64)
     assert unet["sample"].max == (8, 4, 96, 96)
     assert unet["timestep"].max == (8,)
+    # Long prompts: 1 to 3 chunks (the default) of 77 tokens, each chunk a text-encoder row.
+    assert unet["encoder_hidden_states"].min == (1, 77, 768)
     assert unet["encoder_hidden_states"].opt == (4, 77, 768)
-    assert specs[Component.TEXT_ENCODER].profile["inputs_embeds"].max == (8, 77, 768)
+    assert unet["encoder_hidden_states"].max == (8, 231, 768)
+    assert specs[Component.TEXT_ENCODER].profile["inputs_embeds"].opt == (4, 77, 768)
+    assert specs[Component.TEXT_ENCODER].profile["inputs_embeds"].max == (24, 77, 768)
     assert specs[Component.VAE_DECODER].profile["latents"].max == (4, 4, 96, 96)
     assert specs[Component.VAE_ENCODER].profile["image"].min == (1, 3, 256, 256)
     assert specs[Component.UNET].dynamic_axes["sample"] == {0: "batch", 2: "height", 3: "width"}
@@ -98,3 +102,27 @@ def test_every_module_returns_what_its_spec_declares(tiny_model) -> None:
         assert [shapes[t.name] for t in spec.outputs] == [tuple(o.shape) for o in outputs]
     unet_inputs = sample_inputs(specs[Component.UNET], batch=3, height=32, width=96)
     assert unet_inputs["sample"].shape == (3, 4, 32 // dims.vae_scale_factor, 96 // 2)
+
+
+def test_prompt_chunks_set_the_token_axis_and_old_manifests_read_as_one_chunk() -> None:
+    one = component_specs(SD15, ShapeRanges(prompt_chunks=1))[Component.UNET]
+    assert one.profile["encoder_hidden_states"].max[1] == 77
+    assert component_specs(SD15, ShapeRanges(prompt_chunks=8))[Component.UNET].axes[
+        "tokens"
+    ] == Range(77, 77, 616)
+    # A manifest written before long prompts has no prompt_chunks: its graphs take one chunk.
+    old = {"batch": "1:1:4", "resolution": "512:512:768"}
+    assert ShapeRanges.from_dict(old).prompt_chunks == 1
+    assert ShapeRanges.from_dict(ShapeRanges().to_dict()) == ShapeRanges()
+
+
+@pytest.mark.parametrize("chunks", [0, 9])
+def test_prompt_chunks_outside_1_to_8_are_refused(chunks: int) -> None:
+    with pytest.raises(InvalidInputError, match=f"prompt chunks {chunks} must be between 1 and 8"):
+        ShapeRanges(prompt_chunks=chunks)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", ""])
+def test_a_bad_prompt_chunks_field_in_a_manifest_names_it(text: str) -> None:
+    with pytest.raises(InvalidInputError, match="prompt chunks .* whole number"):
+        ShapeRanges.from_dict({"batch": "1", "resolution": "512", "prompt_chunks": text})

@@ -171,16 +171,51 @@ def test_bad_options_name_the_field(pipeline, overrides, message: str) -> None:
         pipeline(request(**overrides))
 
 
-def test_onnxruntime_weights_match_torch_and_long_prompts_fit_its_graph(
-    tiny_model, tiny_engines_dir: Path, pipeline
-) -> None:
+@pytest.fixture(scope="module")
+def exported(tiny_model, tiny_engines_dir: Path) -> GenerationPipeline:
     from textinv_server.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(tiny_engines_dir, tiny_model.model_hash, threads=2)
-    exported = GenerationPipeline(HostModel.of(tiny_model), backend)
+    return GenerationPipeline(HostModel.of(tiny_model), backend)
+
+
+def test_onnxruntime_weights_match_torch(exported, pipeline) -> None:
     weighted = request(prompt="a (photo:1.4) of a [red] cat on ((the beach))")
     assert max_pixel_difference(pixels(exported(weighted)), pixels(pipeline(weighted))) <= 2
-    # The exported UNet's token axis is 77 wide: a long prompt keeps its first chunk, and says so.
-    result = exported(request())
-    assert result.request.prompt_syntax is PromptSyntax.A1111
-    assert any("token(s) were dropped" in warning for warning in result.warnings)
+
+
+THREE_CHUNKS = "a photo of " + "red " * 160 + "cat on the beach"  # 173 tokens
+
+
+@pytest.mark.parametrize(("prompt", "chunks"), [(LONG, 2), (THREE_CHUNKS, 3)])
+def test_onnxruntime_takes_long_prompts_as_diffusers_does(
+    exported, reference, prompt: str, chunks: int
+) -> None:
+    # The exported UNet's token axis is dynamic (77 to 231 by default): no chunk is dropped.
+    req = request(prompt=prompt)
+    result = exported(req)
+    assert not result.warnings
+    ours = pixels(result)
+    assert max_pixel_difference(ours, diffusers_images(reference, req, chunks)) <= 2
+    # The control: the last chunk reaches the pixels, by more than the tolerance.
+    tail = exported(request(prompt=prompt.replace("cat on the beach", "dog in a dark forest")))
+    assert max_pixel_difference(ours, pixels(tail)) > 2
+
+
+def test_onnxruntime_truncates_past_the_exported_chunks(exported) -> None:
+    assert exported.backend.limits.max_prompt_chunks == 3
+    result = exported(request(prompt="a photo of " + "red " * 230 + "cat"))
+    assert any("225-token budget (3 chunks of 75)" in warning for warning in result.warnings)
+
+
+def test_an_export_made_before_long_prompts_takes_one_chunk(tiny_engines_dir: Path) -> None:
+    from textinv_export.manifest import read_manifest
+    from textinv_export.specs import Component, ComponentSpec
+    from textinv_server.backends.onnxruntime_backend import exported_prompt_chunks
+
+    unet = read_manifest(tiny_engines_dir).component(Component.UNET).spec.to_dict()
+    for tensor in unet["inputs"]:  # the token axis as every earlier export fixed it
+        if tensor["name"] == "encoder_hidden_states":
+            tensor["shape"][1] = MAX_LENGTH
+    del unet["axes"]["tokens"]
+    assert exported_prompt_chunks(ComponentSpec.from_dict(unet)) == 1

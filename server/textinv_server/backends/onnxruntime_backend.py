@@ -212,16 +212,18 @@ def shape_limits(manifest: Manifest) -> ShapeLimits:
         max_size=resolution.max,
         size_multiple=unet.pixel_multiple,
         max_images=manifest.ranges.batch.max,
-        max_prompt_chunks=_prompt_chunks(unet),
+        max_prompt_chunks=exported_prompt_chunks(unet),
     )
 
 
-def _prompt_chunks(unet: ComponentSpec) -> int | None:
-    """The 77-token chunks the exported UNet takes: a fixed token axis (every export so far)
-    holds exactly its length's worth; a dynamic one is not bounded here."""
+def exported_prompt_chunks(unet: ComponentSpec) -> int:
+    """The 77-token chunks the exported UNet takes: a fixed token axis (exports made before long
+    prompts) holds exactly its length's worth; a dynamic one, its range's maximum."""
     (hidden,) = [t for t in unet.inputs if t.name == "encoder_hidden_states"]
     tokens = hidden.shape[1]
-    return tokens // TEXT_LENGTH if isinstance(tokens, int) else None
+    if isinstance(tokens, str):
+        return unet.axes[tokens].max // TEXT_LENGTH
+    return tokens // TEXT_LENGTH
 
 
 class OnnxRuntimeBackend:
