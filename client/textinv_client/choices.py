@@ -53,11 +53,12 @@ class Scheduler(Choice):
     EULER_ANCESTRAL = "euler-ancestral"
     DPM_SOLVER_PP_2M = "dpmpp-2m"
     PNDM = "pndm"
+    DPM_SOLVER_PP_2M_SDE = "dpmpp-2m-sde"
 
     @property
     def takes_karras_sigmas(self) -> bool:
         """Whether diffusers' class for it has the Karras sigma schedule (``use_karras_sigmas``)."""
-        return self in (Scheduler.EULER, Scheduler.DPM_SOLVER_PP_2M)
+        return self in (Scheduler.EULER, Scheduler.DPM_SOLVER_PP_2M, Scheduler.DPM_SOLVER_PP_2M_SDE)
 
 
 class PromptSyntax(Choice):

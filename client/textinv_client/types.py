@@ -83,7 +83,8 @@ class GenerateRequest:
     karras_sigmas: bool = field(
         default=False,
         metadata=flag(
-            "Karras sigma schedule (euler, dpmpp-2m: 'DPM++ 2M Karras')", name="--karras"
+            "Karras sigma schedule (euler, dpmpp-2m, dpmpp-2m-sde: 'DPM++ 2M Karras')",
+            name="--karras",
         ),
     )
     # None means plain: the text as written, one 77-token window.

@@ -30,6 +30,10 @@ _CLASSES: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
     ),
     Scheduler.PNDM: (PNDMScheduler, {}),
+    Scheduler.DPM_SOLVER_PP_2M_SDE: (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
 }
 
 

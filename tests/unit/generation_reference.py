@@ -32,6 +32,10 @@ REFERENCE_SCHEDULERS: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
     ),
     Scheduler.PNDM: (PNDMScheduler, {}),
+    Scheduler.DPM_SOLVER_PP_2M_SDE: (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
 }
 
 
@@ -50,7 +54,12 @@ def reference_pipeline(
 def reference_images(pipeline: StableDiffusionPipeline, request: GenerationRequest) -> np.ndarray:
     """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i)."""
     scheduler_class, overrides = REFERENCE_SCHEDULERS[request.scheduler]
-    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **overrides)
+    # A scheduler's config remembers every option it was built with: drop the Karras flag so
+    # one request's schedule never leaks into the next.
+    config = {k: v for k, v in pipeline.scheduler.config.items() if k != "use_karras_sigmas"}
+    if request.karras_sigmas:
+        overrides = {**overrides, "use_karras_sigmas": True}
+    pipeline.scheduler = scheduler_class.from_config(config, **overrides)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
     output = pipeline(
         request.prompt,

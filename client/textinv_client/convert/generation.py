@@ -33,6 +33,7 @@ SCHEDULER_TO_PB: dict[Scheduler, generate_pb2.Scheduler] = {
     Scheduler.EULER_ANCESTRAL: generate_pb2.SCHEDULER_EULER_ANCESTRAL,
     Scheduler.DPM_SOLVER_PP_2M: generate_pb2.SCHEDULER_DPM_SOLVER_PP_2M,
     Scheduler.PNDM: generate_pb2.SCHEDULER_PNDM,
+    Scheduler.DPM_SOLVER_PP_2M_SDE: generate_pb2.SCHEDULER_DPM_SOLVER_PP_2M_SDE,
 }
 SCHEDULER_FROM_PB = invert(SCHEDULER_TO_PB)
 PROMPT_SYNTAX_TO_PB: dict[PromptSyntax, generate_pb2.PromptSyntax] = {

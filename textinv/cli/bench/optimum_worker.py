@@ -43,6 +43,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
     ),
     "pndm": ("PNDMScheduler", {}),
+    "dpmpp-2m-sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
 }
 VERSIONS = ("optimum", "optimum-onnx", "onnxruntime", "diffusers", "transformers", "torch")
 TEXT_PREFIX = "text_model."  # transformers 4's CLIPTextModel keys; transformers 5 drops it

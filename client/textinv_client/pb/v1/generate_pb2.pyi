@@ -15,6 +15,7 @@ class Scheduler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCHEDULER_EULER_ANCESTRAL: _ClassVar[Scheduler]
     SCHEDULER_DPM_SOLVER_PP_2M: _ClassVar[Scheduler]
     SCHEDULER_PNDM: _ClassVar[Scheduler]
+    SCHEDULER_DPM_SOLVER_PP_2M_SDE: _ClassVar[Scheduler]
 
 class PromptSyntax(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ SCHEDULER_EULER: Scheduler
 SCHEDULER_EULER_ANCESTRAL: Scheduler
 SCHEDULER_DPM_SOLVER_PP_2M: Scheduler
 SCHEDULER_PNDM: Scheduler
+SCHEDULER_DPM_SOLVER_PP_2M_SDE: Scheduler
 PROMPT_SYNTAX_UNSPECIFIED: PromptSyntax
 PROMPT_SYNTAX_PLAIN: PromptSyntax
 PROMPT_SYNTAX_A1111: PromptSyntax

@@ -1,17 +1,18 @@
-"""The Karras sigma schedule (``karras_sigmas``) against diffusers' own ``use_karras_sigmas``."""
+"""The schedulers' options against diffusers' own: the Karras sigma schedule
+(``use_karras_sigmas``) and DPM++ 2M SDE's per-step noise (``algorithm_type="sde-dpmsolver++"``).
+Plain parity for every scheduler is in ``test_pipeline``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from tests.unit.generation_reference import (
-    REFERENCE_SCHEDULERS,
     max_pixel_difference,
     pixels,
+    reference_images,
     reference_pipeline,
 )
 from textinv.errors import InvalidInputError
@@ -37,29 +38,14 @@ def request(**overrides) -> GenerationRequest:
     return GenerationRequest(**{**values, **overrides})
 
 
-def karras_reference(reference, req: GenerationRequest) -> np.ndarray:
-    scheduler_class, overrides = REFERENCE_SCHEDULERS[req.scheduler]
-    reference.scheduler = scheduler_class.from_config(
-        reference.scheduler.config, **overrides, use_karras_sigmas=True
-    )
-    output = reference(
-        req.prompt,
-        num_inference_steps=req.steps,
-        guidance_scale=req.guidance_scale,
-        width=req.width,
-        height=req.height,
-        generator=torch.Generator("cpu").manual_seed(req.seed or 0),
-        output_type="np",
-    )
-    return np.asarray((output.images * 255).round().astype(np.uint8))
-
-
-@pytest.mark.parametrize("scheduler", [Scheduler.EULER, Scheduler.DPM_SOLVER_PP_2M])
+@pytest.mark.parametrize(
+    "scheduler", [Scheduler.EULER, Scheduler.DPM_SOLVER_PP_2M, Scheduler.DPM_SOLVER_PP_2M_SDE]
+)
 def test_karras_sigmas_match_diffusers(pipeline, reference, scheduler: Scheduler) -> None:
     req = request(scheduler=scheduler, karras_sigmas=True)
     ours = pixels(pipeline(req))
     assert ours.std() > 5
-    assert max_pixel_difference(ours, karras_reference(reference, req)) <= 2
+    assert max_pixel_difference(ours, reference_images(reference, req)) <= 2
     # The control: the tiny model's images hardly move with the schedule (Euler: ≤ 6/255), so
     # the schedule itself is compared: ours is diffusers' Karras one, far from the default.
     config = pipeline.host.scheduler_config
@@ -80,3 +66,16 @@ def test_karras_requests_never_share_a_batch_with_plain_ones(pipeline) -> None:
 def test_schedulers_without_a_karras_schedule_refuse_it(pipeline, scheduler: Scheduler) -> None:
     with pytest.raises(InvalidInputError, match="karras_sigmas: scheduler .* has no Karras"):
         pipeline(request(scheduler=scheduler, karras_sigmas=True))
+
+
+def test_dpm_sde_draws_its_step_noise_from_each_image_generator(pipeline, reference) -> None:
+    sde = request(scheduler=Scheduler.DPM_SOLVER_PP_2M_SDE, num_images=2)
+    ours = pixels(pipeline(sde))
+    assert max_pixel_difference(ours, reference_images(reference, sde)) <= 2
+    # The control: the same seed without the per-step noise is another image, by far more than
+    # the tolerance, so the parity above covers the noise the SDE solver adds.
+    deterministic = pixels(pipeline(request(scheduler=Scheduler.DPM_SOLVER_PP_2M, num_images=2)))
+    assert max_pixel_difference(ours, deterministic) > 10
+    # Each image's noise comes from its own generator: image 1 alone (seed 6) is image 1 here.
+    second = pixels(pipeline(request(scheduler=Scheduler.DPM_SOLVER_PP_2M_SDE, seed=6)))
+    assert max_pixel_difference(ours[1:], second) <= 1
