@@ -43,3 +43,32 @@ def tiny_engines_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Pa
     generated = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
     export_model(tiny_model, ExportConfig(folder, ranges=ranges, components=generated))
     return folder
+
+
+@pytest.fixture(scope="session")
+def torch_pipeline(tiny_model):  # -> GenerationPipeline
+    """The tiny model's generation pipeline on the torch backend, without concepts."""
+    from textinv_server.backends.torch_backend import TorchBackend
+    from textinv_server.host_model import HostModel
+    from textinv_server.pipeline import GenerationPipeline
+
+    return GenerationPipeline(HostModel.of(tiny_model), TorchBackend(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def onnxruntime_pipeline(tiny_model, tiny_engines_dir: Path):  # -> GenerationPipeline
+    """The same over the exported graphs (onnxruntime, CPU, two threads)."""
+    from textinv_server.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from textinv_server.host_model import HostModel
+    from textinv_server.pipeline import GenerationPipeline
+
+    backend = OnnxRuntimeBackend(tiny_engines_dir, tiny_model.model_hash, threads=2)
+    return GenerationPipeline(HostModel.of(tiny_model), backend)
+
+
+@pytest.fixture(scope="session")
+def diffusers_reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """diffusers' ``StableDiffusionPipeline`` over the tiny model, without concepts."""
+    from tests.unit.generation_reference import reference_pipeline
+
+    return reference_pipeline(tiny_model_dir, {}, tmp_path_factory.mktemp("no-concepts"))

@@ -1,10 +1,16 @@
 """The CLIP text transformer driven by embeddings instead of token ids (DESIGN decision 1).
 
 ``CLIPTextModel.forward`` needs ``input_ids``; only its embeddings module takes
-``inputs_embeds``. This wrapper runs embeddings (adding positions) → encoder with a causal mask →
-final layer norm, which reproduces ``last_hidden_state`` exactly, and returns the pooled output
-at the end-of-text position the host computed. It is what the trainer backprops through and what
-the export stage compiles.
+``inputs_embeds``. This wrapper runs embeddings (adding positions) → the encoder's layers with a
+causal mask → final layer norm, which reproduces ``last_hidden_state`` exactly, and returns the
+pooled output at the end-of-text position the host computed. It is what the trainer backprops
+through and what the export stage compiles.
+
+Clip skip (``clip_skip [B]``, one per row): row b's hidden states are those of the layer
+``clip_skip[b]`` before the last, through the final layer norm, as diffusers' ``clip_skip``
+computes them (1 is the penultimate layer, Automatic1111's "Clip skip 2"). A per-row choice
+keeps requests that differ in it in one batch; the pooled output always comes from the last
+layer, as in diffusers.
 """
 
 from __future__ import annotations
@@ -15,23 +21,41 @@ from transformers import CLIPTextModel
 
 
 class EmbeddingsTextEncoder(nn.Module):
-    """``(inputs_embeds [B, T, D], eos_positions [B])`` → ``(last_hidden_state [B, T, D],
-    pooled [B, D])``."""
+    """``(inputs_embeds [B, T, D], eos_positions [B], clip_skip [B] or None)`` →
+    ``(last_hidden_state [B, T, D], pooled [B, D])``."""
 
     def __init__(self, text_encoder: CLIPTextModel) -> None:
         super().__init__()
         self.clip = text_encoder
 
     def forward(
-        self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor
+        self,
+        inputs_embeds: torch.Tensor,
+        eos_positions: torch.Tensor,
+        clip_skip: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.clip.embeddings(inputs_embeds=inputs_embeds)  # [B, T, D], positions added
         mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)  # [1, 1, T, T]
-        hidden = self.clip.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
-        hidden = self.clip.final_layer_norm(hidden)
-        batch = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[batch, eos_positions.to(torch.long)]  # [B, D]
-        return hidden, pooled
+        outputs = []  # each layer's output [B, T, D]
+        for layer in self.clip.encoder.layers:
+            hidden = layer(hidden, mask)
+            outputs.append(hidden)
+        last = self.clip.final_layer_norm(hidden)
+        batch = torch.arange(last.shape[0], device=last.device)
+        pooled = last[batch, eos_positions.to(torch.long)]  # [B, D]
+        if clip_skip is None:
+            return last, pooled
+        return self.clip.final_layer_norm(skipped_layers(outputs, clip_skip)), pooled
+
+
+def skipped_layers(outputs: list[torch.Tensor], clip_skip: torch.Tensor) -> torch.Tensor:
+    """Row b of ``outputs[-1 - clip_skip[b]]`` ``[B, T, D]``: a chain of selects (one per layer,
+    elementwise and cheap next to a layer), which ONNX and TensorRT take as they are."""
+    skip = clip_skip.to(torch.long)[:, None, None]  # [B, 1, 1]
+    selected = outputs[-1]
+    for skipped in range(1, len(outputs)):
+        selected = torch.where(skip == skipped, outputs[-1 - skipped], selected)
+    return selected
 
 
 def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -28,7 +28,8 @@ def export_module(component: Component, model: BaseModel) -> nn.Module:
 
 
 def text_encoder_module(model: BaseModel) -> nn.Module:
-    """``(inputs_embeds [B, 77, D], eos_positions [B]) → (last_hidden_state, pooled_output)``."""
+    """``(inputs_embeds [B, 77, D], eos_positions [B], clip_skip [B])`` →
+    ``(last_hidden_state, pooled_output)``."""
     return EmbeddingsTextEncoder(model.text_encoder)
 
 

@@ -23,7 +23,7 @@ def sample_inputs(
 
     ``height``/``width`` are in pixels. Values are in the ranges real calls use: unit-variance
     latents and embeddings, images in ``[-1, 1]``, timesteps in ``[0, 1000)``, end-of-text
-    positions in ``[1, 77)``.
+    positions in ``[1, 77)``, clip skips of 0 and 1.
     """
     generator = torch.Generator().manual_seed(seed)
     sizes = spec.sizes(batch or spec.axes["batch"].opt, height, width)
@@ -38,6 +38,8 @@ def sample_inputs(
 def _draw(name: str, shape: Shape, generator: torch.Generator) -> torch.Tensor:
     if name == "eos_positions":
         return torch.randint(1, TEXT_LENGTH, shape, generator=generator, dtype=torch.int64)
+    if name == "clip_skip":  # the last and the penultimate layer, which every encoder has
+        return torch.randint(0, 2, shape, generator=generator, dtype=torch.int64)
     if name == "timestep":
         return torch.randint(0, 1000, shape, generator=generator).to(torch.float32)
     if name == "image":

@@ -73,6 +73,8 @@ __all__ = [
 
 TEXT_LENGTH = 77  # CLIP's context: every SD 1.x/2.x prompt is padded to 77 tokens.
 F32, I64 = "float32", "int64"  # graph I/O dtypes, as numpy names them
+# The text encoder's per-row layer choice; exports made before it lack the input.
+CLIP_SKIP = "clip_skip"
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,8 @@ def _text_encoder_tensors(dims: ModelDims) -> Tensors:
         (
             TensorSpec("inputs_embeds", F32, ("batch", TEXT_LENGTH, width)),
             TensorSpec("eos_positions", I64, ("batch",)),
+            # Per row, how many final layers to skip (0: the last layer's hidden states).
+            TensorSpec(CLIP_SKIP, I64, ("batch",)),
         ),
         (
             TensorSpec("last_hidden_state", F32, ("batch", TEXT_LENGTH, width)),

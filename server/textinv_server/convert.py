@@ -121,6 +121,7 @@ def generation_request_from_pb(
         scheduler=_enum(SCHEDULERS, message.scheduler, "scheduler"),
         prompt_syntax=_enum(PROMPT_SYNTAXES, message.prompt_syntax, "prompt_syntax"),
         karras_sigmas=message.karras_sigmas,
+        clip_skip=message.clip_skip,
         output_format=_enum(IMAGE_FORMATS, message.output_format, "output_format"),
         quality=message.quality or None,
         **given,

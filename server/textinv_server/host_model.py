@@ -33,6 +33,7 @@ class HostModel:
     latent_scaling: float  # VAE latents × this = the UNet's unit-variance space
     default_resolution: int  # pixels; the UNet's native image side
     model_hash: str
+    text_encoder_layers: int  # transformer layers; a request may skip all but the first
 
     @property
     def text_width(self) -> int:
@@ -50,6 +51,7 @@ class HostModel:
             latent_scaling=model.latent_scaling,
             default_resolution=model.default_resolution,
             model_hash=model.model_hash,
+            text_encoder_layers=int(model.text_encoder.config.num_hidden_layers),
         )
 
 
@@ -59,6 +61,7 @@ def load_host_model(name_or_path: str | Path | None) -> HostModel:
     check_model_folder(folder)
     unet = _read_json(folder / "unet/config.json")
     vae = _read_json(folder / "vae/config.json")
+    text_encoder = _read_json(folder / "text_encoder/config.json")
     vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
     return HostModel(
         path=folder,
@@ -70,6 +73,7 @@ def load_host_model(name_or_path: str | Path | None) -> HostModel:
         latent_scaling=float(vae.get("scaling_factor", 0.18215)),
         default_resolution=int(unet["sample_size"]) * vae_scale_factor,
         model_hash=model_hash(folder),
+        text_encoder_layers=int(text_encoder["num_hidden_layers"]),
     )
 
 

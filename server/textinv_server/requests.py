@@ -25,6 +25,8 @@ SEED_MODULUS = 2**64
 SIZE_MULTIPLE = 8
 # JPEG and WebP without a quality.
 DEFAULT_QUALITY = 90
+# More than any CLIP text encoder has layers (SD's have 12, 24 and 32); the model bounds it too.
+MAX_CLIP_SKIP = 64
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,10 @@ class GenerationRequest:
     num_images: int = 1
     scheduler: Scheduler = Scheduler.DDIM
     prompt_syntax: PromptSyntax = PromptSyntax.PLAIN
-    karras_sigmas: bool = False  # Euler and DPM++ 2M only
+    karras_sigmas: bool = False  # Euler, DPM++ 2M and DPM++ 2M SDE only
+    # Text-encoder layers to skip before the final layer norm (diffusers' clip_skip: 1 is the
+    # penultimate layer); per row of the text encoder, so it is no part of the batch key.
+    clip_skip: int = 0
     output_format: ImageFormat = ImageFormat.PNG
     quality: int | None = None  # JPEG and WebP only; None: DEFAULT_QUALITY
 
@@ -116,7 +121,9 @@ class GenerationRequest:
             )
 
     def _check_options(self) -> None:
-        """The scheduler and output options, named when bad."""
+        """The scheduler, text-encoder and output options, named when bad. ``clip_skip``'s
+        upper bound is the model's (``GenerationPipeline.prepare``)."""
+        check_int("clip_skip", self.clip_skip, 0, MAX_CLIP_SKIP)
         if self.karras_sigmas and not self.scheduler.takes_karras_sigmas:
             takes = " and ".join(s.value for s in Scheduler if s.takes_karras_sigmas)
             raise InvalidInputError(

@@ -186,6 +186,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
                 native_width=host.default_resolution,
                 native_height=host.default_resolution,
                 prediction_type=str(host.scheduler_config.get("prediction_type", "epsilon")),
+                text_encoder_layers=host.text_encoder_layers,
             ),
             backend=service.pipeline.backend.name.value,
             device=service.device,

@@ -95,6 +95,7 @@ def test_server_info_reports_model_limits_and_versions(textinv_server) -> None:
         info = textinv.get_server_info()
     assert info.model is not None
     assert info.model.embedding_dim == WIDTH and len(info.model.sha256) == 64
+    assert info.model.text_encoder_layers == 5  # the tiny model's; clip_skip stays below it
     assert info.backend == "torch"
     assert info.limits.max_concurrent_jobs == 1
     # Every limit the server enforces is reported, text lengths included.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -45,14 +46,26 @@ def reference_pipeline(
     """diffusers' pipeline with every concept loaded through ``load_textual_inversion``."""
     pipeline = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
     pipeline.set_progress_bar_config(disable=True)
+    # diffusers' clip_skip reads text_encoder.text_model.final_layer_norm, a module transformers
+    # 5 removed (CLIPTextModel is flat now): the alias hands its code the same layer norm.
+    encoder = pipeline.text_encoder
+    if not hasattr(encoder, "text_model"):
+        encoder.text_model = SimpleNamespace(final_layer_norm=encoder.final_layer_norm)
     for i, (token, vectors) in enumerate(concepts.items()):
         path = save_concept(Concept(token, vectors), folder / f"concept{i}.safetensors")
         pipeline.load_textual_inversion(path)
     return pipeline
 
 
-def reference_images(pipeline: StableDiffusionPipeline, request: GenerationRequest) -> np.ndarray:
-    """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i)."""
+def reference_images(
+    pipeline: StableDiffusionPipeline,
+    request: GenerationRequest,
+    embed: Callable[[str], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i).
+
+    With ``embed`` (text → ``prompt_embeds [1, T, D]``), diffusers gets the prompt and the
+    negative prompt as embeddings built by it, instead of encoding them itself."""
     scheduler_class, overrides = REFERENCE_SCHEDULERS[request.scheduler]
     # A scheduler's config remembers every option it was built with: drop the Karras flag so
     # one request's schedule never leaks into the next.
@@ -61,9 +74,18 @@ def reference_images(pipeline: StableDiffusionPipeline, request: GenerationReque
         overrides = {**overrides, "use_karras_sigmas": True}
     pipeline.scheduler = scheduler_class.from_config(config, **overrides)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+    texts: dict[str, Any] = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt or None,
+        "clip_skip": request.clip_skip or None,
+    }
+    if embed is not None:
+        texts = {
+            "prompt_embeds": embed(request.prompt),
+            "negative_prompt_embeds": embed(request.negative_prompt),
+        }
     output = pipeline(
-        request.prompt,
-        negative_prompt=request.negative_prompt or None,
+        **texts,
         num_inference_steps=request.steps,
         guidance_scale=request.guidance_scale,
         width=request.width,

@@ -183,7 +183,9 @@ def test_tensorrt_options_carry_the_profile_precision_and_device(engines) -> Non
     assert isinstance(first, tuple) and first[0] == "TensorrtExecutionProvider"
     fp16 = first[1]
     assert (fp16["device_id"], fp16["trt_fp16_enable"]) == (0, True)
-    assert fp16["trt_profile_max_shapes"] == "inputs_embeds:24x77x32,eos_positions:24"
+    assert fp16["trt_profile_max_shapes"] == (
+        "inputs_embeds:24x77x32,eos_positions:24,clip_skip:24"
+    )
 
 
 def test_cpu_and_cuda_options_name_the_device(engines) -> None:

@@ -74,9 +74,12 @@ def test_each_half_answers_to_its_own_rows(tiny_model, split) -> None:
 def test_the_text_encoder_splits_too(tiny_model, split, whole) -> None:
     generator = torch.Generator().manual_seed(1)
     embeds = torch.randn(2, 77, tiny_model.text_width, generator=generator)
-    eos = torch.tensor([5, 9])
+    eos, clip_skip = torch.tensor([5, 9]), torch.tensor([0, 1])
     torch.testing.assert_close(
-        split.encode_text(embeds, eos), whole.encode_text(embeds, eos), rtol=0, atol=1e-6
+        split.encode_text(embeds, eos, clip_skip),
+        whole.encode_text(embeds, eos, clip_skip),
+        rtol=0,
+        atol=1e-6,
     )
 
 

@@ -36,6 +36,7 @@ def test_generation_defaults() -> None:
         (["--guidance", "-1"], "must be >= 0, got -1"),
         (["--scheduler", "lms"], "invalid choice: 'lms'"),
         (["--timeout", "0"], "must be > 0, got 0"),
+        (["--clip-skip", "-1"], "must be >= 0, got -1"),
     ],
 )
 def test_bad_generation_flags_exit_2_naming_the_value(
@@ -62,6 +63,17 @@ def test_the_out_suffix_sets_the_format(out: str, flags: list[str], expected: st
     request = cli.generate_request_from_args(args)
     assert request.output_format == expected
     assert request.prompt_syntax == "a1111" and request.quality == 80
+
+
+def test_scheduler_options_and_clip_skip_reach_the_request() -> None:
+    args = parse([*GENERATE, "--scheduler", "dpmpp-2m-sde", "--karras", "--clip-skip", "2"])
+    request = cli.generate_request_from_args(args)
+    assert (request.scheduler, request.karras_sigmas, request.clip_skip) == (
+        "dpmpp-2m-sde",
+        True,
+        2,
+    )
+    assert cli.generate_request_from_args(parse(GENERATE)).clip_skip == 0
 
 
 def test_a_format_that_contradicts_the_suffix_is_refused() -> None:

@@ -257,5 +257,5 @@ def test_loader_refuses_missing_and_malformed_manifests(copied: Path, tmp_path: 
 def test_manifest_spec_round_trips_from_json(exported: Path) -> None:
     raw = json.loads((exported / MANIFEST_NAME).read_text())
     spec = ComponentSpec.from_dict(raw["components"]["text_encoder"]["spec"])
-    assert spec.input_names == ["inputs_embeds", "eos_positions"]
+    assert spec.input_names == ["inputs_embeds", "eos_positions", "clip_skip"]
     assert spec.inputs[1].dtype == "int64"

@@ -35,9 +35,9 @@ class CountingBackend(TorchBackend):
         self.unet_rows: list[int] = []
         self.text_calls = 0
 
-    def encode_text(self, inputs_embeds, eos_positions):
+    def encode_text(self, inputs_embeds, eos_positions, clip_skip):
         self.text_calls += 1
-        return super().encode_text(inputs_embeds, eos_positions)
+        return super().encode_text(inputs_embeds, eos_positions, clip_skip)
 
     def predict_noise(self, sample, timestep, encoder_hidden_states):
         self.unet_rows.append(int(sample.shape[0]))

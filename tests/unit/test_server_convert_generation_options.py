@@ -32,9 +32,11 @@ def test_the_options_reach_the_server() -> None:
         quality=70,
         scheduler="dpmpp-2m",
         karras_sigmas=True,
+        clip_skip=2,
     )
     assert request.karras_sigmas and request.scheduler == "dpmpp-2m"
-    assert server_request().karras_sigmas is False
+    assert request.clip_skip == 2
+    assert (server_request().karras_sigmas, server_request().clip_skip) == (False, 0)
     assert request.prompt_syntax is PromptSyntax.A1111
     assert request.output_format is ImageFormat.WEBP and request.quality == 70
 

@@ -68,6 +68,7 @@ def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateReq
         ),
         quality=request.quality or 0,
         karras_sigmas=request.karras_sigmas,
+        clip_skip=request.clip_skip,
     )
     if request.guidance_scale is not None:
         message.guidance_scale = request.guidance_scale
@@ -92,6 +93,7 @@ def generate_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerateR
         output_format=enum_from_pb(IMAGE_FORMAT_FROM_PB, message.output_format, "image format"),
         quality=or_none(message.quality),
         karras_sigmas=message.karras_sigmas,
+        clip_skip=message.clip_skip,
     )
 
 

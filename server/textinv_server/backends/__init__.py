@@ -45,6 +45,8 @@ class ShapeLimits:
     max_images: int = 64
     # 77-token chunks the UNet's encoder_hidden_states may hold; None: any (the torch backend).
     max_prompt_chunks: int | None = None
+    # Whether the text encoder takes a per-row clip_skip (exports made before it do not).
+    takes_clip_skip: bool = True
 
     def check(self, width: int, height: int, images: int) -> None:
         for axis, size in (("width", width), ("height", height)):
@@ -70,8 +72,11 @@ class Backend(Protocol):
     model_hash: str
     precision: PrecisionChoice  # what the graphs compute in, and why
 
-    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
-        """``inputs_embeds [B, T, D]``, ``eos_positions [B]`` → ``last_hidden_state [B, T, D]``."""
+    def encode_text(
+        self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: torch.Tensor
+    ) -> torch.Tensor:
+        """``inputs_embeds [B, T, D]``, ``eos_positions [B]``, ``clip_skip int64 [B]`` (layers
+        to skip, 0 without ``limits.takes_clip_skip``) → ``last_hidden_state [B, T, D]``."""
         ...
 
     def predict_noise(

@@ -38,16 +38,20 @@ import torch
 from textinv.choices import parse_input
 from textinv.errors import InvalidInputError
 from textinv.hardware import PrecisionChoice, physical_cores
-from textinv_export.manifest import ComponentEntry, FileSelector, Manifest, load_manifest
+from textinv_export.manifest import ComponentEntry, FileSelector, load_manifest
 from textinv_export.specs import (
-    TEXT_LENGTH,
     Component,
     ComponentSpec,
     Precision,
     Shape,
     TensorSpec,
 )
-from textinv_server.backends import BackendName, ShapeLimits
+from textinv_server.backends import BackendName
+from textinv_server.backends.exported import (
+    GENERATION_COMPONENTS,
+    shape_limits,
+    text_encoder_inputs,
+)
 from textinv_server.choices import Provider
 
 _PROVIDER_NAMES = {
@@ -55,8 +59,6 @@ _PROVIDER_NAMES = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.TENSORRT: "TensorrtExecutionProvider",
 }
-# The components generation runs; a manifest's vae_encoder is neither loaded nor checked here.
-GENERATION_COMPONENTS = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
 TRT_CACHE_NAME = "ort_trt_cache"  # the TensorRT provider's engines, beside the manifest
 log = logging.getLogger(__name__)
 # The components whose batch the CPU provider splits (their batch is guidance's two halves);
@@ -203,29 +205,6 @@ def _tensor_types(spec: TensorSpec) -> tuple[str, torch.dtype, type]:
     return spec.name, _TORCH_DTYPES[spec.dtype], np.dtype(spec.dtype).type
 
 
-def shape_limits(manifest: Manifest) -> ShapeLimits:
-    """The manifest's shape ranges as the pipeline checks them (pixels, images per call)."""
-    resolution = manifest.ranges.resolution
-    unet = manifest.component(Component.UNET).spec
-    return ShapeLimits(
-        min_size=resolution.min,
-        max_size=resolution.max,
-        size_multiple=unet.pixel_multiple,
-        max_images=manifest.ranges.batch.max,
-        max_prompt_chunks=exported_prompt_chunks(unet),
-    )
-
-
-def exported_prompt_chunks(unet: ComponentSpec) -> int:
-    """The 77-token chunks the exported UNet takes: a fixed token axis (exports made before long
-    prompts) holds exactly its length's worth; a dynamic one, its range's maximum."""
-    (hidden,) = [t for t in unet.inputs if t.name == "encoder_hidden_states"]
-    tokens = hidden.shape[1]
-    if isinstance(tokens, str):
-        return unet.axes[tokens].max // TEXT_LENGTH
-    return tokens // TEXT_LENGTH
-
-
 class OnnxRuntimeBackend:
     name = BackendName.ONNXRUNTIME
 
@@ -281,8 +260,13 @@ class OnnxRuntimeBackend:
             return _Graph(session, entry.spec, self.device)
         return _Graph(session, entry.spec, self.device, self._pool, self.cpu_threads.workers)
 
-    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder.run(inputs_embeds, eos_positions)  # [B, T, D]
+    def encode_text(
+        self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: torch.Tensor
+    ) -> torch.Tensor:
+        inputs = text_encoder_inputs(
+            self.text_encoder.spec, inputs_embeds, eos_positions, clip_skip
+        )
+        return self.text_encoder.run(*inputs)  # [B, T, D]
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor

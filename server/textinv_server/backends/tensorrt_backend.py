@@ -21,7 +21,11 @@ from textinv_export.specs import Component
 from textinv_export.tensorrt import require_tensorrt
 from textinv_export.tensorrt_engine import TensorRTEngine
 from textinv_server.backends import BackendName
-from textinv_server.backends.onnxruntime_backend import GENERATION_COMPONENTS, shape_limits
+from textinv_server.backends.exported import (
+    GENERATION_COMPONENTS,
+    shape_limits,
+    text_encoder_inputs,
+)
 
 
 class _Engine:
@@ -79,8 +83,12 @@ class TensorRTBackend:
         entry = self.manifest.component(component)
         return _Engine(self.folder, entry, device, cuda_graph=cuda_graph)
 
-    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder.run(inputs_embeds, eos_positions)  # [B, T, D]
+    def encode_text(
+        self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: torch.Tensor
+    ) -> torch.Tensor:
+        spec = self.manifest.component(Component.TEXT_ENCODER).spec
+        inputs = text_encoder_inputs(spec, inputs_embeds, eos_positions, clip_skip)
+        return self.text_encoder.run(*inputs)  # [B, T, D]
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor

@@ -103,9 +103,13 @@ class TorchBackend:
         return CudaGraphUNet(forward) if self.options.cuda_graph else forward
 
     @torch.inference_mode()
-    def encode_text(self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: torch.Tensor
+    ) -> torch.Tensor:
         hidden, _ = self.text_encoder(
-            inputs_embeds.to(self.device, self.dtype), eos_positions.to(self.device)
+            inputs_embeds.to(self.device, self.dtype),
+            eos_positions.to(self.device),
+            clip_skip.to(self.device),
         )
         return hidden.float()  # [B, T, D]
 

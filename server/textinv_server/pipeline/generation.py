@@ -12,7 +12,7 @@ import torch
 from textinv.errors import CancelledError, InvalidInputError
 from textinv.model import BaseModel
 from textinv.prompts import PromptEncoder
-from textinv_server.backends import Backend, BackendName, BackendOptions
+from textinv_server.backends import Backend, BackendName, BackendOptions, ShapeLimits
 from textinv_server.backends.factory import load_backend
 from textinv_server.config import Limits
 from textinv_server.host_model import HostModel
@@ -65,6 +65,7 @@ class GenerationPipeline:
         assert request.width is not None and request.height is not None
         shapes = self.backend.limits
         shapes.check(request.width, request.height, request.num_images)
+        check_clip_skip(request.clip_skip, self.host.text_encoder_layers, shapes)
         max_chunks = min(limits.max_prompt_chunks, shapes.max_prompt_chunks or sys.maxsize)
         embeddings = embed_prompts(self.prompts, request, concepts, max_chunks)
         return PreparedRequest(request, embeddings, embeddings.warnings, on_step, is_cancelled)
@@ -128,6 +129,21 @@ class GenerationPipeline:
             start_request(prepared, self.host, self.backend.device, uncond[i], encoded.cond[i])
             for i, prepared in enumerate(batch)
         ]
+
+
+def check_clip_skip(clip_skip: int, layers: int, shapes: ShapeLimits) -> None:
+    """A clip skip leaves at least one of the model's ``layers``, and needs a text encoder that
+    takes it (an export made before clip skip does not)."""
+    if clip_skip >= layers:
+        raise InvalidInputError(
+            f"clip_skip {clip_skip} would skip every layer: this model's text encoder has "
+            f"{layers}, so clip_skip must be in 0..{layers - 1}"
+        )
+    if clip_skip and not shapes.takes_clip_skip:
+        raise InvalidInputError(
+            "clip_skip: this export's text encoder takes no clip_skip (it was exported before "
+            "clip skip); re-export the model with `textinv export` to use it"
+        )
 
 
 def load_generation_pipeline(

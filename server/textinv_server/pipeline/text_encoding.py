@@ -46,7 +46,8 @@ def encode_prompts(backend: Backend, batch: Sequence[PreparedRequest]) -> Encode
     start = time.perf_counter()
     inputs_embeds = torch.cat([prepared.embeddings.encoder_rows() for prepared in batch])
     eos_positions = torch.cat([prepared.embeddings.eos_positions for prepared in batch])
-    hidden = backend.encode_text(inputs_embeds, eos_positions)  # [chunk rows, 77, D]
+    clip_skip = torch.cat([clip_skip_rows(prepared) for prepared in batch])
+    hidden = backend.encode_text(inputs_embeds, eos_positions, clip_skip)  # [chunk rows, 77, D]
     backend.synchronize()
     chunk_rows = hidden.split([len(prepared.embeddings.eos_positions) for prepared in batch])
     per_request = [
@@ -57,6 +58,12 @@ def encode_prompts(backend: Backend, batch: Sequence[PreparedRequest]) -> Encode
     uncond = [rows[0] for rows in per_request] if guided else []
     cond = [rows[-1] for rows in per_request]
     return EncodedPrompts(uncond, cond, (time.perf_counter() - start) * 1000)
+
+
+def clip_skip_rows(prepared: PreparedRequest) -> torch.Tensor:
+    """``int64 [chunk rows]``: the request's clip skip for each of its text-encoder rows."""
+    rows = len(prepared.embeddings.eos_positions)
+    return torch.full((rows,), prepared.request.clip_skip, dtype=torch.int64)
 
 
 def joined_chunks(hidden: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:

@@ -45,7 +45,7 @@ IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality", "karras_sigmas")
+    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality", "karras_sigmas", "clip_skip")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class GenerateRequest(_message.Message):
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     KARRAS_SIGMAS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_SKIP_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     steps: int
@@ -72,7 +73,8 @@ class GenerateRequest(_message.Message):
     output_format: ImageFormat
     quality: int
     karras_sigmas: bool
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., karras_sigmas: _Optional[bool] = ...) -> None: ...
+    clip_skip: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., karras_sigmas: _Optional[bool] = ..., clip_skip: _Optional[int] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("png", "seed", "width", "height", "data", "format")
