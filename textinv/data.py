@@ -10,6 +10,7 @@ from it with the run's generator, so the VAE never runs during training.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,21 +154,26 @@ def load_training_image(
 
 
 def load_image(
-    path: Path, name: str | None = None, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    source: Path | bytes,
+    name: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_side: int = MIN_IMAGE_SIDE,
 ) -> tuple[Image.Image, Image.Image | None]:
-    """``(rgb, alpha)``: EXIF orientation applied, any mode converted, alpha on white.
+    """``(rgb, alpha)`` of a file or of its bytes: EXIF orientation applied, any mode converted,
+    alpha on white.
 
     Only PNG, JPEG and WebP are opened, and the size in the header is checked against
-    ``max_pixels`` and ``MIN_IMAGE_SIDE`` before a pixel is decoded. Every failure is an
-    ``InvalidInputError`` naming ``name`` (or ``path``). Thread-safe: no global state is changed
+    ``max_pixels`` and ``min_side`` before a pixel is decoded. Every failure is an
+    ``InvalidInputError`` naming ``name`` (or the path). Thread-safe: no global state is changed
     (PIL's own bomb check warns above ``Image.MAX_IMAGE_PIXELS``; the limit here never exceeds it,
     so anything that would warn is refused instead).
     """
-    shown = name or str(path)
+    shown = name or str(source if isinstance(source, Path) else "image")
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
-        with Image.open(path, formats=IMAGE_FORMATS) as opened:
-            _check_size(opened.size, shown, limit)
+        with Image.open(_readable(source), formats=IMAGE_FORMATS) as opened:
+            _check_size(opened.size, shown, limit, min_side)
             opened.load()
             image = ImageOps.exif_transpose(opened)
     except InvalidInputError:
@@ -187,17 +193,20 @@ def load_image(
     return _to_rgb_and_alpha(image)
 
 
-def _check_size(size: tuple[int, int], shown: str, max_pixels: int) -> None:
+def _readable(source: Path | bytes) -> Path | io.BytesIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _check_size(size: tuple[int, int], shown: str, max_pixels: int, min_side: int) -> None:
     """The header's width × height, before decoding: no allocation follows a claim."""
     width, height = size
     if width * height > max_pixels:
         raise InvalidInputError(
             f"{shown!r}: image is {width}×{height} px; the limit is {max_pixels} pixels"
         )
-    if min(width, height) < MIN_IMAGE_SIDE:
+    if min(width, height) < min_side:
         raise InvalidInputError(
-            f"{shown!r}: image is {width}×{height} px; each side must be at "
-            f"least {MIN_IMAGE_SIDE} px"
+            f"{shown!r}: image is {width}×{height} px; each side must be at least {min_side} px"
         )
 
 

@@ -73,6 +73,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """A fraction in (0, 1], such as img2img's strength."""
+    value = float(text)
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def seed_int(text: str) -> int:
     value = int(text)
     if not 0 <= value <= MAX_SEED:

@@ -36,16 +36,51 @@ class ImageOutput:
     )
 
 
+# The most an --init-image file may hold: the server's default request limit.
+MAX_INIT_IMAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """img2img's start image, read from a file into ``GenerateRequest.init_image``."""
+
+    init_image: Path | None = field(
+        default=None,
+        metadata=flag(
+            "img2img: start from this image (PNG, JPEG or WebP; the output takes its size "
+            "unless --width/--height are set)",
+            metavar="PATH",
+        ),
+    )
+
+    def read(self) -> bytes | None:
+        """The file's bytes; ValueError names a missing, unreadable or oversized file."""
+        if self.init_image is None:
+            return None
+        try:
+            with self.init_image.open("rb") as stream:
+                data = stream.read(MAX_INIT_IMAGE_BYTES + 1)
+        except OSError as error:
+            raise ValueError(f"--init-image {str(self.init_image)!r}: {error.strerror}") from error
+        if len(data) > MAX_INIT_IMAGE_BYTES:
+            raise ValueError(
+                f"--init-image {str(self.init_image)!r} is over {MAX_INIT_IMAGE_BYTES} bytes"
+            )
+        return data
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the generation flags shared by local and remote ``generate``."""
     add_flags(parser, GenerateRequest, required=["prompt"], defaults=GENERATE_FLAG_DEFAULTS)
+    add_flags(parser, ImageInput)
     add_flags(parser, ImageOutput, required=["out"])
 
 
 def generate_request_from_args(args: argparse.Namespace) -> GenerateRequest:
     """The request that the generation flags describe; ValueError names a bad value. The format
     is ``--out``'s suffix's unless ``--format`` names it, and then the two must agree."""
-    request = from_flags(GenerateRequest, args)
+    init_image = from_flags(ImageInput, args).read()
+    request = from_flags(GenerateRequest, args, init_image=init_image)
     named = ImageFormat(IMAGE_SUFFIXES[from_flags(ImageOutput, args).out.suffix.lower()])
     if request.output_format is None:
         return dataclasses.replace(request, output_format=named)

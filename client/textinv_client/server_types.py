@@ -77,6 +77,7 @@ class Limits:
     max_training_pixels_per_step: int = 0
     max_training_image_pixels: int = 0
     max_prompt_chunks: int = 0
+    max_init_image_pixels: int = 0
 
 
 @dataclass(frozen=True)

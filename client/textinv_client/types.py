@@ -28,6 +28,7 @@ from textinv_client.checks import (
     seed_int,
     size_int,
     train_seed_int,
+    unit_float,
 )
 
 # One home per closed choice; re-exported (``X as X``) so ``textinv_client.types.Scheduler`` stays.
@@ -100,6 +101,15 @@ class GenerateRequest:
             parse=non_negative_int,
         ),
     )
+    # img2img: the start image's file bytes (the command line's --init-image reads them), and
+    # how much of it to repaint, in (0, 1]; None: text-to-image, and the server's 0.8.
+    init_image: bytes | None = field(default=None, repr=False)
+    strength: float | None = field(
+        default=None,
+        metadata=flag(
+            "img2img: how much of --init-image to repaint, in (0, 1] (0.8)", parse=unit_float
+        ),
+    )
     # None means plain: the text as written, one 77-token window.
     prompt_syntax: PromptSyntax | None = field(
         default=None,
@@ -131,6 +141,11 @@ class GenerateRequest:
         check_seed(self.seed)
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0, got {self.clip_skip}")
+        if self.strength is not None:
+            if self.init_image is None:
+                raise ValueError("strength applies to img2img: give an init image too")
+            if not 0 < self.strength <= 1:
+                raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.quality is not None and not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be in 1..100, got {self.quality}")
 

@@ -196,6 +196,10 @@ class Manifest:
     def with_component(self, entry: ComponentEntry) -> Manifest:
         return replace(self, components={**self.components, entry.spec.component: entry})
 
+    def without_component(self, component: Component) -> Manifest:
+        kept = {key: entry for key, entry in self.components.items() if key is not component}
+        return replace(self, components=kept)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
@@ -250,6 +254,7 @@ def load_manifest(
     verify_checksums: bool = True,
     components: Iterable[Component] | None = None,
     files: FileSelector | None = None,
+    optional: Iterable[Component] = (),
 ) -> Manifest:
     """Read and validate ``DIR/manifest.json`` and the files it lists.
 
@@ -259,9 +264,10 @@ def load_manifest(
     a server that trusts its disk may pass ``verify_checksums=False`` to check sizes only.
 
     A loader checks only what it reads: ``components`` (default: all; a listed one that the
-    manifest lacks raises) and, of each, the files ``files(entry)`` names (default: all). So the
-    tensorrt backend hashes its engines, not the 8 GB of ONNX sources beside them, and a
-    deployment may ship only the files its backend loads.
+    manifest lacks raises), the ``optional`` ones the manifest has (one with none of its files
+    on disk was not shipped: the returned manifest leaves it out), and, of each, the files
+    ``files(entry)`` names (default: all). So the tensorrt backend hashes its engines, not the
+    8 GB of ONNX sources beside them, and a deployment may ship only the files its backend loads.
     """
     folder = Path(directory)
     manifest = read_manifest(folder)
@@ -274,6 +280,14 @@ def load_manifest(
     for component in wanted:
         entry = manifest.component(component)
         for file in entry.files if files is None else files(entry):
+            check_file(folder, file, verify_checksums=verify_checksums)
+    for component in [c for c in optional if c in manifest.components and c not in wanted]:
+        entry = manifest.component(component)
+        selected = list(entry.files if files is None else files(entry))
+        if not any((folder / file.path).exists() for file in selected):
+            manifest = manifest.without_component(component)  # not shipped: left out
+            continue
+        for file in selected:
             check_file(folder, file, verify_checksums=verify_checksums)
     return manifest
 

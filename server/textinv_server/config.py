@@ -73,6 +73,9 @@ class Limits:
     max_training_image_pixels: int = _limit(
         2048 * 2048, "largest width × height of a job's uploaded training image"
     )
+    max_init_image_pixels: int = _limit(
+        2048 * 2048, "largest width × height of a generate request's init image (img2img)"
+    )
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,10 @@ def generation_request_from_pb(
         given["steps"] = message.steps
     if message.HasField("guidance_scale"):
         given["guidance_scale"] = message.guidance_scale
+    if message.init_image:
+        given["init_image"] = message.init_image
+    if message.HasField("strength"):
+        given["strength"] = message.strength
     request = GenerationRequest(
         prompt=message.prompt,
         negative_prompt=message.negative_prompt,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from textinv.choices import coerce_choices
 from textinv.errors import InvalidInputError, quote
@@ -25,6 +25,8 @@ SEED_MODULUS = 2**64
 SIZE_MULTIPLE = 8
 # JPEG and WebP without a quality.
 DEFAULT_QUALITY = 90
+# img2img without a strength, as in diffusers.
+DEFAULT_STRENGTH = 0.8
 # More than any CLIP text encoder has layers (SD's have 12, 24 and 32); the model bounds it too.
 MAX_CLIP_SKIP = 64
 
@@ -51,6 +53,10 @@ class GenerationRequest:
     # Text-encoder layers to skip before the final layer norm (diffusers' clip_skip: 1 is the
     # penultimate layer); per row of the text encoder, so it is no part of the batch key.
     clip_skip: int = 0
+    # img2img: the encoded start image (PNG, JPEG or WebP) and how much of it to repaint, as
+    # diffusers' strength (1: only its size is kept); None: text-to-image, DEFAULT_STRENGTH.
+    init_image: bytes | None = field(default=None, repr=False)  # megabytes: never in a log
+    strength: float | None = None
     output_format: ImageFormat = ImageFormat.PNG
     quality: int | None = None  # JPEG and WebP only; None: DEFAULT_QUALITY
 
@@ -67,6 +73,17 @@ class GenerationRequest:
         if self.seed is None:
             raise InvalidInputError("the request has no seed yet; call resolved() first")
         return tuple((self.seed + i) % SEED_MODULUS for i in range(self.num_images))
+
+    @property
+    def effective_strength(self) -> float:
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps this request runs: all of them, or img2img's last ``steps × strength``."""
+        if self.init_image is None:
+            return self.steps
+        return min(int(self.steps * self.effective_strength), self.steps)
 
     @property
     def effective_quality(self) -> int:
@@ -109,8 +126,10 @@ class GenerationRequest:
         _check_guidance(self.guidance_scale, limits.max_guidance_scale)
         if self.seed is not None:
             check_int("seed", self.seed, 0, SEED_MODULUS - 1)
-        self._check_size(limits, default_size)
+        # img2img's unset sides come from its image (GenerationPipeline.prepare checks them).
+        self._check_size(limits, None if self.init_image is not None else default_size)
         self._check_options()
+        self._check_init_image(limits)
         named = {*PLACEHOLDER.findall(self.prompt), *PLACEHOLDER.findall(self.negative_prompt)}
         if self.prompt_syntax is PromptSyntax.A1111:
             named |= {*embedding_names(self.prompt), *embedding_names(self.negative_prompt)}
@@ -134,6 +153,32 @@ class GenerationRequest:
             if self.output_format is ImageFormat.PNG:
                 raise InvalidInputError("quality applies to jpeg and webp, not to png")
             check_int("quality", self.quality, 1, 100)
+
+    def _check_init_image(self, limits: Limits) -> None:
+        """img2img's fields; the image itself is read in ``GenerationPipeline.prepare``."""
+        if self.init_image is None:
+            if self.strength is not None:
+                raise InvalidInputError("strength applies to img2img: send an init_image too")
+            return
+        if not isinstance(self.init_image, bytes) or not self.init_image:
+            raise InvalidInputError("init_image must be the bytes of a PNG, JPEG or WebP file")
+        if len(self.init_image) > limits.max_request_bytes:
+            raise InvalidInputError(
+                f"init_image is {len(self.init_image)} bytes; the limit is "
+                f"{limits.max_request_bytes}"
+            )
+        strength = self.strength
+        if strength is not None and (
+            isinstance(strength, bool)
+            or not isinstance(strength, int | float)
+            or not (math.isfinite(strength) and 0.0 < strength <= 1.0)
+        ):
+            raise InvalidInputError(f"strength must be in (0, 1], got {quote(strength)}")
+        if self.denoising_steps < 1:
+            raise InvalidInputError(
+                f"strength {self.effective_strength:g} of {self.steps} steps runs no step: "
+                f"steps × strength must be at least 1"
+            )
 
     def _check_size(self, limits: Limits, default_size: int | None) -> None:
         sides = []

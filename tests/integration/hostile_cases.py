@@ -65,6 +65,11 @@ def gen(**fields: Any) -> Callable[[Context], generate_pb2.GenerateRequest]:
     return lambda _: generate_pb2.GenerateRequest(**values)
 
 
+def img2img(data: bytes, **fields: Any) -> Callable[[Context], generate_pb2.GenerateRequest]:
+    """A generate request from ``data``: 4 steps, so the default strength runs 3 of them."""
+    return gen(init_image=data, steps=4, width=0, height=0, **fields)
+
+
 def job(
     images: list[jobs_pb2.TrainingImage] | None = None, **params: Any
 ) -> Callable[[Context], jobs_pb2.CreateInversionJobRequest]:
@@ -140,6 +145,20 @@ def _generate_cases() -> list[Case]:
              gen(seed=2**64 - 1, num_images=2), frozenset({OK}), check=stream_ends_with_two_images),
         Case("stream: prompt of 1 MB", "GenerateStream", gen(prompt="x" * MB), BAD, ("prompt",)),
         Case("stream: scheduler 2**31-1", "GenerateStream", gen(scheduler=2**31 - 1), BAD),
+        Case("init image claiming 60000×60000", "Generate",
+             img2img(payloads.png_bomb(60_000, 60_000)), BAD, ("init_image",)),
+        Case("init image claiming 3000×3000 (over max_init_image_pixels)", "Generate",
+             img2img(payloads.png_bomb(3_000, 3_000)), BAD, ("init_image", "3000")),
+        Case("truncated init image", "Generate",
+             img2img(payloads.truncated(payloads.image_bytes("PNG"))), BAD, ("init_image",)),
+        Case("GIF init image", "Generate", img2img(payloads.image_bytes("GIF")), BAD,
+             ("init_image",)),
+        Case("strength nan", "Generate",
+             img2img(payloads.image_bytes("PNG"), strength=float("nan")), BAD, ("strength",)),
+        Case("strength without an init image", "Generate", gen(strength=0.5), BAD, ("strength",)),
+        Case("clip_skip 2**32-1", "Generate", gen(clip_skip=2**32 - 1), BAD, ("clip_skip",)),
+        Case("valid WebP init image is accepted", "Generate",
+             img2img(payloads.image_bytes("WEBP", side=32)), frozenset({OK})),
     ]  # fmt: skip
 
 

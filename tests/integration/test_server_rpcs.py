@@ -17,6 +17,7 @@ from textinv_client import (
     GenerateProgress,
     GenerateRequest,
     GenerateResult,
+    InvalidArgument,
     NotFound,
     TextInvClient,
 )
@@ -56,6 +57,24 @@ def test_the_largest_seed_wraps_modulo_two_to_the_64(textinv_server) -> None:
         zero = textinv.generate(small("a red star", seed=0))
     assert wrapped.seeds == (2**64 - 1, 0) and wrapped.seed == 2**64 - 1
     assert wrapped.images[1] == zero.images[0]
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([x * 7, y * 5, x + y], axis=-1).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_img2img_takes_the_init_image_size_and_refuses_a_bad_one(textinv_server) -> None:
+    with TextInvClient(textinv_server.target) as textinv:
+        start = png_bytes(40, 24)
+        request = GenerateRequest("a red star", steps=4, seed=5, init_image=start, strength=0.5)
+        result = textinv.generate(request)
+        assert Image.open(io.BytesIO(result.images[0])).size == (40, 24)
+        with pytest.raises(InvalidArgument, match="'init_image': not a readable image") as bad:
+            textinv.generate(GenerateRequest(prompt="a red star", init_image=b"GIF89a..."))
+        assert "/" not in str(bad.value)  # no server path
 
 
 def test_unset_seed_is_picked_and_reported(textinv_server) -> None:
@@ -136,7 +155,9 @@ def test_onnxruntime_backend_serves_the_same_images_as_torch(
             assert info.backend == server.config.backend
             exported = {profile.component for profile in info.engine_profiles}
             assert exported == (
-                {"text_encoder", "unet", "vae_decoder"} if server is onnx_server else set()
+                {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+                if server is onnx_server
+                else set()
             )
             results.append(textinv.generate(request))
     ours, reference = (np.asarray(Image.open(io.BytesIO(r.images[0]))) for r in results)

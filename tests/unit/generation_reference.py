@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +16,10 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
+from PIL import Image
 
 from textinv.concepts import Concept, save_concept
 from textinv_server.pipeline import decode_png
@@ -62,18 +65,11 @@ def reference_images(
     request: GenerationRequest,
     embed: Callable[[str], torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i).
+    """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i):
+    ``StableDiffusionPipeline``, or ``StableDiffusionImg2ImgPipeline`` for an init image.
 
     With ``embed`` (text → ``prompt_embeds [1, T, D]``), diffusers gets the prompt and the
     negative prompt as embeddings built by it, instead of encoding them itself."""
-    scheduler_class, overrides = REFERENCE_SCHEDULERS[request.scheduler]
-    # A scheduler's config remembers every option it was built with: drop the Karras flag so
-    # one request's schedule never leaks into the next.
-    config = {k: v for k, v in pipeline.scheduler.config.items() if k != "use_karras_sigmas"}
-    if request.karras_sigmas:
-        overrides = {**overrides, "use_karras_sigmas": True}
-    pipeline.scheduler = scheduler_class.from_config(config, **overrides)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
     texts: dict[str, Any] = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt or None,
@@ -84,17 +80,37 @@ def reference_images(
             "prompt_embeds": embed(request.prompt),
             "negative_prompt_embeds": embed(request.negative_prompt),
         }
-    output = pipeline(
+    if request.init_image is None:
+        run: Any = pipeline
+        task: dict[str, Any] = {"width": request.width, "height": request.height}
+    else:
+        run = StableDiffusionImg2ImgPipeline(**pipeline.components)
+        run.set_progress_bar_config(disable=True)
+        image = Image.open(io.BytesIO(request.init_image)).convert("RGB")
+        task = {"image": image, "strength": request.effective_strength}
+    use_scheduler(run, request)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+    output = run(
         **texts,
+        **task,
         num_inference_steps=request.steps,
         guidance_scale=request.guidance_scale,
-        width=request.width,
-        height=request.height,
         num_images_per_prompt=request.num_images,
         generator=generators if len(generators) > 1 else generators[0],
         output_type="np",
     )
     return np.asarray((output.images * 255).round().astype(np.uint8))
+
+
+def use_scheduler(pipeline: Any, request: GenerationRequest) -> None:
+    """A fresh scheduler of the request's kind. A scheduler's config remembers every option it
+    was built with: the Karras flag is dropped so one request's schedule never leaks into the
+    next."""
+    scheduler_class, overrides = REFERENCE_SCHEDULERS[request.scheduler]
+    config = {k: v for k, v in pipeline.scheduler.config.items() if k != "use_karras_sigmas"}
+    if request.karras_sigmas:
+        overrides = {**overrides, "use_karras_sigmas": True}
+    pipeline.scheduler = scheduler_class.from_config(config, **overrides)
 
 
 def pixels(result: GenerationResult) -> np.ndarray:

@@ -223,7 +223,7 @@ def test_a_session_that_fell_back_to_the_cpu_is_refused(engines) -> None:
 
 def test_only_the_files_a_provider_reads_are_checked(tiny_model, tmp_path, concepts) -> None:
     """An export stripped of the raw sources and of the VAE encoder still serves the CPU
-    provider (it reads only the optimized graphs of three components)."""
+    provider (it reads only the optimized graphs, and the VAE encoder's only for img2img)."""
     folder = tmp_path / "full"
     ranges = ShapeRanges(batch=Range(1, 1, 4), resolution=Range(32, 32, 64))
     export_model(tiny_model, ExportConfig(folder, ranges=ranges), progress=lambda _: None)
@@ -238,6 +238,7 @@ def test_only_the_files_a_provider_reads_are_checked(tiny_model, tmp_path, conce
             (folder / file.path).unlink()
     backend = OnnxRuntimeBackend(folder, tiny_model.model_hash, threads=1)
     assert backend.device == torch.device("cpu")
+    assert not backend.limits.takes_init_image  # the VAE encoder was not shipped: no img2img
     stripped = pixels(GenerationPipeline(HostModel.of(tiny_model), backend)(request(), concepts))
     assert max_pixel_difference(stripped, expected) == 0
     # The TensorRT provider parses the sources: for it this folder is incomplete.
@@ -253,4 +254,14 @@ def test_only_the_files_a_provider_reads_are_checked(tiny_model, tmp_path, conce
     data[-1] ^= 0xFF
     graph.write_bytes(bytes(data))
     with pytest.raises(ManifestError, match="vae_decoder.fp32.opt.onnx.*altered"):
+        OnnxRuntimeBackend(folder, tiny_model.model_hash, threads=1)
+
+
+def test_a_vae_encoder_shipped_in_part_is_refused(tiny_model, tiny_engines_dir, tmp_path) -> None:
+    """The VAE encoder is optional, but one that is there is checked like every graph."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_engines_dir, folder)
+    graph = folder / load_manifest(folder).component(Component.VAE_ENCODER).graph.path
+    graph.write_bytes(graph.read_bytes()[:-1])
+    with pytest.raises(ManifestError, match="vae_encoder.fp32.opt.onnx"):
         OnnxRuntimeBackend(folder, tiny_model.model_hash, threads=1)

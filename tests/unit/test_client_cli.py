@@ -37,6 +37,7 @@ def test_generation_defaults() -> None:
         (["--scheduler", "lms"], "invalid choice: 'lms'"),
         (["--timeout", "0"], "must be > 0, got 0"),
         (["--clip-skip", "-1"], "must be >= 0, got -1"),
+        (["--strength", "1.5"], "must be in (0, 1], got 1.5"),
     ],
 )
 def test_bad_generation_flags_exit_2_naming_the_value(
@@ -74,6 +75,20 @@ def test_scheduler_options_and_clip_skip_reach_the_request() -> None:
         2,
     )
     assert cli.generate_request_from_args(parse(GENERATE)).clip_skip == 0
+
+
+def test_init_image_is_read_from_its_file(tmp_path: Path) -> None:
+    image = tmp_path / "start.png"
+    image.write_bytes(b"\x89PNG not checked here")
+    args = parse([*GENERATE, "--init-image", str(image), "--strength", "0.4"])
+    request = cli.generate_request_from_args(args)
+    assert (request.init_image, request.strength) == (image.read_bytes(), 0.4)
+    with pytest.raises(ValueError, match="strength applies to img2img"):
+        cli.generate_request_from_args(parse([*GENERATE, "--strength", "0.4"]))
+    with pytest.raises(ValueError, match="--init-image .*missing.png"):
+        cli.generate_request_from_args(
+            parse([*GENERATE, "--init-image", str(tmp_path / "missing.png")])
+        )
 
 
 def test_a_format_that_contradicts_the_suffix_is_refused() -> None:

@@ -41,6 +41,15 @@ def test_the_options_reach_the_server() -> None:
     assert request.output_format is ImageFormat.WEBP and request.quality == 70
 
 
+def test_img2img_fields_reach_the_server() -> None:
+    request = server_request(init_image=b"\x89PNG...", strength=0.5)
+    assert (request.init_image, request.strength) == (b"\x89PNG...", 0.5)
+    assert (server_request().init_image, server_request().strength) == (None, None)
+    with pytest.raises(InvalidInputError, match="strength applies to img2img"):
+        message = generate_pb2.GenerateRequest(prompt="x", strength=0.5)
+        generation_request_from_pb(message, Limits(), 64)
+
+
 def test_unknown_enum_values_and_bad_quality_name_the_field() -> None:
     with pytest.raises(InvalidInputError, match="prompt_syntax 9 is not a known value"):
         unknown = generate_pb2.GenerateRequest(prompt="x", prompt_syntax=9)  # type: ignore[arg-type]

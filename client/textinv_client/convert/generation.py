@@ -74,6 +74,10 @@ def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateReq
         message.guidance_scale = request.guidance_scale
     if request.seed is not None:
         message.seed = request.seed
+    if request.init_image is not None:
+        message.init_image = request.init_image
+    if request.strength is not None:
+        message.strength = request.strength
     return message
 
 
@@ -94,6 +98,8 @@ def generate_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerateR
         quality=or_none(message.quality),
         karras_sigmas=message.karras_sigmas,
         clip_skip=message.clip_skip,
+        init_image=message.init_image or None,
+        strength=optional(message, "strength"),
     )
 
 

@@ -47,6 +47,8 @@ class ShapeLimits:
     max_prompt_chunks: int | None = None
     # Whether the text encoder takes a per-row clip_skip (exports made before it do not).
     takes_clip_skip: bool = True
+    # Whether a VAE encoder is loaded, for img2img (an export may leave it out).
+    takes_init_image: bool = True
 
     def check(self, width: int, height: int, images: int) -> None:
         for axis, size in (("width", width), ("height", height)):
@@ -87,6 +89,11 @@ class Backend(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled ``latents [B, C, h, w]`` → ``images [B, 3, H, W]`` in about [-1, 1]."""
+        ...
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, 3, H, W]`` in [-1, 1] → the VAE posterior's ``[B, 2C, h, w]`` float32
+        (mean, then log-variance, on channels; unscaled). Only with ``limits.takes_init_image``."""
         ...
 
     def synchronize(self) -> None:

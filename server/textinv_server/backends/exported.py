@@ -11,8 +11,10 @@ from textinv_export.manifest import Manifest
 from textinv_export.specs import CLIP_SKIP, TEXT_LENGTH, Component, ComponentSpec
 from textinv_server.backends import ShapeLimits
 
-# The components generation runs; a manifest's vae_encoder is neither loaded nor checked here.
+# The components text-to-image runs; img2img also needs the VAE encoder, which an export may
+# leave out (``textinv export --components``): it is loaded, and checked, where there is one.
 GENERATION_COMPONENTS = (Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER)
+IMG2IMG_COMPONENTS = (Component.VAE_ENCODER,)
 
 
 def shape_limits(manifest: Manifest) -> ShapeLimits:
@@ -26,6 +28,7 @@ def shape_limits(manifest: Manifest) -> ShapeLimits:
         max_images=manifest.ranges.batch.max,
         max_prompt_chunks=exported_prompt_chunks(unet),
         takes_clip_skip=CLIP_SKIP in manifest.component(Component.TEXT_ENCODER).spec.input_names,
+        takes_init_image=Component.VAE_ENCODER in manifest.components,
     )
 
 

@@ -2,7 +2,8 @@
 
 It loads through the export manifest (``textinv_export.manifest.load_manifest``), which refuses
 graphs exported from another model, or altered since; it checks only what it reads (the three
-generation components, and of each the files its provider loads). Graph names, inputs and outputs
+generation components, the VAE encoder where the export has one, and of each the files its
+provider loads). Graph names, inputs and outputs
 come from each component's spec in the manifest, never from constants here. The CPU and CUDA
 providers run the graphs optimized for onnxruntime; the TensorRT provider parses the raw fp32
 exports, as the export stage intends, with the spec's shape profile and the manifest's precision.
@@ -49,6 +50,7 @@ from textinv_export.specs import (
 from textinv_server.backends import BackendName
 from textinv_server.backends.exported import (
     GENERATION_COMPONENTS,
+    IMG2IMG_COMPONENTS,
     shape_limits,
     text_encoder_inputs,
 )
@@ -228,6 +230,7 @@ class OnnxRuntimeBackend:
             verify_checksums=verify_checksums,
             components=GENERATION_COMPONENTS,
             files=loaded_files(self.provider),
+            optional=IMG2IMG_COMPONENTS,
         )
         self.model_hash = model_hash
         gpu = self.provider is not Provider.CPU
@@ -241,6 +244,9 @@ class OnnxRuntimeBackend:
         self.text_encoder = self._graph(Component.TEXT_ENCODER, threads)
         self.unet = self._graph(Component.UNET, threads)
         self.vae_decoder = self._graph(Component.VAE_DECODER, threads)
+        self.vae_encoder = (
+            self._graph(Component.VAE_ENCODER, threads) if self.limits.takes_init_image else None
+        )
         if not gpu:
             log.info("onnxruntime on the CPU: %s", self.cpu_threads.describe())
 
@@ -275,6 +281,10 @@ class OnnxRuntimeBackend:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_decoder.run(latents)  # [B, 3, H, W]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.vae_encoder is not None, "the pipeline checks limits.takes_init_image"
+        return self.vae_encoder.run(images)  # [B, 2C, h, w]
 
     def synchronize(self) -> None:
         """Each run returns with its outputs written (``synchronize_outputs``): nothing to wait

@@ -23,6 +23,7 @@ from textinv_export.tensorrt_engine import TensorRTEngine
 from textinv_server.backends import BackendName
 from textinv_server.backends.exported import (
     GENERATION_COMPONENTS,
+    IMG2IMG_COMPONENTS,
     shape_limits,
     text_encoder_inputs,
 )
@@ -69,6 +70,7 @@ class TensorRTBackend:
             verify_checksums=verify_checksums,
             components=GENERATION_COMPONENTS,
             files=lambda entry: entry.engine_files,  # an entry without one fails in _Engine
+            optional=IMG2IMG_COMPONENTS,
         )
         self.model_hash = model_hash
         self.device = torch.device("cuda", device)
@@ -78,6 +80,9 @@ class TensorRTBackend:
         # The text encoder and the VAE run once per batch: a graph would not pay for its capture.
         self.unet = self._engine(Component.UNET, device, cuda_graph=cuda_graph)
         self.vae_decoder = self._engine(Component.VAE_DECODER, device)
+        self.vae_encoder = (
+            self._engine(Component.VAE_ENCODER, device) if self.limits.takes_init_image else None
+        )
 
     def _engine(self, component: Component, device: int, *, cuda_graph: bool = False) -> _Engine:
         entry = self.manifest.component(component)
@@ -97,6 +102,10 @@ class TensorRTBackend:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_decoder.run(latents)  # [B, 3, H, W]
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.vae_encoder is not None, "the pipeline checks limits.takes_init_image"
+        return self.vae_encoder.run(images)  # [B, 2C, h, w]
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)

@@ -125,6 +125,11 @@ class TorchBackend:
         return noise.to(torch.float32, copy=True).contiguous()  # [B, C, h, w]
 
     @torch.inference_mode()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        return posterior.parameters.float()  # [B, 2C, h, w]
+
+    @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         images = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
         return images.float()  # [B, 3, H, W]

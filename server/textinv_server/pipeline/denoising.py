@@ -69,27 +69,31 @@ class StepClock:
 def denoise(backend: Backend, running: list[RunningRequest], outcomes: Outcomes) -> list[float]:
     """Step every request through the shared timesteps; returns each step's milliseconds.
 
-    A request cancelled on the way gets its ``CancelledError`` in ``outcomes`` and leaves the
-    batch (``on_step`` gets the host's time per step, which matches once the launch queue is full).
+    A request takes part from its ``start_index`` on (img2img joins late, at its strength's
+    first step). A request cancelled on the way gets its ``CancelledError`` in ``outcomes`` and
+    leaves the batch (``on_step`` gets the host's time per step, which matches once the launch
+    queue is full).
     """
     timesteps = running[0].scheduler.timesteps  # [steps] on the CPU
     unet_timesteps = timesteps.to(backend.device, torch.float32)  # one copy, up front
     guided = running[0].uncond is not None
-    active = list(running)
+    active: list[RunningRequest] = []
     hidden, buffer = hidden_states(active), input_buffer(active, guided)
     clock = StepClock(backend.device)
     total = len(timesteps)
     for index, timestep in enumerate(timesteps):
-        still = drop_cancelled(active, outcomes, index, total)
-        if len(still) != len(active):
+        started = [s for s in running if s.start_index <= index and id(s.prepared) not in outcomes]
+        still = drop_cancelled(started, outcomes, index, total)
+        if [id(s) for s in still] != [id(s) for s in active]:
             active, hidden, buffer = still, hidden_states(still), input_buffer(still, guided)
         if not active:
-            break
+            continue
         clock.start()
         step(backend, active, timestep, unet_timesteps[index], hidden, buffer, guided)
         host_ms = clock.stop()
         for state in active:
-            state.prepared.report(StepProgress(index + 1, total, host_ms))
+            own = index - state.start_index
+            state.prepared.report(StepProgress(own + 1, total - state.start_index, host_ms))
     # A request cancelled during the last step skips the decode too.
     drop_cancelled(active, outcomes, total, total)
     return clock.step_ms()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from textinv_server.config import Limits
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline.decoding import decode
 from textinv_server.pipeline.denoising import Outcomes, denoise
+from textinv_server.pipeline.init_images import encode_init_images, read_init_image
 from textinv_server.pipeline.latents import RunningRequest, start_request
 from textinv_server.pipeline.planning import (
     NO_CONCEPTS,
@@ -61,14 +63,30 @@ class GenerationPipeline:
         """Resolve a checked request (``GenerationRequest.check``) and embed its prompts: every
         error that needs the backend or the concepts, before any backend work (the server calls
         this when a request arrives, before it queues, with its ``limits``)."""
+        shapes = self.backend.limits
+        init_image = None
+        if request.init_image is not None:  # the output takes its size unless one is set
+            if not shapes.takes_init_image:
+                raise InvalidInputError(
+                    "init_image: this export has no vae_encoder; export it (`textinv export "
+                    "--components vae_encoder`, or all components) to use img2img"
+                )
+            init_image = read_init_image(request, limits, self.host.vae_scale_factor)
+            request = replace(request, width=init_image.shape[-1], height=init_image.shape[-2])
         request = request.resolved(self.host.default_resolution)
         assert request.width is not None and request.height is not None
-        shapes = self.backend.limits
         shapes.check(request.width, request.height, request.num_images)
         check_clip_skip(request.clip_skip, self.host.text_encoder_layers, shapes)
         max_chunks = min(limits.max_prompt_chunks, shapes.max_prompt_chunks or sys.maxsize)
         embeddings = embed_prompts(self.prompts, request, concepts, max_chunks)
-        return PreparedRequest(request, embeddings, embeddings.warnings, on_step, is_cancelled)
+        return PreparedRequest(
+            request,
+            embeddings,
+            embeddings.warnings,
+            on_step,
+            is_cancelled,
+            init_image=init_image,
+        )
 
     def __call__(
         self,
@@ -97,8 +115,9 @@ class GenerationPipeline:
         check_batch(batch, self.backend.limits)
         # 2. Encode all prompts in one text-encoder call.
         encoded = encode_prompts(self.backend, batch)
-        # 3. Draw each request's initial noise from its own seeds; give it its own scheduler.
-        running = self._start(batch, encoded)
+        # 3. Encode the img2img requests' init images in one VAE-encoder call; draw each
+        # request's initial latents from its own seeds; give it its own scheduler.
+        running = self._start(batch, encoded, encode_init_images(self.backend, batch))
         # 4. Denoising loop with classifier-free guidance; drops requests cancelled on the way.
         outcomes: Outcomes = {}
         step_ms = denoise(self.backend, running, outcomes)
@@ -122,12 +141,16 @@ class GenerationPipeline:
         return [outcomes[id(prepared)] for prepared in batch]
 
     def _start(
-        self, batch: Sequence[PreparedRequest], encoded: EncodedPrompts
+        self,
+        batch: Sequence[PreparedRequest],
+        encoded: EncodedPrompts,
+        init_parameters: list[torch.Tensor | None],
     ) -> list[RunningRequest]:
         uncond: list[torch.Tensor | None] = [*encoded.uncond] or [None] * len(batch)
+        device = self.backend.device
         return [
-            start_request(prepared, self.host, self.backend.device, uncond[i], encoded.cond[i])
-            for i, prepared in enumerate(batch)
+            start_request(prepared, self.host, device, uncond[i], encoded.cond[i], init)
+            for i, (prepared, init) in enumerate(zip(batch, init_parameters, strict=True))
         ]
 
 

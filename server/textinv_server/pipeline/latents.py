@@ -16,6 +16,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from textinv_server.host_model import HostModel
+from textinv_server.pipeline.init_images import noised_init_latents, posterior_samples
 from textinv_server.pipeline.planning import PreparedRequest
 from textinv_server.requests import GenerationRequest
 from textinv_server.schedulers import make_scheduler, step_kwargs
@@ -32,6 +33,9 @@ class RunningRequest:
     uncond: torch.Tensor | None  # [n, T, D], None without guidance
     cond: torch.Tensor  # [n, T, D]
     step_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The step of the shared schedule at which the request joins the loop: 0, or img2img's
+    # first step (init_images).
+    start_index: int = 0
 
     @property
     def request(self) -> GenerationRequest:
@@ -44,8 +48,11 @@ def start_request(
     device: torch.device,
     uncond: torch.Tensor | None,
     cond: torch.Tensor,
+    init_parameters: torch.Tensor | None = None,
 ) -> RunningRequest:
-    """Per-image generators, a fresh scheduler, and the initial noise as diffusers draws it.
+    """Per-image generators, a fresh scheduler, and the initial latents as diffusers draws them:
+    noise, or with img2img's ``init_parameters`` (the VAE posterior's ``[1, 2C, h, w]``) the
+    init image's latents noised to the request's first step.
 
     ``uncond`` and ``cond`` are the request's hidden states ``[T, D]``, shared by its images.
     """
@@ -61,16 +68,23 @@ def start_request(
         request.karras_sigmas,
     )
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-    noise = initial_noise(request, host, generators, device)
+    start, latents = 0, None
+    if init_parameters is not None:  # each generator: a posterior sample, then the noise
+        init = posterior_samples(init_parameters, generators) * host.latent_scaling
+        noise = initial_noise(request, host, generators, device)
+        start, latents = noised_init_latents(request, scheduler, init, noise)
+    else:
+        latents = initial_noise(request, host, generators, device) * scheduler.init_noise_sigma
     n = request.num_images
     return RunningRequest(
         prepared=prepared,
         scheduler=scheduler,
         generators=generators,
-        latents=noise * scheduler.init_noise_sigma,
+        latents=latents,
         uncond=None if uncond is None else uncond.expand(n, *uncond.shape),
         cond=cond.expand(n, *cond.shape),
         step_kwargs=step_kwargs(scheduler, generators),
+        start_index=start,
     )
 
 

@@ -44,6 +44,7 @@ class PreparedRequest:
     warnings: tuple[str, ...] = ()
     on_step: ProgressCallback | None = None
     is_cancelled: CancelCheck | None = None
+    init_image: torch.Tensor | None = field(default=None, repr=False)  # [1, 3, H, W] in [-1, 1]
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def cancel(self) -> None:

@@ -56,7 +56,7 @@ class EngineProfile(_message.Message):
     def __init__(self, component: _Optional[str] = ..., precision: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorProfile, _Mapping]]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_request_bytes", "max_image_pixels", "max_images_per_request", "max_steps", "max_prompt_chars", "max_concepts_per_prompt", "max_concept_file_bytes", "max_images_per_job", "max_concurrent_jobs", "max_batch", "batch_wait_ms", "max_queue", "max_queued_jobs", "max_job_steps", "max_guidance_scale", "max_token_chars", "max_init_text_chars", "max_caption_chars", "max_filename_chars", "max_page_token_chars", "max_page_size", "max_job_id_chars", "max_training_resolution", "max_concepts", "max_stored_jobs", "job_retention_seconds", "max_job_bytes", "max_job_attempts", "max_training_pixels_per_step", "max_training_image_pixels", "max_prompt_chunks")
+    __slots__ = ("max_request_bytes", "max_image_pixels", "max_images_per_request", "max_steps", "max_prompt_chars", "max_concepts_per_prompt", "max_concept_file_bytes", "max_images_per_job", "max_concurrent_jobs", "max_batch", "batch_wait_ms", "max_queue", "max_queued_jobs", "max_job_steps", "max_guidance_scale", "max_token_chars", "max_init_text_chars", "max_caption_chars", "max_filename_chars", "max_page_token_chars", "max_page_size", "max_job_id_chars", "max_training_resolution", "max_concepts", "max_stored_jobs", "job_retention_seconds", "max_job_bytes", "max_job_attempts", "max_training_pixels_per_step", "max_training_image_pixels", "max_prompt_chunks", "max_init_image_pixels")
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class Limits(_message.Message):
     MAX_TRAINING_PIXELS_PER_STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_TRAINING_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INIT_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     max_request_bytes: int
     max_image_pixels: int
     max_images_per_request: int
@@ -119,7 +120,8 @@ class Limits(_message.Message):
     max_training_pixels_per_step: int
     max_training_image_pixels: int
     max_prompt_chunks: int
-    def __init__(self, max_request_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_concepts_per_prompt: _Optional[int] = ..., max_concept_file_bytes: _Optional[int] = ..., max_images_per_job: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_batch: _Optional[int] = ..., batch_wait_ms: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_job_steps: _Optional[int] = ..., max_guidance_scale: _Optional[float] = ..., max_token_chars: _Optional[int] = ..., max_init_text_chars: _Optional[int] = ..., max_caption_chars: _Optional[int] = ..., max_filename_chars: _Optional[int] = ..., max_page_token_chars: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_job_id_chars: _Optional[int] = ..., max_training_resolution: _Optional[int] = ..., max_concepts: _Optional[int] = ..., max_stored_jobs: _Optional[int] = ..., job_retention_seconds: _Optional[int] = ..., max_job_bytes: _Optional[int] = ..., max_job_attempts: _Optional[int] = ..., max_training_pixels_per_step: _Optional[int] = ..., max_training_image_pixels: _Optional[int] = ..., max_prompt_chunks: _Optional[int] = ...) -> None: ...
+    max_init_image_pixels: int
+    def __init__(self, max_request_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_concepts_per_prompt: _Optional[int] = ..., max_concept_file_bytes: _Optional[int] = ..., max_images_per_job: _Optional[int] = ..., max_concurrent_jobs: _Optional[int] = ..., max_batch: _Optional[int] = ..., batch_wait_ms: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_job_steps: _Optional[int] = ..., max_guidance_scale: _Optional[float] = ..., max_token_chars: _Optional[int] = ..., max_init_text_chars: _Optional[int] = ..., max_caption_chars: _Optional[int] = ..., max_filename_chars: _Optional[int] = ..., max_page_token_chars: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_job_id_chars: _Optional[int] = ..., max_training_resolution: _Optional[int] = ..., max_concepts: _Optional[int] = ..., max_stored_jobs: _Optional[int] = ..., job_retention_seconds: _Optional[int] = ..., max_job_bytes: _Optional[int] = ..., max_job_attempts: _Optional[int] = ..., max_training_pixels_per_step: _Optional[int] = ..., max_training_image_pixels: _Optional[int] = ..., max_prompt_chunks: _Optional[int] = ..., max_init_image_pixels: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
     __slots__ = ("model", "backend", "device", "execution_providers", "engine_profiles", "limits", "schedulers", "server_version", "api_version", "library_versions", "precision", "precision_reason", "cpu_instruction_sets", "store", "replica_id", "tenant")
