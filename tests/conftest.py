@@ -72,3 +72,20 @@ def diffusers_reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
     from tests.unit.generation_reference import reference_pipeline
 
     return reference_pipeline(tiny_model_dir, {}, tmp_path_factory.mktemp("no-concepts"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 2.x model: OpenCLIP-style text encoder (GELU, 64 wide), linear-projection
+    transformers in the UNet, v-prediction."""
+    from textinv.testing import TINY_SD2_WIDTH, build_tiny_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd2"
+    return build_tiny_model(folder, seed=3, width=TINY_SD2_WIDTH, family="sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_model(tiny_sd2_model_dir: Path):  # -> BaseModel
+    from textinv.model import load_base_model
+
+    return load_base_model(tiny_sd2_model_dir)

@@ -63,6 +63,10 @@ class BaseModel:
         return float(self.vae.config.scaling_factor)
 
     @property
+    def family(self) -> str:
+        return text_encoder_family(self.text_encoder.config.hidden_act)
+
+    @property
     def prediction_type(self) -> str:
         """What the UNet predicts: ``epsilon`` (SD 1.x) or ``v_prediction`` (SD 2.x 768)."""
         return str(self.scheduler_config.get("prediction_type", "epsilon"))
@@ -206,3 +210,9 @@ def _hash_files(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> st
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def text_encoder_family(hidden_act: str) -> str:
+    """``sd2`` for OpenCLIP's text encoder (GELU), ``sd1`` for CLIP ViT-L's (quick GELU): the
+    width cannot tell them apart (tiny test models, fine-tunes)."""
+    return "sd2" if hidden_act == "gelu" else "sd1"

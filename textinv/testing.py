@@ -137,10 +137,21 @@ def _add_merge_chain(word: str, vocab: dict[str, int], merges: list[str]) -> Non
             vocab[merged] = len(vocab)
 
 
-def tiny_components(seed: int = 0, width: int = 32) -> dict[str, Any]:
-    """Seeded tiny text encoder, UNet and VAE with SD 1.x's structure (diffusers' test sizes)."""
+# What SD 2.x changes in each component, beyond a wider text encoder (OpenCLIP's 1024 at full
+# size; 64 in the tiny model): OpenCLIP's GELU, per-block head dimensions with linear
+# projections in the UNet's transformers, and v-prediction (SD 2.x at 768 px).
+SD2_TEXT = {"hidden_act": "gelu"}
+SD2_UNET = {"attention_head_dim": (2, 4), "use_linear_projection": True}
+TINY_SD2_WIDTH = 64
+
+
+def tiny_components(seed: int = 0, width: int = 32, family: str = "sd1") -> dict[str, Any]:
+    """Seeded tiny text encoder, UNet and VAE with SD 1.x's (or ``family="sd2"``: SD 2.x's)
+    structure, at diffusers' own test sizes."""
+    sd2 = family == "sd2"
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
+        **(SD2_UNET if sd2 else {}),
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
@@ -174,20 +185,22 @@ def tiny_components(seed: int = 0, width: int = 32) -> dict[str, Any]:
             pad_token_id=1,
             vocab_size=1000,
             max_position_embeddings=MAX_LENGTH,
+            **(SD2_TEXT if sd2 else {}),
         )
     )
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
 
 
-def build_tiny_model(folder: Path, seed: int = 0, width: int = 32) -> Path:
-    """Write a tiny seeded SD 1.x model to ``folder`` in the diffusers layout and return it."""
+def build_tiny_model(folder: Path, seed: int = 0, width: int = 32, family: str = "sd1") -> Path:
+    """Write a tiny seeded SD 1.x model (``family="sd2"``: SD 2.x, v-prediction) to ``folder``
+    in the diffusers layout and return it."""
     # The pipeline class pulls in image processors; import it only when a folder is written.
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     write_clip_tokenizer(folder / "_tokenizer_src")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer_src")
-    components = tiny_components(seed, width)
+    components = tiny_components(seed, width, family)
     text_encoder = components["text_encoder"]
     assert isinstance(text_encoder, CLIPTextModel)
     _fit_text_encoder_to_tokenizer(text_encoder, tokenizer)
@@ -198,6 +211,7 @@ def build_tiny_model(folder: Path, seed: int = 0, width: int = 32) -> Path:
         skip_prk_steps=True,
         steps_offset=1,
         set_alpha_to_one=False,
+        prediction_type="v_prediction" if family == "sd2" else "epsilon",
     )
     pipeline = StableDiffusionPipeline(
         vae=components["vae"],

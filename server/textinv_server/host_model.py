@@ -17,7 +17,13 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
-from textinv.model import BaseModel, check_model_folder, model_hash, resolve_model_folder
+from textinv.model import (
+    BaseModel,
+    check_model_folder,
+    model_hash,
+    resolve_model_folder,
+    text_encoder_family,
+)
 
 TABLE_KEY_SUFFIX = "embeddings.token_embedding.weight"
 
@@ -34,6 +40,7 @@ class HostModel:
     default_resolution: int  # pixels; the UNet's native image side
     model_hash: str
     text_encoder_layers: int  # transformer layers; a request may skip all but the first
+    family: str = "sd1"  # "sd1" or "sd2" (textinv.model.text_encoder_family)
 
     @property
     def text_width(self) -> int:
@@ -52,6 +59,7 @@ class HostModel:
             default_resolution=model.default_resolution,
             model_hash=model.model_hash,
             text_encoder_layers=int(model.text_encoder.config.num_hidden_layers),
+            family=model.family,
         )
 
 
@@ -74,6 +82,7 @@ def load_host_model(name_or_path: str | Path | None) -> HostModel:
         default_resolution=int(unet["sample_size"]) * vae_scale_factor,
         model_hash=model_hash(folder),
         text_encoder_layers=int(text_encoder["num_hidden_layers"]),
+        family=text_encoder_family(str(text_encoder.get("hidden_act", "quick_gelu"))),
     )
 
 

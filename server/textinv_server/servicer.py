@@ -180,7 +180,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
             model=server_info_pb2.ModelInfo(
                 name=host.path.name,  # the folder's name: a server path never reaches a client
                 sha256=host.model_hash,
-                family="sd2" if host.text_width == 1024 else "sd1",  # OpenCLIP-H vs CLIP-L width
+                family=host.family,
                 embedding_dim=host.text_width,
                 max_prompt_tokens=MAX_LENGTH,
                 native_width=host.default_resolution,

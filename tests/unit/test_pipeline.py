@@ -96,6 +96,10 @@ def test_matches_diffusers_with_a_two_vector_concept(
     assert ours.shape == (1, SIZE, SIZE + 16, 3)
     assert ours.std() > 5  # an image, not a flat field
     assert max_pixel_difference(ours, theirs) <= 2
+    # The control: the model listens to its text. Other vectors for the concept move the pixels
+    # by far more than the tolerance, so the parity above covers the spliced rows.
+    other = {token: vectors.flip(0).neg() for token, vectors in concepts.items()}
+    assert max_pixel_difference(ours, pixels(pipeline(req, other))) > 10  # 13 to 84 here
 
 
 def test_several_images_match_diffusers_with_one_generator_per_image(
