@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from textinv.errors import ModelLoadError
+from textinv.single_file import is_single_file, single_file_folder
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
 # The parts of a diffusers folder we load, and the file each needs at least.
@@ -110,13 +111,16 @@ def load_base_model(
 
 
 def resolve_model_folder(name_or_path: str | Path | None) -> Path:
-    """A local folder as it is; a hub id (``org/name``) through the hub's local cache; ``None``:
-    the embedded model, which every command uses when no ``--model`` is given."""
+    """A local folder as it is; a single ``.safetensors`` checkpoint as the folder converted from
+    it (``textinv.single_file``); a hub id (``org/name``) through the hub's local cache;
+    ``None``: the embedded model, which every command uses when no ``--model`` is given."""
     if name_or_path is None:
         from textinv.toy import default_model_path
 
         return default_model_path()
     path = Path(name_or_path).expanduser()
+    if is_single_file(path):
+        return single_file_folder(path)
     if path.exists() or str(name_or_path).startswith((".", "/", "~")):
         return path
     if str(name_or_path).count("/") != 1:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from textinv import __version__
 from textinv.errors import TextInvError
+from textinv.single_file import MODEL_CONFIG_ENV
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
@@ -83,7 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench_subparsers = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for register in _bench_registrars():
         register(bench_subparsers)
+    for command in [*subparsers.choices.values(), *bench_subparsers.choices.values()]:
+        add_model_config_flag(command)
     return parser
+
+
+def add_model_config_flag(command: argparse.ArgumentParser) -> None:
+    """``--config DIR`` beside every ``--model``: a single-file checkpoint's architecture."""
+    if (
+        "--model" in command._option_string_actions
+        and "--config" not in command._option_string_actions
+    ):
+        command.add_argument(
+            "--config",
+            dest="model_config",
+            type=Path,
+            metavar="DIR",
+            help="for a single-file --model (.safetensors in the original layout): a "
+            "diffusers-layout folder of its configs and tokenizer, without weights",
+        )
+
+
+def use_model_config(args: argparse.Namespace) -> None:
+    """``--config`` reaches every loader, and every process the command starts, through the
+    environment (``textinv.single_file.MODEL_CONFIG_ENV``)."""
+    config = getattr(args, "model_config", None)
+    if config is not None:
+        os.environ[MODEL_CONFIG_ENV] = str(config.expanduser().resolve())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        use_model_config(args)
         return int(args.func(args))
     except (TextInvError, ValueError, LookupError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

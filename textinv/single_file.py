@@ -1,0 +1,159 @@
+"""Single-file checkpoints: one ``.safetensors`` in the original (CompVis/LDM) key layout, as
+Automatic1111 and Civitai keep SD 1.x and SD 2.x models, converted once into a diffusers folder.
+
+diffusers' ``from_single_file`` does the conversion, offline, with the architecture's configs and
+tokenizer from a local diffusers-layout folder without weights (``--config DIR``, which reaches
+every loader, and the processes a command starts, as ``TEXTINV_MODEL_CONFIG``). The converted
+folder is kept in the cache (``TEXTINV_CACHE_DIR``, default ``~/.cache/textinv``) under the
+file's sha256 and the config's, so a server's next start finds it, and the model's identity hash,
+computed over the converted files, follows the single file. Pickled ``.ckpt`` files are refused:
+loading one can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from safetensors import safe_open
+
+from textinv.errors import ModelLoadError
+
+MODEL_CONFIG_ENV = "TEXTINV_MODEL_CONFIG"
+CACHE_ENV = "TEXTINV_CACHE_DIR"
+SINGLE_FILE_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+CONFIG_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+)
+# The key prefixes of each component in the original layout; SDXL's text encoders live under
+# conditioner.embedders.
+UNET_KEYS = "model.diffusion_model."
+VAE_KEYS = "first_stage_model."
+TEXT_KEYS = ("cond_stage_model.transformer.", "cond_stage_model.model.")
+SDXL_KEYS = "conditioner.embedders."
+
+
+def is_single_file(path: Path) -> bool:
+    return path.suffix.lower() in (SINGLE_FILE_SUFFIX, *PICKLE_SUFFIXES) and not path.is_dir()
+
+
+def single_file_folder(path: Path, config: Path | None = None) -> Path:
+    """The diffusers folder converted from the checkpoint ``path``: from the cache when it was
+    converted before with the same config, else converted now. ``ModelLoadError`` names the
+    file and what is wrong with it."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelLoadError(
+            f"{path.name}: {path.suffix} checkpoints are Python pickles, and loading one can run "
+            f"any code it holds; convert it to .safetensors with a tool you trust, then pass that"
+        )
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    config = config_folder(config, path)
+    check_checkpoint_keys(path)
+    target = cache_root() / "single-file" / f"{file_digest(path)[:32]}-{config_digest(config)[:12]}"
+    if not (target / "model_index.json").is_file():
+        convert(path, config, target)
+    return target
+
+
+def config_folder(config: Path | None, checkpoint: Path) -> Path:
+    """The explicit config folder, else ``TEXTINV_MODEL_CONFIG``'s; checked for every config."""
+    chosen = config or (
+        Path(os.environ[MODEL_CONFIG_ENV]) if os.environ.get(MODEL_CONFIG_ENV) else None
+    )
+    if chosen is None:
+        raise ModelLoadError(
+            f"{checkpoint.name} is a single-file checkpoint: give its architecture's configs with "
+            f"--config DIR (a diffusers-layout folder without weights: model_index.json, "
+            f"tokenizer/, scheduler/, and text_encoder, unet, vae config.json files)"
+        )
+    missing = [name for name in CONFIG_FILES if not (chosen / name).is_file()]
+    if not (chosen / "tokenizer").is_dir():
+        missing.append("tokenizer/")
+    if missing:
+        raise ModelLoadError(f"config folder {str(chosen)!r} lacks {', '.join(missing)}")
+    return chosen
+
+
+def check_checkpoint_keys(path: Path) -> None:
+    """A readable safetensors file holding an SD 1.x/2.x UNet, VAE and text encoder."""
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            keys = list(weights.keys())
+    except Exception as error:  # safetensors raises its own errors for a malformed header
+        raise ModelLoadError(f"{path.name}: not a readable safetensors file ({error})") from error
+    if any(key.startswith(SDXL_KEYS) for key in keys):
+        raise ModelLoadError(
+            f"{path.name}: an SDXL checkpoint; single-file SDXL is not supported yet"
+        )
+    lacking = [
+        name
+        for name, prefixes in (
+            ("UNet", (UNET_KEYS,)),
+            ("VAE", (VAE_KEYS,)),
+            ("text encoder", TEXT_KEYS),
+        )
+        if not any(key.startswith(prefixes) for key in keys)
+    ]
+    if lacking:
+        raise ModelLoadError(
+            f"{path.name}: not a Stable Diffusion checkpoint in the original layout: no "
+            f"{', '.join(lacking)} weights ({UNET_KEYS}*, {VAE_KEYS}*, {TEXT_KEYS[0]}*)"
+        )
+
+
+def convert(path: Path, config: Path, target: Path) -> None:
+    """Write the diffusers folder of ``path`` to ``target``, atomically (a crash leaves none)."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipeline = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(config),
+            local_files_only=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise ModelLoadError(
+            f"{path.name}: cannot be converted with {config.name}'s configs ({error})"
+        ) from error
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipeline.save_pretrained(partial)
+    try:
+        os.replace(partial, target)
+    except OSError:  # another process converted it first: theirs is the same folder
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / "model_index.json").is_file():
+            raise
+
+
+def cache_root() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "textinv"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_digest(folder: Path) -> str:
+    """A sha256 over the config and tokenizer files, so another config converts anew."""
+    digest = hashlib.sha256()
+    files = [folder / name for name in CONFIG_FILES] + sorted((folder / "tokenizer").glob("*"))
+    for file in files:
+        if file.is_file():
+            digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
