@@ -295,7 +295,10 @@ def _read_found(data: bytes, source: str) -> _Found:
         if a1111_keys:
             name = stored.metadata.get("name") or None
             return _Found(name, stored.tensors[a1111_keys[0]], metadata, ConceptFormat.A1111)
-        return _found_in_state_dict(stored.tensors, source, metadata)
+        found = _found_in_state_dict(stored.tensors, source, metadata)
+        if found.source_format is ConceptFormat.SDXL:  # ours carry the token in the header
+            found = replace(found, token=stored.metadata.get("name") or None)
+        return found
     state = read_pickle(data, source)
     if isinstance(state, torch.Tensor):
         return _Found(None, state, ConceptMetadata(created_at=""), ConceptFormat.DIFFUSERS)
@@ -365,7 +368,12 @@ def concept_to_bytes(
         return save_safetensors_bytes(
             {"string_to_param.*": vectors}, metadata={**header, "name": concept.token}
         )
-    raise InvalidInputError(f"cannot write format {fmt.value!r}; write 'diffusers' or 'a1111'")
+    if fmt is ConceptFormat.SDXL:  # kohya's and Automatic1111's SDXL layout
+        if concept.vectors_2 is None:
+            raise InvalidInputError(f"{concept.token} has no clip_g vectors: not an SDXL concept")
+        tensors = {"clip_l": vectors, "clip_g": concept.vectors_2.detach().float().contiguous()}
+        return save_safetensors_bytes(tensors, metadata={**header, "name": concept.token})
+    raise InvalidInputError(f"cannot write format {fmt.value!r}; write diffusers, a1111 or sdxl")
 
 
 def _a1111_pickle(concept: Concept, vectors: torch.Tensor) -> bytes:

@@ -203,7 +203,7 @@ def build_tiny_model(folder: Path, seed: int = 0, width: int = 32, family: str =
     components = tiny_components(seed, width, family)
     text_encoder = components["text_encoder"]
     assert isinstance(text_encoder, CLIPTextModel)
-    _fit_text_encoder_to_tokenizer(text_encoder, tokenizer)
+    fit_text_encoder_to_tokenizer(text_encoder, tokenizer)
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -230,7 +230,7 @@ def build_tiny_model(folder: Path, seed: int = 0, width: int = 32, family: str =
     return folder
 
 
-def _fit_text_encoder_to_tokenizer(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+def fit_text_encoder_to_tokenizer(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
     """Size the embedding table to the vocabulary and set the real BOS/EOS/pad ids."""
     text_encoder.resize_token_embeddings(len(tokenizer))
     config = text_encoder.config

@@ -34,18 +34,23 @@ class EmbeddingsTextEncoder(nn.Module):
         eos_positions: torch.Tensor,
         clip_skip: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.clip.embeddings(inputs_embeds=inputs_embeds)  # [B, T, D], positions added
-        mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)  # [1, 1, T, T]
-        outputs = []  # each layer's output [B, T, D]
-        for layer in self.clip.encoder.layers:
-            hidden = layer(hidden, mask)
-            outputs.append(hidden)
-        last = self.clip.final_layer_norm(hidden)
+        outputs = self.layer_outputs(inputs_embeds)
+        last = self.clip.final_layer_norm(outputs[-1])
         batch = torch.arange(last.shape[0], device=last.device)
         pooled = last[batch, eos_positions.to(torch.long)]  # [B, D]
         if clip_skip is None:
             return last, pooled
         return self.clip.final_layer_norm(skipped_layers(outputs, clip_skip)), pooled
+
+    def layer_outputs(self, inputs_embeds: torch.Tensor) -> list[torch.Tensor]:
+        """Each transformer layer's output ``[B, T, D]``, before any final layer norm."""
+        hidden = self.clip.embeddings(inputs_embeds=inputs_embeds)  # [B, T, D], positions added
+        mask = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)  # [1, 1, T, T]
+        outputs = []
+        for layer in self.clip.encoder.layers:
+            hidden = layer(hidden, mask)
+            outputs.append(hidden)
+        return outputs
 
 
 def skipped_layers(outputs: list[torch.Tensor], clip_skip: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""A tiny seeded SDXL model in the diffusers layout, built in code (the sizes of diffusers' own
+SDXL tests): two CLIP tokenizers (the second pads with "!", as SDXL's does), a ``CLIPTextModel``
+and a ``CLIPTextModelWithProjection`` of different widths, a UNet with SDXL's added conditioning
+(``text_embeds`` and ``time_ids``) and an Euler scheduler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from textinv.testing import MAX_LENGTH, fit_text_encoder_to_tokenizer, write_clip_tokenizer
+
+# The two text widths: clip_l and clip_g of a concept (768 and 1280 at full size).
+TINY_SDXL_WIDTHS = (32, 48)
+TIME_EMBED_DIM = 8  # per time id; SDXL has 6 time ids
+
+
+def _text_config(width: int, seed: int) -> CLIPTextConfig:
+    """A CLIP text config at diffusers' test size (GELU, as both of SDXL's); seeds the model
+    built from it next."""
+    torch.manual_seed(seed)
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=width,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        pad_token_id=1,
+        vocab_size=1000,
+        hidden_act="gelu",
+        projection_dim=width,
+        max_position_embeddings=MAX_LENGTH,
+    )
+
+
+def build_tiny_sdxl_model(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny seeded SDXL base model to ``folder`` in the diffusers layout; return it."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = Path(folder)
+    width_l, width_g = TINY_SDXL_WIDTHS
+    tokenizers = _tokenizers(folder)
+    text_encoder = CLIPTextModel(_text_config(width_l, seed))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(width_g, seed + 1))
+    fit_text_encoder_to_tokenizer(text_encoder, tokenizers[0])
+    fit_text_encoder_to_tokenizer(text_encoder_2, tokenizers[1])
+    unet = _unet(width_l, width_g, seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+        scaling_factor=0.13025,  # SDXL's
+        force_upcast=True,  # SDXL's VAE overflows in fp16
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1],
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipeline.save_pretrained(folder)
+    for name in ("_tok", "_tok2"):
+        for leftover in (folder / name).iterdir():
+            leftover.unlink()
+        (folder / name).rmdir()
+    return folder
+
+
+def _tokenizers(folder: Path) -> list[CLIPTokenizer]:
+    """SD's tokenizer, twice; the second pads with "!" (id 0 in CLIP's vocabulary), as SDXL's."""
+    tokenizers = []
+    for name, pad in (("_tok", None), ("_tok2", "!")):
+        write_clip_tokenizer(folder / name)
+        if pad is not None:  # SDXL's second tokenizer pads with "!" (id 0 in CLIP's vocabulary)
+            for file in ("tokenizer_config.json", "special_tokens_map.json"):
+                path = folder / name / file
+                path.write_text(json.dumps({**json.loads(path.read_text()), "pad_token": pad}))
+        tokenizers.append(CLIPTokenizer.from_pretrained(folder / name))
+    return tokenizers
+
+
+def _unet(width_l: int, width_g: int, seed: int) -> UNet2DConditionModel:
+    """SDXL's UNet at diffusers' test size: cross-attention over both widths, text_time
+    conditioning on the pooled embedding and six time ids."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + width_g,
+        cross_attention_dim=width_l + width_g,
+        norm_num_groups=32,
+    )
