@@ -131,12 +131,53 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, t
     return out
 
 
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
+QKV = ("q_proj", "k_proj", "v_proj")  # the order OpenCLIP stacks them in
+OPEN_CLIP_NAMES = [
+    ("embeddings.token_embedding.weight", "token_embedding.weight"),
+    ("embeddings.position_embedding.weight", "positional_embedding"),
+    ("final_layer_norm.", "ln_final."),
+    ("encoder.layers.", "transformer.resblocks."),
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    (".fc1.", ".c_fc."),
+    (".fc2.", ".c_proj."),
+    (".self_attn.", ".attn."),
+]
+
+
+def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SD 2.x's text encoder in OpenCLIP's layout: q, k and v stacked into ``in_proj``."""
+    out: dict[str, torch.Tensor] = {}
+    stacked: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        name = key
+        for ours, theirs in OPEN_CLIP_NAMES:
+            name = name.replace(ours, theirs)
+        for part in QKV:
+            if f".{part}." in name:
+                base, kind = name.split(f".{part}.")
+                stacked.setdefault(f"{base}.in_proj_{kind}", {})[part] = value
+                break
+        else:
+            out[OPEN_CLIP_PREFIX + name] = value
+    for key, parts in stacked.items():
+        out[OPEN_CLIP_PREFIX + key] = torch.cat([parts[part] for part in QKV])
+    return out
+
+
 def write_original_checkpoint(model, path: Path) -> Path:  # model: BaseModel
-    """``model``'s UNet, VAE and CLIP text encoder: one safetensors file, the original layout."""
+    """``model``'s UNet, VAE and text encoder (CLIP for SD 1.x, OpenCLIP's layout for SD 2.x):
+    one safetensors file, the original layout."""
+    text = model.text_encoder.state_dict()
     state = {
         **unet_to_original(model.unet.state_dict(), dict(model.unet.config)),
         **vae_to_original(model.vae.state_dict(), dict(model.vae.config)),
-        **{CLIP_PREFIX + k: v for k, v in model.text_encoder.state_dict().items()},
+        **(
+            open_clip_to_original(text)
+            if model.family == "sd2"
+            else {CLIP_PREFIX + k: v for k, v in text.items()}
+        ),
     }
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path

@@ -46,6 +46,28 @@ def test_a_single_file_loads_the_same_weights_and_image(tiny_model, checkpoint, 
     assert np.array_equal(from_file, from_folder)
 
 
+def test_an_sd2_single_file_loads_the_same_weights_and_image(
+    tiny_sd2_model, tiny_sd2_model_dir, tmp_path, monkeypatch
+) -> None:
+    """SD 2.x's text encoder is stored in OpenCLIP's layout (q, k, v stacked), and v-prediction
+    comes from the config folder."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(MODEL_CONFIG_ENV, str(config_folder_of(tiny_sd2_model_dir, tmp_path / "c")))
+    checkpoint = write_original_checkpoint(tiny_sd2_model, tmp_path / "sd2.safetensors")
+    loaded = load_base_model(checkpoint)
+    assert (loaded.family, loaded.prediction_type) == ("sd2", "v_prediction")
+    for name in ("text_encoder", "unet", "vae"):
+        ours, theirs = (
+            getattr(tiny_sd2_model, name).state_dict(),
+            getattr(loaded, name).state_dict(),
+        )
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    request = GenerationRequest(prompt="a red cat", steps=3, seed=4, width=32, height=32)
+    from_file = pixels(load_generation_pipeline(checkpoint)(request))
+    assert np.array_equal(from_file, pixels(load_generation_pipeline(tiny_sd2_model)(request)))
+
+
 def test_it_is_converted_once_and_its_hash_follows_the_file(checkpoint, config, monkeypatch):
     first = load_base_model(checkpoint)
 
