@@ -12,6 +12,7 @@ loading one can run code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -142,6 +143,14 @@ def cache_root() -> Path:
 
 
 def file_digest(path: Path) -> str:
+    """The file's sha256, read once per process for each size and modification time (the host
+    and the backend both resolve the model)."""
+    stat = path.stat()
+    return _digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
