@@ -163,7 +163,15 @@ def tiny_components(seed: int = 0, width: int = 32, family: str = "sd1") -> dict
         norm_num_groups=32,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
+    vae = tiny_vae()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_text_config(width, **(SD2_TEXT if sd2 else {})))
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def tiny_vae(**changes: Any) -> AutoencoderKL:
+    """An ``AutoencoderKL`` at diffusers' test size: 2 blocks, so a latent cell is 2 pixels."""
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
         out_channels=3,
@@ -171,24 +179,25 @@ def tiny_components(seed: int = 0, width: int = 32, family: str = "sd1") -> dict
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
         latent_channels=4,
         sample_size=64,
+        **changes,
     )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=width,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            pad_token_id=1,
-            vocab_size=1000,
-            max_position_embeddings=MAX_LENGTH,
-            **(SD2_TEXT if sd2 else {}),
-        )
-    )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def tiny_text_config(width: int, **changes: Any) -> CLIPTextConfig:
+    """A CLIP text encoder's config at diffusers' test size (5 layers, 4 heads), ``width`` wide."""
+    values: dict[str, Any] = {
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_size": width,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-05,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 5,
+        "pad_token_id": 1,
+        "vocab_size": 1000,
+        "max_position_embeddings": MAX_LENGTH,
+    }
+    return CLIPTextConfig(**{**values, **changes})
 
 
 def build_tiny_model(folder: Path, seed: int = 0, width: int = 32, family: str = "sd1") -> Path:

@@ -9,34 +9,19 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from textinv.testing import MAX_LENGTH, fit_text_encoder_to_tokenizer, write_clip_tokenizer
+from textinv.testing import (
+    fit_text_encoder_to_tokenizer,
+    tiny_text_config,
+    tiny_vae,
+    write_clip_tokenizer,
+)
 
 # The two text widths: clip_l and clip_g of a concept (768 and 1280 at full size).
 TINY_SDXL_WIDTHS = (32, 48)
 TIME_EMBED_DIM = 8  # per time id; SDXL has 6 time ids
-
-
-def _text_config(width: int, seed: int) -> CLIPTextConfig:
-    """A CLIP text config at diffusers' test size (GELU, as both of SDXL's); seeds the model
-    built from it next."""
-    torch.manual_seed(seed)
-    return CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_size=width,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        pad_token_id=1,
-        vocab_size=1000,
-        hidden_act="gelu",
-        projection_dim=width,
-        max_position_embeddings=MAX_LENGTH,
-    )
 
 
 def build_tiny_sdxl_model(folder: Path, seed: int = 0) -> Path:
@@ -46,23 +31,19 @@ def build_tiny_sdxl_model(folder: Path, seed: int = 0) -> Path:
     folder = Path(folder)
     width_l, width_g = TINY_SDXL_WIDTHS
     tokenizers = _tokenizers(folder)
-    text_encoder = CLIPTextModel(_text_config(width_l, seed))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(width_g, seed + 1))
+    # Both of SDXL's text encoders use GELU; the second projects its pooled state.
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_text_config(width_l, hidden_act="gelu"))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        tiny_text_config(width_g, hidden_act="gelu", projection_dim=width_g)
+    )
     fit_text_encoder_to_tokenizer(text_encoder, tokenizers[0])
     fit_text_encoder_to_tokenizer(text_encoder_2, tokenizers[1])
     unet = _unet(width_l, width_g, seed)
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=0.13025,  # SDXL's
-        force_upcast=True,  # SDXL's VAE overflows in fp16
-    )
+    # SDXL's latent scaling; its VAE overflows in fp16, so diffusers upcasts it.
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -113,6 +113,17 @@ def use_scheduler(pipeline: Any, request: GenerationRequest) -> None:
     pipeline.scheduler = scheduler_class.from_config(config, **overrides)
 
 
+def diffusers_text_states(pipeline: Any, prompt: str) -> Any:
+    """diffusers' own encoding of ``prompt`` with its loaded concepts: ``maybe_convert_prompt``,
+    its tokenizer, its text encoder (``.last_hidden_state`` and ``.pooler_output``)."""
+    converted = pipeline.maybe_convert_prompt(prompt, pipeline.tokenizer)
+    ids = pipeline.tokenizer(
+        converted, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        return pipeline.text_encoder(ids)
+
+
 def pixels(result: GenerationResult) -> np.ndarray:
     """The result's PNGs decoded to ``uint8 [n, H, W, 3]``."""
     return np.stack([decode_png(png) for png in result.images])

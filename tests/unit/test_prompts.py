@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from tests.unit.generation_reference import diffusers_text_states
 from textinv.concept_table import ConceptTable, as_table
 from textinv.concepts import Concept, save_concept
 from textinv.errors import UnknownConceptError
@@ -55,12 +56,7 @@ def test_last_hidden_state_matches_load_textual_inversion(
         embeddings.inputs_embeds, embeddings.eos_positions
     )
 
-    converted = reference_pipeline.maybe_convert_prompt(prompt, reference_pipeline.tokenizer)
-    ids = reference_pipeline.tokenizer(
-        converted, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
-    ).input_ids
-    with torch.no_grad():
-        reference = reference_pipeline.text_encoder(ids)
+    reference = diffusers_text_states(reference_pipeline, prompt)
 
     torch.testing.assert_close(ours, reference.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(pooled, reference.pooler_output, atol=1e-5, rtol=0)

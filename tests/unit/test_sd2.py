@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from tests.unit.generation_reference import (
+    diffusers_text_states,
     max_pixel_difference,
     pixels,
     reference_images,
     reference_pipeline,
 )
-from textinv.prompts import MAX_LENGTH, PromptEncoder
+from textinv.prompts import PromptEncoder
 from textinv.text_encoder import EmbeddingsTextEncoder
 from textinv_server.backends.torch_backend import TorchBackend
 from textinv_server.host_model import HostModel
@@ -61,12 +62,7 @@ def test_prompt_embeddings_match_load_textual_inversion(
     ours, pooled = EmbeddingsTextEncoder(tiny_sd2_model.text_encoder)(
         embeddings.inputs_embeds, embeddings.eos_positions
     )
-    converted = reference.maybe_convert_prompt(prompt, reference.tokenizer)
-    ids = reference.tokenizer(
-        converted, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
-    ).input_ids
-    with torch.no_grad():
-        theirs = reference.text_encoder(ids)
+    theirs = diffusers_text_states(reference, prompt)
     torch.testing.assert_close(ours, theirs.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(pooled, theirs.pooler_output, atol=1e-5, rtol=0)
 
