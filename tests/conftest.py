@@ -89,3 +89,11 @@ def tiny_sd2_model(tiny_sd2_model_dir: Path):  # -> BaseModel
     from textinv.model import load_base_model
 
     return load_base_model(tiny_sd2_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL base model: two text encoders (32 and 48 wide), added conditioning."""
+    from textinv.testing_sdxl import build_tiny_sdxl_model
+
+    return build_tiny_sdxl_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")

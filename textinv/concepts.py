@@ -2,11 +2,10 @@
 
 A concept is a placeholder token (``<cat-toy>``) with K ≥ 1 vectors of the text encoder's width.
 We write the diffusers format (``{token: float32[K, D]}`` in safetensors, our metadata in the
-header) or Automatic1111's. We read diffusers, Automatic1111 (``string_to_param`` + ``name``),
-kohya (``emb_params``) and SDXL (``clip_l`` + ``clip_g``) files, from safetensors or from ``.pt``
-through ``torch.load(weights_only=True)``, which cannot run pickled code. A file that carries no
-token (kohya, SDXL, a bare tensor, an Automatic1111 file without ``name``) is named after its
-file's stem, as Automatic1111 names it. Tokens are NFKC-normalized.
+header), Automatic1111's, or SDXL's (``clip_l`` + ``clip_g``, the token as ``name``). We read
+those and kohya's (``emb_params``), from safetensors or from ``.pt`` through
+``torch.load(weights_only=True)``, which cannot run pickled code. A file that carries no token
+(kohya, a bare tensor, a file without ``name``) is named after its stem, as Automatic1111 does.
 
 Every file is an upload, bounded before the expensive work (``textinv.concept_io``): its size,
 then each tensor's storage, rows (K ≤ ``max_vectors``) and width (the model's), all before one
@@ -217,6 +216,7 @@ def load_concept(
     token: str | None = None,
     max_vectors: int = MAX_VECTORS,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    expected_width_2: int | None = None,
 ) -> Concept:
     """Read a concept file in any supported format; ``token`` renames it."""
     path = Path(path)
@@ -233,6 +233,7 @@ def load_concept(
         token=token,
         max_vectors=max_vectors,
         max_bytes=max_bytes,
+        expected_width_2=expected_width_2,
     )
 
 

@@ -1,4 +1,8 @@
-"""Loading a frozen Stable Diffusion 1.x/2.x base model into one small typed bundle."""
+"""Loading a frozen Stable Diffusion 1.x/2.x or SDXL base model into one small typed bundle.
+
+An SDXL model carries a second tokenizer and text encoder (``CLIPTextModelWithProjection``);
+which stages take SDXL yet is said where each refuses it (``require_single_text_encoder``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,16 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from textinv.errors import ModelLoadError
 from textinv.single_file import is_single_file, single_file_folder
 
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+SUPPORTED_PIPELINES = (
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline",
+)
 # The parts of a diffusers folder we load, and the file each needs at least.
 REQUIRED_FILES = (
     "model_index.json",
@@ -25,7 +33,16 @@ REQUIRED_FILES = (
     "unet/config.json",
     "vae/config.json",
 )
-COMPONENT_FOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+# SDXL's second tokenizer and text encoder are hashed where a folder has them.
+COMPONENT_FOLDERS = (
+    "tokenizer",
+    "text_encoder",
+    "unet",
+    "vae",
+    "scheduler",
+    "tokenizer_2",
+    "text_encoder_2",
+)
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 
 
@@ -40,6 +57,20 @@ class BaseModel:
     vae: AutoencoderKL
     scheduler_config: dict[str, Any]
     model_hash: str
+    # SDXL: the second tokenizer and text encoder, and whether an empty negative prompt is zeros.
+    tokenizer_2: CLIPTokenizer | None = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    force_zeros_for_empty_prompt: bool = False
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        """Every module with weights: the text encoder(s), the UNet and the VAE."""
+        second = () if self.text_encoder_2 is None else (self.text_encoder_2,)
+        return (self.text_encoder, *second, self.unet, self.vae)
 
     @property
     def text_width(self) -> int:
@@ -65,6 +96,8 @@ class BaseModel:
 
     @property
     def family(self) -> str:
+        if self.is_sdxl:
+            return "sdxl"
         return text_encoder_family(self.text_encoder.config.hidden_act)
 
     @property
@@ -90,24 +123,37 @@ def load_base_model(
     """
     folder = resolve_model_folder(name_or_path)
     check_model_folder(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
-    for module in (text_encoder, unet, vae):
+    sdxl = _pipeline_class(folder) == "StableDiffusionXLPipeline"
+    model = BaseModel(
+        path=folder,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+        scheduler_config=json.loads((folder / "scheduler/scheduler_config.json").read_text()),
+        model_hash=model_hash(folder),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2") if sdxl else None,
+        text_encoder_2=(
+            CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype)
+            if sdxl
+            else None
+        ),
+        force_zeros_for_empty_prompt=bool(_model_index(folder).get("force_zeros_for_empty_prompt")),
+    )
+    for module in model.modules:
         module.requires_grad_(False)
         module.eval()
         module.to(device)
-    scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
-    return BaseModel(
-        path=folder,
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        unet=unet,
-        vae=vae,
-        scheduler_config=scheduler_config,
-        model_hash=model_hash(folder),
-    )
+    return model
+
+
+def require_single_text_encoder(model: BaseModel, what: str) -> None:
+    """Refuse an SDXL model in a stage that does not take one yet, naming the stage."""
+    if model.is_sdxl:
+        raise ModelLoadError(
+            f"{model.path.name} is an SDXL model; {what} takes SD 1.x and SD 2.x models so "
+            f"far (SDXL generates on the torch backend)"
+        )
 
 
 def resolve_model_folder(name_or_path: str | Path | None) -> Path:
@@ -150,11 +196,14 @@ def check_model_folder(folder: Path) -> None:
         all((folder / "tokenizer" / f).is_file() for f in group) for group in TOKENIZER_FILES
     ):
         missing.append("tokenizer/vocab.json + tokenizer/merges.txt (or tokenizer/tokenizer.json)")
-    missing += [
-        f"{part}/ weights"
-        for part in ("text_encoder", "unet", "vae")
-        if not _weights(folder / part)
-    ]
+    parts = ["text_encoder", "unet", "vae"]
+    indexed = (folder / "model_index.json").is_file()
+    sdxl = indexed and _pipeline_class(folder) == "StableDiffusionXLPipeline"
+    if (folder / "text_encoder_2").exists() or sdxl:
+        parts.append("text_encoder_2")
+        if not (folder / "tokenizer_2").is_dir():
+            missing.append("tokenizer_2/")
+    missing += [f"{part}/ weights" for part in parts if not _weights(folder / part)]
     if missing:
         raise ModelLoadError(
             f"model folder {str(folder)!r} is incomplete: missing {', '.join(missing)}"
@@ -163,7 +212,7 @@ def check_model_folder(folder: Path) -> None:
     if kind not in SUPPORTED_PIPELINES:
         raise ModelLoadError(
             f"model folder {str(folder)!r} holds a {kind!r}; supported kinds are "
-            f"{', '.join(SUPPORTED_PIPELINES)} (Stable Diffusion 1.x and 2.x)"
+            f"{', '.join(SUPPORTED_PIPELINES)} (Stable Diffusion 1.x, 2.x and SDXL)"
         )
 
 
@@ -173,14 +222,18 @@ def _weights(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
 
 
-def _pipeline_class(folder: Path) -> str:
+def _model_index(folder: Path) -> dict[str, Any]:
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelLoadError(
             f"model folder {str(folder)!r} has an unreadable model_index.json: {error}"
         ) from error
-    return str(index.get("_class_name", "unknown")) if isinstance(index, dict) else "unknown"
+    return index if isinstance(index, dict) else {}
+
+
+def _pipeline_class(folder: Path) -> str:
+    return str(_model_index(folder).get("_class_name", "unknown"))
 
 
 def model_hash(folder: Path) -> str:

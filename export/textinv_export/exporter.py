@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textinv.errors import InvalidInputError
-from textinv.model import BaseModel
+from textinv.model import BaseModel, require_single_text_encoder
 from textinv_export.choices import Component, Target
 from textinv_export.config import ExportConfig
 from textinv_export.manifest import (
@@ -77,7 +77,9 @@ def export_model(
     a progress line that names why. ``reports`` cover the asked components only.
     """
     say = progress or log.info
-    # 1. Fail before any work: TensorRT missing, the output folder not writable, bad ranges.
+    # 1. Fail before any work: an SDXL model, TensorRT missing, the output folder not writable,
+    # bad ranges.
+    require_single_text_encoder(model, "the export stage")
     if config.target is Target.TENSORRT:
         from textinv_export.tensorrt import require_tensorrt
 

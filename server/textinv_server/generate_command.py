@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from textinv.concepts import load_concept
+from textinv.errors import InvalidInputError
+from textinv.sdxl_text import SdxlConcepts
 from textinv_client.choices import Precision
 from textinv_client.cli import (
     add_connection_arguments,
@@ -27,6 +29,7 @@ from textinv_client.cli import (
 )
 from textinv_client.flags import Flag, add_flags, flag, from_flags
 from textinv_server.backends import BackendName, BackendOptions, Provider, TorchOptions
+from textinv_server.host_model import HostModel
 from textinv_server.pipeline import Concepts, load_generation_pipeline
 from textinv_server.requests import GenerationRequest, GenerationResult, StepProgress
 
@@ -103,17 +106,30 @@ def run_local_generate(args: argparse.Namespace) -> int:
     """Generate on this machine and write the images to ``--out``; errors reach the composer."""
     local = from_flags(LocalGeneration, args)
     pipeline = load_generation_pipeline(local.model, local.backend, local.backend_options())
-    concepts = load_concepts(local.concepts, pipeline.host.text_width)
+    concepts = load_concepts(local.concepts, pipeline.host)
     result = pipeline(request_from_args(args), concepts, on_step=show_progress)
     print(file=sys.stderr)  # end the progress line
     write_result(result, args.out)
     return 0
 
 
-def load_concepts(paths: tuple[Path, ...], width: int) -> Concepts:
-    """``{token: vectors [K, D]}`` of each file, checked against the model's text width."""
-    loaded = (load_concept(path, expected_width=width) for path in paths)
-    return {concept.token: concept.vectors for concept in loaded}
+def load_concepts(paths: tuple[Path, ...], host: HostModel) -> Concepts | SdxlConcepts:
+    """``{token: vectors [K, D]}`` of each file, checked against the model's text width; for
+    SDXL, both sets of vectors, each checked against its encoder's width."""
+    if host.token_embedding_2 is None:
+        loaded = [load_concept(path, expected_width=host.text_width) for path in paths]
+        return {concept.token: concept.vectors for concept in loaded}
+    widths = (host.text_width, int(host.token_embedding_2.shape[1]))
+    first, second = {}, {}
+    for path in paths:
+        concept = load_concept(path, expected_width=widths[0], expected_width_2=widths[1])
+        if concept.vectors_2 is None:
+            raise InvalidInputError(
+                f"{path.name}: one set of {concept.width}-wide vectors (an SD 1.x/2.x concept); "
+                f"this SDXL model needs clip_l ({widths[0]}) and clip_g ({widths[1]}) vectors"
+            )
+        first[concept.token], second[concept.token] = concept.vectors, concept.vectors_2
+    return SdxlConcepts(first, second)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 
+from textinv.errors import ModelLoadError
 from textinv.model import (
     BaseModel,
     check_model_folder,
@@ -40,7 +41,15 @@ class HostModel:
     default_resolution: int  # pixels; the UNet's native image side
     model_hash: str
     text_encoder_layers: int  # transformer layers; a request may skip all but the first
-    family: str = "sd1"  # "sd1" or "sd2" (textinv.model.text_encoder_family)
+    family: str = "sd1"  # "sd1", "sd2" or "sdxl" (BaseModel.family)
+    # SDXL: the second tokenizer and its table [V, D2], and whether an empty negative is zeros.
+    tokenizer_2: PreTrainedTokenizerBase | None = None
+    token_embedding_2: torch.Tensor | None = None
+    force_zeros_for_empty_prompt: bool = False
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.token_embedding_2 is not None
 
     @property
     def text_width(self) -> int:
@@ -60,6 +69,13 @@ class HostModel:
             model_hash=model.model_hash,
             text_encoder_layers=int(model.text_encoder.config.num_hidden_layers),
             family=model.family,
+            tokenizer_2=model.tokenizer_2,
+            token_embedding_2=(
+                None
+                if model.text_encoder_2 is None
+                else model.text_encoder_2.get_input_embeddings().weight.detach().float().cpu()
+            ),
+            force_zeros_for_empty_prompt=model.force_zeros_for_empty_prompt,
         )
 
 
@@ -67,6 +83,11 @@ def load_host_model(name_or_path: str | Path | None) -> HostModel:
     """Read tokenizer, token table, configs and hash of a diffusers folder (no UNet, no VAE)."""
     folder = resolve_model_folder(name_or_path)
     check_model_folder(folder)
+    if (folder / "text_encoder_2").is_dir():
+        raise ModelLoadError(
+            f"{folder.name} is an SDXL model; the exported backends take SD 1.x and SD 2.x "
+            f"models so far (SDXL generates on the torch backend)"
+        )
     unet = _read_json(folder / "unet/config.json")
     vae = _read_json(folder / "vae/config.json")
     text_encoder = _read_json(folder / "text_encoder/config.json")

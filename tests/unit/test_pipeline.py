@@ -39,9 +39,9 @@ class CountingBackend(TorchBackend):
         self.text_calls += 1
         return super().encode_text(inputs_embeds, eos_positions, clip_skip)
 
-    def predict_noise(self, sample, timestep, encoder_hidden_states):
+    def predict_noise(self, sample, timestep, encoder_hidden_states, added=None):
         self.unet_rows.append(int(sample.shape[0]))
-        return super().predict_noise(sample, timestep, encoder_hidden_states)
+        return super().predict_noise(sample, timestep, encoder_hidden_states, added)
 
 
 @pytest.fixture(scope="module")

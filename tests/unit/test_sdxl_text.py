@@ -10,75 +10,32 @@ import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from tests.unit.sdxl_reference import registered, sdxl_concepts, sdxl_reference_pipeline
 from textinv.concepts import Concept, ConceptFormat, concept_to_bytes, parse_concept
 from textinv.sdxl_text import SdxlConcepts, SdxlPromptEncoder, SdxlTextEncoders, encode_sdxl_prompts
-from textinv.testing_sdxl import TINY_SDXL_WIDTHS, build_tiny_sdxl_model
+from textinv.testing_sdxl import TINY_SDXL_WIDTHS
 
 PROMPTS = ["a photo of <cat-toy> on the beach", "a <cat-toy> in <dog-style> style", "a red cat"]
 
 
-def sdxl_concepts(seed: int) -> list[Concept]:
-    generator = torch.Generator().manual_seed(seed)
-    width_l, width_g = TINY_SDXL_WIDTHS
-    return [
-        Concept(
-            token,
-            torch.randn(k, width_l, generator=generator),
-            vectors_2=torch.randn(k, width_g, generator=generator),
-        )
-        for token, k in (("<cat-toy>", 2), ("<dog-style>", 1))
-    ]
-
-
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return build_tiny_sdxl_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
-
-
-@pytest.fixture(scope="module")
-def ours(folder: Path) -> tuple[SdxlTextEncoders, SdxlPromptEncoder]:
-    first = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
-    second = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").eval()
+def ours(tiny_sdxl_model_dir: Path) -> tuple[SdxlTextEncoders, SdxlPromptEncoder]:
+    first = CLIPTextModel.from_pretrained(tiny_sdxl_model_dir / "text_encoder").eval()
+    second = CLIPTextModelWithProjection.from_pretrained(
+        tiny_sdxl_model_dir / "text_encoder_2"
+    ).eval()
     prompts = SdxlPromptEncoder(
-        CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        CLIPTokenizer.from_pretrained(tiny_sdxl_model_dir / "tokenizer"),
         first.get_input_embeddings().weight.detach(),
-        CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+        CLIPTokenizer.from_pretrained(tiny_sdxl_model_dir / "tokenizer_2"),
         second.get_input_embeddings().weight.detach(),
     )
     return SdxlTextEncoders(first, second).eval(), prompts
 
 
 @pytest.fixture(scope="module")
-def reference(folder: Path):
-    from diffusers import StableDiffusionXLPipeline
-
-    pipeline = StableDiffusionXLPipeline.from_pretrained(folder)
-    for concept in sdxl_concepts(7):
-        # The file as kohya and Automatic1111 write it, read back, loaded once per encoder.
-        stored = parse_concept(concept_to_bytes(concept, ConceptFormat.SDXL), "c.safetensors")
-        assert stored.token == concept.token and stored.source_format is ConceptFormat.SDXL
-        assert stored.vectors_2 is not None
-        tokens = concept.expanded_tokens()
-        pipeline.load_textual_inversion(
-            list(stored.vectors),
-            token=tokens,
-            text_encoder=pipeline.text_encoder,
-            tokenizer=pipeline.tokenizer,
-        )
-        pipeline.load_textual_inversion(
-            list(stored.vectors_2),
-            token=tokens,
-            text_encoder=pipeline.text_encoder_2,
-            tokenizer=pipeline.tokenizer_2,
-        )
-    return pipeline
-
-
-def registered(concepts: list[Concept]) -> SdxlConcepts:
-    return SdxlConcepts(
-        {c.token: c.vectors for c in concepts},
-        {c.token: c.vectors_2 for c in concepts if c.vectors_2 is not None},
-    )
+def reference(tiny_sdxl_model_dir: Path):
+    return sdxl_reference_pipeline(tiny_sdxl_model_dir, sdxl_concepts(7))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -17,7 +17,7 @@ from textinv.data import AugmentationSpec, TrainingImage, encode_latent_cache, l
 from textinv.dtypes import torch_dtype
 from textinv.errors import InvalidInputError
 from textinv.hardware import log_precision, resolve_model_precision
-from textinv.model import BaseModel, load_base_model
+from textinv.model import BaseModel, load_base_model, require_single_text_encoder
 from textinv.prompts import PromptEncoder, TokenizedPrompt
 from textinv.templates import fill_template, templates_for
 from textinv.trainer.batches import TrainingData
@@ -39,6 +39,7 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
         model = load_model_for(config, device)
     else:
         device = model.unet.device  # the caller's model, in its own precision (autocast if not)
+    require_single_text_encoder(model, "inversion")
     precision = resolve_model_precision(config.precision, model.unet)
     log_precision(precision, "the frozen model")
     # 3. What depends on the model: the token, the initializer, the resolution, the schedule.
@@ -83,7 +84,7 @@ def load_model_for(config: InvertConfig, device: torch.device) -> BaseModel:
     model = _load_model(config, device, torch.float32 if auto else frozen_dtype(config, device))
     if auto:
         dtype = frozen_dtype(config, device, model)
-        for module in (model.text_encoder, model.unet, model.vae):
+        for module in model.modules:
             module.to(dtype)
     return model
 
@@ -108,7 +109,7 @@ def _load_model(config: InvertConfig, device: torch.device, dtype: torch.dtype) 
         from textinv.testing import sd15_shape_model
 
         model = sd15_shape_model(dtype=dtype)
-        for module in (model.text_encoder, model.unet, model.vae):
+        for module in model.modules:
             module.to(device)
         return model  # type: ignore[no-any-return]
     return load_base_model(config.model, dtype=dtype, device=device)  # None: the embedded model

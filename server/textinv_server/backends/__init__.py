@@ -9,6 +9,7 @@ here) and may keep the latents on its device between calls (no host copy inside 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -82,9 +83,14 @@ class Backend(Protocol):
         ...
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``sample [B, C, h, w]``, ``timestep float32 [B]``, ``[B, T, D]`` → ``[B, C, h, w]``."""
+        """``sample [B, C, h, w]``, ``timestep float32 [B]``, ``[B, T, D]`` → ``[B, C, h, w]``.
+        ``added``: SDXL's added conditioning, ``text_embeds [B, P]`` and ``time_ids [B, 6]``."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -98,6 +104,21 @@ class Backend(Protocol):
 
     def synchronize(self) -> None:
         """Wait for queued device work (stage timings only; a no-op on the CPU)."""
+        ...
+
+
+class SdxlTextBackend(Backend, Protocol):
+    """A backend that runs SDXL's two text encoders (``textinv.sdxl_text``)."""
+
+    def encode_text_sdxl(
+        self,
+        inputs_embeds: torch.Tensor,
+        inputs_embeds_2: torch.Tensor,
+        eos_positions: torch.Tensor,
+        clip_skip: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T, D1]``, ``[B, T, D2]``, ``[B]``, ``[B]`` → ``(prompt_embeds [B, T, D1 + D2],
+        text_embeds [B, P])``."""
         ...
 
 

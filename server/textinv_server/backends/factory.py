@@ -42,7 +42,7 @@ def _load_torch(model: ModelSource, options: BackendOptions) -> tuple[HostModel,
     if not isinstance(model, BaseModel):
         model = load_base_model(model, dtype=torch_dtype(options.precision), device=options.device)
     elif torch.device(options.device) != model.unet.device:
-        for module in (model.text_encoder, model.unet, model.vae):
+        for module in model.modules:
             module.to(options.device)
     if options.threads > 0:
         torch.set_num_threads(options.threads)

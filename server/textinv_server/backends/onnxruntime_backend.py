@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,8 +275,13 @@ class OnnxRuntimeBackend:
         return self.text_encoder.run(*inputs)  # [B, T, D]
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        assert added is None, "SDXL exports do not exist yet (load_host_model refuses SDXL)"
         return self.unet.run(sample, timestep, encoder_hidden_states)  # [B, C, h, w]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

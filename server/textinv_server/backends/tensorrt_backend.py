@@ -11,6 +11,7 @@ the UNet engine (the one called every step) replays a CUDA graph per input shape
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -96,8 +97,13 @@ class TensorRTBackend:
         return self.text_encoder.run(*inputs)  # [B, T, D]
 
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        assert added is None, "SDXL exports do not exist yet (load_host_model refuses SDXL)"
         return self.unet.run(sample, timestep, encoder_hidden_states)  # [B, C, h, w]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

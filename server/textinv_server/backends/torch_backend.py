@@ -27,7 +27,7 @@ Classifier-free guidance's two halves arrive as one batch (the pipeline's one UN
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ from textinv.dtypes import precision_of, torch_dtype
 from textinv.errors import InvalidInputError
 from textinv.hardware import PrecisionChoice, log_precision, resolve_model_precision
 from textinv.model import BaseModel
+from textinv.sdxl_text import SdxlTextEncoders
 from textinv.text_encoder import EmbeddingsTextEncoder
 from textinv_client.choices import Precision
 from textinv_server.backends import BackendName, ShapeLimits, TorchOptions
@@ -77,12 +78,19 @@ class TorchBackend:
         self.precision = weights_precision(options.weights, model)
         log_precision(self.precision, "the torch backend")
         if torch_dtype(self.precision.precision) != model.unet.dtype:
-            for module in (model.text_encoder, model.unet, model.vae):
+            for module in model.modules:
                 module.to(torch_dtype(self.precision.precision))
         self.dtype = model.unet.dtype
         self.limits = limits or ShapeLimits()
         self.attention = use_sdpa(model.unet, model.vae)
         self.text_encoder = EmbeddingsTextEncoder(model.text_encoder).eval()
+        self.sdxl_text = None
+        if model.text_encoder_2 is not None:
+            if options.compile or options.cuda_graph:
+                raise InvalidInputError(
+                    "compile and cuda_graph do not take SDXL's added conditioning yet"
+                )
+            self.sdxl_text = SdxlTextEncoders(model.text_encoder, model.text_encoder_2).eval()
         self.unet = model.unet
         self.vae = model.vae
         self.memory_format = torch.contiguous_format
@@ -114,13 +122,39 @@ class TorchBackend:
         return hidden.float()  # [B, T, D]
 
     @torch.inference_mode()
+    def encode_text_sdxl(
+        self,
+        inputs_embeds: torch.Tensor,
+        inputs_embeds_2: torch.Tensor,
+        eos_positions: torch.Tensor,
+        clip_skip: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.sdxl_text is not None, "the pipeline checks that the model is SDXL"
+        hidden, pooled = self.sdxl_text(
+            inputs_embeds.to(self.device, self.dtype),
+            inputs_embeds_2.to(self.device, self.dtype),
+            eos_positions.to(self.device),
+            clip_skip.to(self.device),
+        )
+        return hidden.float(), pooled.float()  # [B, T, D1 + D2], [B, P]
+
+    @torch.inference_mode()
     def predict_noise(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         sample = sample.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
-        noise = self._unet_forward(
-            sample, timestep.to(self.device), encoder_hidden_states.to(self.device, self.dtype)
-        )
+        hidden = encoder_hidden_states.to(self.device, self.dtype)
+        if added is None:
+            noise = self._unet_forward(sample, timestep.to(self.device), hidden)
+        else:  # SDXL: text_embeds and time_ids, eagerly (init refuses compile and CUDA graphs)
+            extra = {name: value.to(self.device, self.dtype) for name, value in added.items()}
+            noise = self.unet(
+                sample, timestep.to(self.device), hidden, added_cond_kwargs=extra, return_dict=False
+            )[0]
         # A copy, always: a CUDA graph's output buffer is overwritten by the next replay.
         return noise.to(torch.float32, copy=True).contiguous()  # [B, C, h, w]
 

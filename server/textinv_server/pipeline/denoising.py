@@ -79,6 +79,7 @@ def denoise(backend: Backend, running: list[RunningRequest], outcomes: Outcomes)
     guided = running[0].uncond is not None
     active: list[RunningRequest] = []
     hidden, buffer = hidden_states(active), input_buffer(active, guided)
+    added: dict[str, torch.Tensor] | None = None
     clock = StepClock(backend.device)
     total = len(timesteps)
     for index, timestep in enumerate(timesteps):
@@ -86,10 +87,11 @@ def denoise(backend: Backend, running: list[RunningRequest], outcomes: Outcomes)
         still = drop_cancelled(started, outcomes, index, total)
         if [id(s) for s in still] != [id(s) for s in active]:
             active, hidden, buffer = still, hidden_states(still), input_buffer(still, guided)
+            added = added_conditions(still)
         if not active:
             continue
         clock.start()
-        step(backend, active, timestep, unet_timesteps[index], hidden, buffer, guided)
+        step(backend, active, timestep, unet_timesteps[index], (hidden, added), buffer, guided)
         host_ms = clock.stop()
         for state in active:
             own = index - state.start_index
@@ -104,14 +106,16 @@ def step(
     active: list[RunningRequest],
     timestep: torch.Tensor,
     unet_timestep: torch.Tensor,
-    hidden: torch.Tensor,
+    conditioning: tuple[torch.Tensor, dict[str, torch.Tensor] | None],
     buffer: torch.Tensor,
     guided: bool,
 ) -> None:
-    """One UNet call for all active images (uncond rows first), then each scheduler's step."""
+    """One UNet call for all active images (uncond rows first), then each scheduler's step.
+    ``conditioning``: the hidden states ``[rows, T, D]`` and SDXL's added conditioning."""
     sample = model_input(active, timestep, buffer, guided)  # [rows, C, h, w]
     t = unet_timestep.expand(sample.shape[0])  # [rows] on the device, no host sync
-    noise = backend.predict_noise(sample, t, hidden)
+    hidden, added = conditioning
+    noise = backend.predict_noise(sample, t, hidden, added)
     uncond_all, cond_all = noise.chunk(2) if guided else (noise, noise)
     sizes = [s.request.num_images for s in active]
     for state, uncond, cond in zip(
@@ -160,6 +164,19 @@ def hidden_states(active: list[RunningRequest]) -> torch.Tensor:
     if active[0].uncond is None:
         return cond
     return torch.cat([torch.cat([s.uncond for s in active if s.uncond is not None]), cond])
+
+
+def added_conditions(active: list[RunningRequest]) -> dict[str, torch.Tensor] | None:
+    """SDXL's ``text_embeds [rows, P]`` and ``time_ids [rows, 6]``, in the rows' order (every
+    uncond row, then every cond row); None for SD 1.x/2.x."""
+    if not active or active[0].pooled_cond is None:
+        return None
+    cond = torch.cat([s.pooled_cond for s in active if s.pooled_cond is not None])
+    time_ids = torch.cat([s.time_ids for s in active if s.time_ids is not None])
+    if active[0].uncond is None:
+        return {"text_embeds": cond, "time_ids": time_ids}
+    uncond = torch.cat([s.pooled_uncond for s in active if s.pooled_uncond is not None])
+    return {"text_embeds": torch.cat([uncond, cond]), "time_ids": torch.cat([time_ids] * 2)}
 
 
 def drop_cancelled(

@@ -13,6 +13,7 @@ import torch
 from textinv.errors import CancelledError, InvalidInputError
 from textinv.model import BaseModel
 from textinv.prompts import PromptEncoder
+from textinv.sdxl_text import SdxlConcepts
 from textinv_server.backends import Backend, BackendName, BackendOptions, ShapeLimits
 from textinv_server.backends.factory import load_backend
 from textinv_server.config import Limits
@@ -47,14 +48,24 @@ class GenerationPipeline:
                 f"backend was loaded for model {backend.model_hash[:12]}, not for "
                 f"{host.model_hash[:12]} ({host.path})"
             )
+        if host.is_sdxl and not hasattr(backend, "encode_text_sdxl"):
+            raise InvalidInputError(
+                f"{host.path.name} is an SDXL model, which the {backend.name.value} backend does "
+                f"not run yet; use the torch backend"
+            )
         self.host = host
         self.backend = backend
         self.prompts = PromptEncoder(host.tokenizer, host.token_embedding)
+        self.prompts_2 = (
+            None
+            if host.tokenizer_2 is None or host.token_embedding_2 is None
+            else PromptEncoder(host.tokenizer_2, host.token_embedding_2)
+        )
 
     def prepare(
         self,
         request: GenerationRequest,
-        concepts: Concepts = NO_CONCEPTS,
+        concepts: Concepts | SdxlConcepts = NO_CONCEPTS,
         *,
         on_step: ProgressCallback | None = None,
         is_cancelled: CancelCheck | None = None,
@@ -78,7 +89,8 @@ class GenerationPipeline:
         shapes.check(request.width, request.height, request.num_images)
         check_clip_skip(request.clip_skip, self.host.text_encoder_layers, shapes)
         max_chunks = min(limits.max_prompt_chunks, shapes.max_prompt_chunks or sys.maxsize)
-        embeddings = embed_prompts(self.prompts, request, concepts, max_chunks)
+        first, second = concepts_per_encoder(concepts, self.prompts_2 is not None)
+        embeddings = embed_prompts(self.prompts, request, first, max_chunks)
         return PreparedRequest(
             request,
             embeddings,
@@ -86,12 +98,17 @@ class GenerationPipeline:
             on_step,
             is_cancelled,
             init_image=init_image,
+            embeddings_2=(
+                None
+                if self.prompts_2 is None
+                else embed_prompts(self.prompts_2, request, second, max_chunks)
+            ),
         )
 
     def __call__(
         self,
         request: GenerationRequest,
-        concepts: Concepts = NO_CONCEPTS,
+        concepts: Concepts | SdxlConcepts = NO_CONCEPTS,
         *,
         on_step: ProgressCallback | None = None,
         is_cancelled: CancelCheck | None = None,
@@ -114,7 +131,7 @@ class GenerationPipeline:
         # 1. Check that the requests can share a batch.
         check_batch(batch, self.backend.limits)
         # 2. Encode all prompts in one text-encoder call.
-        encoded = encode_prompts(self.backend, batch)
+        encoded = encode_prompts(self.backend, batch, self.host.force_zeros_for_empty_prompt)
         # 3. Encode the img2img requests' init images in one VAE-encoder call; draw each
         # request's initial latents from its own seeds; give it its own scheduler.
         running = self._start(batch, encoded, encode_init_images(self.backend, batch))
@@ -149,9 +166,37 @@ class GenerationPipeline:
         uncond: list[torch.Tensor | None] = [*encoded.uncond] or [None] * len(batch)
         device = self.backend.device
         return [
-            start_request(prepared, self.host, device, uncond[i], encoded.cond[i], init)
+            start_request(
+                prepared, self.host, device, uncond[i], encoded.cond[i], init, pooled_of(encoded, i)
+            )
             for i, (prepared, init) in enumerate(zip(batch, init_parameters, strict=True))
         ]
+
+
+def pooled_of(
+    encoded: EncodedPrompts, index: int
+) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """Request ``index``'s SDXL pooled embeddings ``(uncond or None, cond)``; None for SD 1.x."""
+    if not encoded.cond_pooled:
+        return None
+    uncond = encoded.uncond_pooled[index] if encoded.uncond_pooled else None
+    return uncond, encoded.cond_pooled[index]
+
+
+def concepts_per_encoder(
+    concepts: Concepts | SdxlConcepts, sdxl: bool
+) -> tuple[Concepts, Concepts]:
+    """The vectors for the first text encoder and for SDXL's second one."""
+    if isinstance(concepts, SdxlConcepts):
+        if not sdxl:
+            raise InvalidInputError("SDXL concepts (clip_l and clip_g) need an SDXL model")
+        return concepts.first, concepts.second
+    if sdxl and concepts:
+        raise InvalidInputError(
+            "an SDXL model needs each concept's vectors for both text encoders (clip_l and "
+            "clip_g), as SDXL concept files hold them"
+        )
+    return concepts, NO_CONCEPTS
 
 
 def check_clip_skip(clip_skip: int, layers: int, shapes: ShapeLimits) -> None:

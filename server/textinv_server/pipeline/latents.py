@@ -36,6 +36,10 @@ class RunningRequest:
     # The step of the shared schedule at which the request joins the loop: 0, or img2img's
     # first step (init_images).
     start_index: int = 0
+    # SDXL's added conditioning: pooled text_embeds [n, P] per half, and time_ids [n, 6].
+    pooled_uncond: torch.Tensor | None = None
+    pooled_cond: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
     @property
     def request(self) -> GenerationRequest:
@@ -49,6 +53,7 @@ def start_request(
     uncond: torch.Tensor | None,
     cond: torch.Tensor,
     init_parameters: torch.Tensor | None = None,
+    pooled: tuple[torch.Tensor | None, torch.Tensor] | None = None,
 ) -> RunningRequest:
     """Per-image generators, a fresh scheduler, and the initial latents as diffusers draws them:
     noise, or with img2img's ``init_parameters`` (the VAE posterior's ``[1, 2C, h, w]``) the
@@ -76,7 +81,7 @@ def start_request(
     else:
         latents = initial_noise(request, host, generators, device) * scheduler.init_noise_sigma
     n = request.num_images
-    return RunningRequest(
+    running = RunningRequest(
         prepared=prepared,
         scheduler=scheduler,
         generators=generators,
@@ -86,6 +91,20 @@ def start_request(
         step_kwargs=step_kwargs(scheduler, generators),
         start_index=start,
     )
+    if pooled is not None:
+        pooled_uncond, pooled_cond = pooled
+        running.pooled_uncond = None if pooled_uncond is None else pooled_uncond.expand(n, -1)
+        running.pooled_cond = pooled_cond.expand(n, -1)
+        running.time_ids = sdxl_time_ids(request).expand(n, -1)
+    return running
+
+
+def sdxl_time_ids(request: GenerationRequest) -> torch.Tensor:
+    """``[6]``: SDXL's original size, crop's top-left corner and target size, as diffusers
+    sets them by default for a generation: (H, W, 0, 0, H, W)."""
+    assert request.width is not None and request.height is not None
+    size = [request.height, request.width]
+    return torch.tensor([*size, 0, 0, *size], dtype=torch.float32)
 
 
 def initial_noise(

@@ -45,6 +45,8 @@ class PreparedRequest:
     on_step: ProgressCallback | None = None
     is_cancelled: CancelCheck | None = None
     init_image: torch.Tensor | None = field(default=None, repr=False)  # [1, 3, H, W] in [-1, 1]
+    # SDXL: the same rows through the second text encoder's tokenizer and table.
+    embeddings_2: PromptEmbeddings | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def cancel(self) -> None:

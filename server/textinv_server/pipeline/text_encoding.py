@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 
 from textinv.prompts import PromptEmbeddings, PromptEncoder, apply_emphasis
-from textinv_server.backends import Backend
+from textinv_server.backends import Backend, SdxlTextBackend
 from textinv_server.pipeline.planning import Concepts, PreparedRequest
 from textinv_server.requests import GenerationRequest
 
@@ -25,7 +26,8 @@ def embed_prompts(
     prompts: PromptEncoder, request: GenerationRequest, concepts: Concepts, max_chunks: int
 ) -> PromptEmbeddings:
     """``inputs_embeds [B, 77·C, D]``: rows ``[negative, prompt]`` with guidance, else
-    ``[prompt]``, both with the same chunk count C (1 in the plain syntax)."""
+    ``[prompt]``, both with the same chunk count C (1 in the plain syntax). For SDXL, call it
+    once per text encoder, with that encoder's tokenizer, table and vectors."""
     texts = [request.prompt]
     if request.uses_guidance:
         texts.insert(0, request.negative_prompt)
@@ -39,25 +41,59 @@ class EncodedPrompts:
     uncond: list[torch.Tensor]
     cond: list[torch.Tensor]
     milliseconds: float
+    # SDXL: per request, the pooled text_embeds [P] of each half (empty for SD 1.x/2.x).
+    uncond_pooled: list[torch.Tensor] = field(default_factory=list)
+    cond_pooled: list[torch.Tensor] = field(default_factory=list)
 
 
-def encode_prompts(backend: Backend, batch: Sequence[PreparedRequest]) -> EncodedPrompts:
-    """One text-encoder call over every request's rows."""
+def encode_prompts(
+    backend: Backend, batch: Sequence[PreparedRequest], zero_empty: bool = False
+) -> EncodedPrompts:
+    """One text-encoder call over every request's rows. ``zero_empty`` (an SDXL model's
+    ``force_zeros_for_empty_prompt``): an empty negative prompt's states are zeros."""
     start = time.perf_counter()
     inputs_embeds = torch.cat([prepared.embeddings.encoder_rows() for prepared in batch])
     eos_positions = torch.cat([prepared.embeddings.eos_positions for prepared in batch])
     clip_skip = torch.cat([clip_skip_rows(prepared) for prepared in batch])
-    hidden = backend.encode_text(inputs_embeds, eos_positions, clip_skip)  # [chunk rows, 77, D]
+    pooled = None
+    if batch[0].embeddings_2 is None:
+        hidden = backend.encode_text(inputs_embeds, eos_positions, clip_skip)  # [rows, 77, D]
+    else:  # SDXL: both encoders, and the second's pooled projection [rows, P]
+        second = torch.cat([p.embeddings_2.encoder_rows() for p in batch if p.embeddings_2])
+        sdxl = cast(SdxlTextBackend, backend)
+        hidden, pooled = sdxl.encode_text_sdxl(inputs_embeds, second, eos_positions, clip_skip)
     backend.synchronize()
-    chunk_rows = hidden.split([len(prepared.embeddings.eos_positions) for prepared in batch])
+    sizes = [len(prepared.embeddings.eos_positions) for prepared in batch]
     per_request = [
         joined_chunks(rows, prepared.embeddings)
-        for rows, prepared in zip(chunk_rows, batch, strict=True)
+        for rows, prepared in zip(hidden.split(sizes), batch, strict=True)
     ]
     guided = batch[0].request.uses_guidance
-    uncond = [rows[0] for rows in per_request] if guided else []
-    cond = [rows[-1] for rows in per_request]
-    return EncodedPrompts(uncond, cond, (time.perf_counter() - start) * 1000)
+    zeroed = [zero_empty and guided and not p.request.negative_prompt for p in batch]
+    uncond = [zeros_if(rows[0], z) for rows, z in zip(per_request, zeroed, strict=True)]
+    encoded = EncodedPrompts(
+        uncond if guided else [],
+        [rows[-1] for rows in per_request],
+        (time.perf_counter() - start) * 1000,
+    )
+    if pooled is None:
+        return encoded
+    # Each prompt's pooled embedding is its first chunk's, as Automatic1111 takes it.
+    firsts = [
+        rows.reshape(len(p.embeddings.inputs_embeds), -1, rows.shape[-1])[:, 0]
+        for rows, p in zip(pooled.split(sizes), batch, strict=True)
+    ]
+    return replace(
+        encoded,
+        uncond_pooled=[zeros_if(f[0], z) for f, z in zip(firsts, zeroed, strict=True)]
+        if guided
+        else [],
+        cond_pooled=[f[-1] for f in firsts],
+    )
+
+
+def zeros_if(tensor: torch.Tensor, zero: bool) -> torch.Tensor:
+    return torch.zeros_like(tensor) if zero else tensor
 
 
 def clip_skip_rows(prepared: PreparedRequest) -> torch.Tensor:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 def place_model(model: BaseModel, settings: GenerateBenchSettings) -> PrecisionChoice:
     """Device and layout for every runner alike (diffusers shares these modules), and the
     precision ours runs in (``weights`` resolved for the model on its device)."""
-    for module in (model.text_encoder, model.unet, model.vae):
+    for module in model.modules:
         module.to(settings.device)
     if settings.channels_last:
         model.unet.to(memory_format=torch.channels_last)
@@ -63,7 +63,7 @@ def peer_models(
 
 
 def cast_model(model: BaseModel, precision: Precision) -> None:
-    for module in (model.text_encoder, model.unet, model.vae):
+    for module in model.modules:
         module.to(torch_dtype(precision))
 
 

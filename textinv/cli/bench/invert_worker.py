@@ -91,7 +91,7 @@ def load_model(settings: InvertBenchSettings, method: str) -> BaseModel:
     model: BaseModel
     if settings.model == SD15_SHAPE:
         model = sd15_shape_model(dtype=whole)
-        for module in (model.text_encoder, model.unet, model.vae):
+        for module in model.modules:
             module.to(settings.device)
     else:
         model = load_base_model(settings.model, dtype=whole, device=settings.device)

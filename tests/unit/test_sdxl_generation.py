@@ -1,0 +1,108 @@
+"""SDXL generation on the torch backend against diffusers' ``StableDiffusionXLPipeline``: two
+SDXL concepts in one prompt, loaded into diffusers once per text encoder, the same seeds and
+scheduler; with a negative prompt and with an empty one (zeros, as the model says)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.generation_reference import max_pixel_difference, pixels
+from tests.unit.sdxl_reference import (
+    registered,
+    sdxl_concepts,
+    sdxl_reference_images,
+    sdxl_reference_pipeline,
+)
+from textinv.errors import InvalidInputError, ModelLoadError
+from textinv_server.pipeline import GenerationPipeline
+from textinv_server.pipeline.generation import load_generation_pipeline
+from textinv_server.requests import GenerationRequest, Scheduler
+
+PROMPT = "a photo of <cat-toy> in <dog-style> style on the beach"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_sdxl_model_dir: Path) -> GenerationPipeline:
+    return load_generation_pipeline(tiny_sdxl_model_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_sdxl_model_dir: Path):
+    return sdxl_reference_pipeline(tiny_sdxl_model_dir, sdxl_concepts(7))
+
+
+def request(**overrides) -> GenerationRequest:
+    values = {"prompt": PROMPT, "negative_prompt": "blurry", "steps": 4, "seed": 3}
+    return GenerationRequest(**{**values, "width": 32, "height": 40, **overrides})
+
+
+@pytest.mark.parametrize("negative", ["blurry", ""])
+@pytest.mark.parametrize("scheduler", [Scheduler.EULER, Scheduler.DDIM])
+def test_pixels_match_stable_diffusion_xl(pipeline, reference, scheduler, negative: str) -> None:
+    assert pipeline.host.is_sdxl and pipeline.host.family == "sdxl"
+    req = request(scheduler=scheduler, negative_prompt=negative, num_images=2)
+    result = pipeline(req, registered(sdxl_concepts(7)))
+    ours = pixels(result)
+    assert ours.shape == (2, 40, 32, 3) and ours.std() > 5
+    assert max_pixel_difference(ours, sdxl_reference_images(reference, result.request)) <= 1
+    # The control: the model listens to its text. Other vectors for the concepts move the
+    # pixels by far more than the tolerance.
+    other = pixels(pipeline(req, registered(sdxl_concepts(8))))
+    assert max_pixel_difference(ours, other) > 10
+
+
+def test_sdxl_requests_share_a_batch(pipeline) -> None:
+    concepts = registered(sdxl_concepts(7))
+    requests = [request(), request(prompt="a red cat", seed=4, negative_prompt="")]
+    prepared = [pipeline.prepare(req, concepts) for req in requests]
+    batched = [pixels(r) for r in pipeline.run_batch(prepared)]  # type: ignore[union-attr]
+    for req, many in zip(requests, batched, strict=True):
+        assert max_pixel_difference(pixels(pipeline(req, concepts)), many) <= 2
+
+
+def test_concepts_must_fit_the_model(pipeline, tiny_model) -> None:
+    one_encoder = {c.token: c.vectors for c in sdxl_concepts(7)}
+    with pytest.raises(InvalidInputError, match="needs each concept's vectors for both"):
+        pipeline(request(), one_encoder)
+    sd1 = load_generation_pipeline(tiny_model)
+    with pytest.raises(InvalidInputError, match="SDXL concepts .* need an SDXL model"):
+        sd1(request(prompt="a cat"), registered(sdxl_concepts(7)))
+
+
+def test_stages_without_sdxl_refuse_it(tiny_sdxl_model_dir: Path, tmp_path) -> None:
+    from textinv.model import load_base_model
+    from textinv_export.exporter import ExportConfig, export_model
+    from textinv_server.host_model import load_host_model
+
+    with pytest.raises(ModelLoadError, match="is an SDXL model; the exported backends"):
+        load_host_model(tiny_sdxl_model_dir)
+    model = load_base_model(tiny_sdxl_model_dir)
+    with pytest.raises(ModelLoadError, match="is an SDXL model; the export stage takes"):
+        export_model(model, ExportConfig(tmp_path / "out"))
+    from tests.unit.test_trainer import config_for, make_images
+    from textinv.trainer import prepare
+
+    config = config_for(make_images(tmp_path / "images", 1), tmp_path / "run", tiny_sdxl_model_dir)
+    with pytest.raises(ModelLoadError, match="is an SDXL model; inversion takes"):
+        prepare(config, model)
+
+
+def test_textinv_generate_takes_an_sdxl_model_and_concept_file(
+    tiny_sdxl_model_dir: Path, tmp_path
+) -> None:
+    from textinv.cli import main
+    from textinv.concepts import Concept, ConceptFormat, save_concept
+
+    cat_toy, _ = sdxl_concepts(7)
+    sdxl_file = save_concept(cat_toy, tmp_path / "cat.safetensors", ConceptFormat.SDXL)
+    out = tmp_path / "x.png"
+    argv = ["generate", "--model", str(tiny_sdxl_model_dir), "--prompt", "a <cat-toy>"]
+    argv += ["--steps", "2", "--width", "32", "--height", "32", "--out", str(out)]
+    assert main([*argv, "--concept", str(sdxl_file)]) == 0 and out.stat().st_size > 0
+    sd1_file = save_concept(Concept("<cat-toy>", cat_toy.vectors), tmp_path / "sd1.safetensors")
+    with pytest.raises(InvalidInputError, match=r"needs clip_l \(32\) and clip_g \(48\)"):
+        from textinv_server.generate_command import load_concepts
+
+        load_concepts((sd1_file,), load_generation_pipeline(tiny_sdxl_model_dir).host)
