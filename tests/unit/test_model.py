@@ -57,9 +57,14 @@ def test_incomplete_folder_names_what_is_missing(tmp_path: Path, tiny_model_dir:
 
 
 def test_unsupported_kind_is_named(tmp_path: Path, tiny_model_dir: Path) -> None:
-    sdxl = shutil.copytree(tiny_model_dir, tmp_path / "sdxl")
-    index = json.loads((sdxl / "model_index.json").read_text())
+    other = shutil.copytree(tiny_model_dir, tmp_path / "sd3")
+    index = json.loads((other / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusion3Pipeline"
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="StableDiffusion3Pipeline"):
+        load_base_model(other)
+    # An SDXL index over an SD 1.x folder: the second encoder is named as missing.
     index["_class_name"] = "StableDiffusionXLPipeline"
-    (sdxl / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ModelLoadError, match="StableDiffusionXLPipeline"):
-        load_base_model(sdxl)
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="missing tokenizer_2/, text_encoder_2/ weights"):
+        load_base_model(other)
