@@ -4,11 +4,14 @@ scheduler; with a negative prompt and with an empty one (zeros, as the model say
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from tests.unit.generation_reference import max_pixel_difference, pixels
+from tests.unit.generation_reference import max_pixel_difference, pixels, use_scheduler
 from tests.unit.sdxl_reference import (
     registered,
     sdxl_concepts,
@@ -106,3 +109,23 @@ def test_textinv_generate_takes_an_sdxl_model_and_concept_file(
         from textinv_server.generate_command import load_concepts
 
         load_concepts((sd1_file,), load_generation_pipeline(tiny_sdxl_model_dir).host)
+
+
+def test_sdxl_clip_skip_matches_diffusers(pipeline, reference) -> None:
+    """diffusers' SDXL clip_skip k takes hidden_states[-(k + 2)] of both encoders (the prompt
+    only; its negative prompt stays on the penultimate layer), so guidance is off here."""
+    req = request(clip_skip=1, guidance_scale=1.0, negative_prompt="")
+    concepts = registered(sdxl_concepts(7))
+    ours = pixels(pipeline(req, concepts))
+
+
+    use_scheduler(reference, req)
+    output = reference(
+        req.prompt, num_inference_steps=req.steps, guidance_scale=1.0, width=32, height=40,
+        generator=torch.Generator("cpu").manual_seed(3), clip_skip=1, output_type="np",
+    )  # fmt: skip
+    theirs = np.asarray((output.images * 255).round().astype(np.uint8))
+    assert max_pixel_difference(ours, theirs) <= 1
+    assert max_pixel_difference(ours, pixels(pipeline(replace(req, clip_skip=0), concepts))) > 5
+    with pytest.raises(InvalidInputError, match="clip_skip 4 would skip every layer"):
+        pipeline(replace(req, clip_skip=4), concepts)

@@ -117,8 +117,8 @@ class SdxlTextBackend(Backend, Protocol):
         eos_positions: torch.Tensor,
         clip_skip: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, T, D1]``, ``[B, T, D2]``, ``[B]``, ``[B]`` → ``(prompt_embeds [B, T, D1 + D2],
-        text_embeds [B, P])``."""
+        """``[B, T, D1]``, ``[B, T, D2]``, the second encoder's end-of-text positions ``[B]``,
+        clip skips ``[B]`` → ``(prompt_embeds [B, T, D1 + D2], text_embeds [B, P])``."""
         ...
 
 

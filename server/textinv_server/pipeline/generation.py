@@ -87,7 +87,9 @@ class GenerationPipeline:
         request = request.resolved(self.host.default_resolution)
         assert request.width is not None and request.height is not None
         shapes.check(request.width, request.height, request.num_images)
-        check_clip_skip(request.clip_skip, self.host.text_encoder_layers, shapes)
+        # SDXL starts from the penultimate layer: one fewer to skip.
+        layers = self.host.text_encoder_layers - int(self.host.is_sdxl)
+        check_clip_skip(request.clip_skip, layers, shapes)
         max_chunks = min(limits.max_prompt_chunks, shapes.max_prompt_chunks or sys.maxsize)
         first, second = concepts_per_encoder(concepts, self.prompts_2 is not None)
         embeddings = embed_prompts(self.prompts, request, first, max_chunks)

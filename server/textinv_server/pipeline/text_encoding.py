@@ -59,9 +59,11 @@ def encode_prompts(
     if batch[0].embeddings_2 is None:
         hidden = backend.encode_text(inputs_embeds, eos_positions, clip_skip)  # [rows, 77, D]
     else:  # SDXL: both encoders, and the second's pooled projection [rows, P]
-        second = torch.cat([p.embeddings_2.encoder_rows() for p in batch if p.embeddings_2])
+        seconds = [p.embeddings_2 for p in batch if p.embeddings_2 is not None]
+        second = torch.cat([embeddings.encoder_rows() for embeddings in seconds])
+        eos_2 = torch.cat([embeddings.eos_positions for embeddings in seconds])  # pooled's
         sdxl = cast(SdxlTextBackend, backend)
-        hidden, pooled = sdxl.encode_text_sdxl(inputs_embeds, second, eos_positions, clip_skip)
+        hidden, pooled = sdxl.encode_text_sdxl(inputs_embeds, second, eos_2, clip_skip)
     backend.synchronize()
     sizes = [len(prepared.embeddings.eos_positions) for prepared in batch]
     per_request = [
