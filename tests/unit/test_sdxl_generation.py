@@ -118,7 +118,6 @@ def test_sdxl_clip_skip_matches_diffusers(pipeline, reference) -> None:
     concepts = registered(sdxl_concepts(7))
     ours = pixels(pipeline(req, concepts))
 
-
     use_scheduler(reference, req)
     output = reference(
         req.prompt, num_inference_steps=req.steps, guidance_scale=1.0, width=32, height=40,
@@ -129,3 +128,17 @@ def test_sdxl_clip_skip_matches_diffusers(pipeline, reference) -> None:
     assert max_pixel_difference(ours, pixels(pipeline(replace(req, clip_skip=0), concepts))) > 5
     with pytest.raises(InvalidInputError, match="clip_skip 4 would skip every layer"):
         pipeline(replace(req, clip_skip=4), concepts)
+
+
+def test_the_sdxl_vae_stays_in_fp32_under_fp16_weights(tiny_sdxl_model_dir: Path) -> None:
+    from textinv.model import load_base_model
+    from textinv_client.choices import Precision
+    from textinv_server.backends import TorchOptions
+    from textinv_server.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(
+        load_base_model(tiny_sdxl_model_dir), options=TorchOptions(weights=Precision.FP16)
+    )
+    assert (backend.dtype, backend.vae_dtype) == (torch.float16, torch.float32)
+    latents = torch.randn(1, 4, 8, 8)  # fp32 latents reach the fp32 VAE as they are
+    assert torch.isfinite(backend.decode(latents)).all()

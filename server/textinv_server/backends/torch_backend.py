@@ -81,6 +81,10 @@ class TorchBackend:
             for module in model.modules:
                 module.to(torch_dtype(self.precision.precision))
         self.dtype = model.unet.dtype
+        # SDXL's VAE overflows in fp16: it stays in fp32, as diffusers upcasts it.
+        if model.is_sdxl and self.dtype == torch.float16 and model.vae.config.force_upcast:
+            model.vae.float()
+        self.vae_dtype = model.vae.dtype
         self.limits = limits or ShapeLimits()
         self.attention = use_sdpa(model.unet, model.vae)
         self.text_encoder = EmbeddingsTextEncoder(model.text_encoder).eval()
@@ -160,12 +164,12 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
         return posterior.parameters.float()  # [B, 2C, h, w]
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
+        images = self.vae.decode(latents.to(self.device, self.vae_dtype), return_dict=False)[0]
         return images.float()  # [B, 3, H, W]
 
     def synchronize(self) -> None:
