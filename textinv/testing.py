@@ -150,8 +150,18 @@ def tiny_components(seed: int = 0, width: int = 32, family: str = "sd1") -> dict
     structure, at diffusers' own test sizes."""
     sd2 = family == "sd2"
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        **(SD2_UNET if sd2 else {}),
+    unet = tiny_unet(width, **(SD2_UNET if sd2 else {}))
+    torch.manual_seed(seed)
+    vae = tiny_vae()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_text_config(width, **(SD2_TEXT if sd2 else {})))
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+
+
+def tiny_unet(cross_attention_dim: int, **changes: Any) -> UNet2DConditionModel:
+    """A ``UNet2DConditionModel`` at diffusers' test size: two blocks, the second with
+    cross-attention over ``cross_attention_dim``-wide text states."""
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
@@ -159,14 +169,10 @@ def tiny_components(seed: int = 0, width: int = 32, family: str = "sd1") -> dict
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=width,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=32,
+        **changes,
     )
-    torch.manual_seed(seed)
-    vae = tiny_vae()
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(tiny_text_config(width, **(SD2_TEXT if sd2 else {})))
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
 
 
 def tiny_vae(**changes: Any) -> AutoencoderKL:

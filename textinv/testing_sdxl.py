@@ -13,8 +13,10 @@ from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from textinv.testing import (
+    SD2_UNET,
     fit_text_encoder_to_tokenizer,
     tiny_text_config,
+    tiny_unet,
     tiny_vae,
     write_clip_tokenizer,
 )
@@ -86,20 +88,11 @@ def _unet(width_l: int, width_g: int, seed: int) -> UNet2DConditionModel:
     """SDXL's UNet at diffusers' test size: cross-attention over both widths, text_time
     conditioning on the pooled embedding and six time ids."""
     torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
+    return tiny_unet(
+        width_l + width_g,
+        **SD2_UNET,  # per-block heads and linear projections, as SD 2.x and SDXL have
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM,
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + width_g,
-        cross_attention_dim=width_l + width_g,
-        norm_num_groups=32,
     )

@@ -66,7 +66,9 @@ def reference_images(
     embed: Callable[[str], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """``uint8 [n, H, W, 3]`` from diffusers for a resolved request (image i seeded seed + i):
-    ``StableDiffusionPipeline``, or ``StableDiffusionImg2ImgPipeline`` for an init image.
+    ``StableDiffusionPipeline`` (or ``StableDiffusionXLPipeline``, whichever ``pipeline`` is),
+    or ``StableDiffusionImg2ImgPipeline`` for an init image. An empty negative prompt is
+    diffusers' None, the one SDXL's ``force_zeros_for_empty_prompt`` zeroes.
 
     With ``embed`` (text → ``prompt_embeds [1, T, D]``), diffusers gets the prompt and the
     negative prompt as embeddings built by it, instead of encoding them itself."""

@@ -7,14 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from tests.unit.generation_reference import use_scheduler
 from textinv.concepts import Concept, ConceptFormat, concept_to_bytes, parse_concept
 from textinv.sdxl_text import SdxlConcepts
 from textinv.testing_sdxl import TINY_SDXL_WIDTHS
-from textinv_server.requests import GenerationRequest
 
 
 def sdxl_concepts(seed: int) -> list[Concept]:
@@ -56,22 +53,3 @@ def sdxl_reference_pipeline(folder: Path, concepts: list[Concept]) -> Any:
                 list(vectors), token=tokens, text_encoder=encoder, tokenizer=tokenizer
             )
     return pipeline
-
-
-def sdxl_reference_images(pipeline: Any, request: GenerationRequest) -> np.ndarray:
-    """``uint8 [n, H, W, 3]`` from diffusers; an empty negative prompt is diffusers' None (the
-    one its ``force_zeros_for_empty_prompt`` zeroes)."""
-    use_scheduler(pipeline, request)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-    output = pipeline(
-        request.prompt,
-        negative_prompt=request.negative_prompt or None,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance_scale,
-        width=request.width,
-        height=request.height,
-        num_images_per_prompt=request.num_images,
-        generator=generators if len(generators) > 1 else generators[0],
-        output_type="np",
-    )
-    return np.asarray((output.images * 255).round().astype(np.uint8))

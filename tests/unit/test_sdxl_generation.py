@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.generation_reference import max_pixel_difference, pixels, use_scheduler
+from tests.unit.generation_reference import (
+    max_pixel_difference,
+    pixels,
+    reference_images,
+    use_scheduler,
+)
 from tests.unit.sdxl_reference import (
     registered,
     sdxl_concepts,
-    sdxl_reference_images,
     sdxl_reference_pipeline,
 )
 from textinv.errors import InvalidInputError, ModelLoadError
@@ -49,7 +53,7 @@ def test_pixels_match_stable_diffusion_xl(pipeline, reference, scheduler, negati
     result = pipeline(req, registered(sdxl_concepts(7)))
     ours = pixels(result)
     assert ours.shape == (2, 40, 32, 3) and ours.std() > 5
-    assert max_pixel_difference(ours, sdxl_reference_images(reference, result.request)) <= 1
+    assert max_pixel_difference(ours, reference_images(reference, result.request)) <= 1
     # The control: the model listens to its text. Other vectors for the concepts move the
     # pixels by far more than the tolerance.
     other = pixels(pipeline(req, registered(sdxl_concepts(8))))
