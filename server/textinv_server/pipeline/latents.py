@@ -73,13 +73,13 @@ def start_request(
         request.karras_sigmas,
     )
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-    start, latents = 0, None
-    if init_parameters is not None:  # each generator: a posterior sample, then the noise
+    start = 0
+    if init_parameters is None:
+        latents = initial_noise(request, host, generators, device) * scheduler.init_noise_sigma
+    else:  # each generator: a posterior sample, then the noise
         init = posterior_samples(init_parameters, generators) * host.latent_scaling
         noise = initial_noise(request, host, generators, device)
         start, latents = noised_init_latents(request, scheduler, init, noise)
-    else:
-        latents = initial_noise(request, host, generators, device) * scheduler.init_noise_sigma
     n = request.num_images
     running = RunningRequest(
         prepared=prepared,
