@@ -127,7 +127,7 @@ class Concept:
     vectors: torch.Tensor
     metadata: ConceptMetadata = field(default_factory=ConceptMetadata)
     source_format: ConceptFormat = ConceptFormat.DIFFUSERS
-    # SDXL's second text encoder (clip_g) [K, D2]; kept, though generation is SD 1.x/2.x for now.
+    # SDXL's second text encoder (clip_g) [K, D2]
     vectors_2: torch.Tensor | None = None
 
     @property
@@ -356,9 +356,11 @@ def _found_in_state_dict(
 
 
 def concept_to_bytes(
-    concept: Concept, fmt: ConceptFormat = ConceptFormat.DIFFUSERS, *, pickle: bool = False
+    concept: Concept, fmt: ConceptFormat | None = None, *, pickle: bool = False
 ) -> bytes:
-    """Serialize ``concept``: safetensors, or a ``.pt`` pickle for Automatic1111 with ``pickle``."""
+    """Serialize ``concept``: safetensors, or a ``.pt`` pickle for Automatic1111 with ``pickle``.
+    Without ``fmt``: SDXL's layout for a concept with clip_g vectors, else diffusers'."""
+    fmt = fmt or (ConceptFormat.DIFFUSERS if concept.vectors_2 is None else ConceptFormat.SDXL)
     vectors = concept.vectors.detach().to("cpu", torch.float32).contiguous()
     header = concept.metadata.to_header()
     if fmt is ConceptFormat.DIFFUSERS:
@@ -391,9 +393,7 @@ def _a1111_pickle(concept: Concept, vectors: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def save_concept(
-    concept: Concept, path: str | Path, fmt: ConceptFormat = ConceptFormat.DIFFUSERS
-) -> Path:
+def save_concept(concept: Concept, path: str | Path, fmt: ConceptFormat | None = None) -> Path:
     """Write ``concept`` atomically; a ``.pt`` path with ``a1111`` writes a pickle of tensors."""
     path = Path(path)
     data = concept_to_bytes(concept, fmt, pickle=path.suffix in (".pt", ".bin"))

@@ -77,12 +77,14 @@ class AugmentationSpec:
 class LatentCache:
     """Latent distributions of every (image, variant): ``mean`` and ``logvar`` [N, V, C, h, w].
 
-    ``mask`` [N, V, 1, h, w] holds the alpha mask at latent resolution, or is ``None``.
+    ``mask`` [N, V, 1, h, w] holds the alpha mask at latent resolution, or is ``None``;
+    ``crops`` [N, V, 4] each variant's ``Variant.crop``.
     """
 
     mean: torch.Tensor
     logvar: torch.Tensor
     mask: torch.Tensor | None
+    crops: torch.Tensor
 
     @property
     def num_images(self) -> int:
@@ -295,12 +297,25 @@ def crop_boxes(
     return boxes
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One entry of an image's pool: the square crop at the training resolution, its alpha, and
+    where it came from, as SDXL's micro-conditioning reads it: ``(original height, width, crop
+    top, left)``, the corner in the frame of the image scaled so that the crop is the
+    resolution (the frame diffusers' and kohya's SDXL trainers resize into before cropping)."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None
+    crop: tuple[float, float, float, float]
+
+
 def augmentation_pool(
     image: TrainingImage, spec: AugmentationSpec, generator: torch.Generator
-) -> list[tuple[Image.Image, Image.Image | None]]:
+) -> list[Variant]:
     """The variants of one image: every crop resized with Lanczos, then (with ``flip``) mirrored."""
     variants = []
     size = (spec.resolution, spec.resolution)
+    width, height = image.rgb.size
     for box in crop_boxes(image.rgb.size, spec, generator):
         rgb = image.rgb.resize(size, Image.Resampling.LANCZOS, box=box)
         alpha = (
@@ -308,12 +323,16 @@ def augmentation_pool(
             if image.alpha is None
             else image.alpha.resize(size, Image.Resampling.LANCZOS, box=box)
         )
-        variants.append((rgb, alpha))
-        if spec.flip:
+        scale = spec.resolution / (box[2] - box[0])
+        top, left = box[1] * scale, box[0] * scale
+        variants.append(Variant(rgb, alpha, (height, width, top, left)))
+        if spec.flip:  # the mirror's corner, in the mirrored scaled frame
+            mirrored_left = width * scale - left - spec.resolution
             variants.append(
-                (
+                Variant(
                     ImageOps.mirror(rgb),
                     None if alpha is None else ImageOps.mirror(alpha),
+                    (height, width, top, mirrored_left),
                 )
             )
     return variants
@@ -357,7 +376,8 @@ def encode_latent_cache(
     parameter = next(iter(vae.parameters()))
     means, logvars = [], []
     for start in range(0, len(flat), batch_size):
-        pixels = torch.stack([to_pixel_tensor(rgb) for rgb, _ in flat[start : start + batch_size]])
+        chunk = flat[start : start + batch_size]
+        pixels = torch.stack([to_pixel_tensor(variant.rgb) for variant in chunk])
         posterior = vae.encode(pixels.to(parameter.device, parameter.dtype)).latent_dist
         means.append(posterior.mean.float().cpu())
         logvars.append(posterior.logvar.float().cpu())
@@ -367,7 +387,8 @@ def encode_latent_cache(
     mask = None
     if alpha_mask and any(image.alpha is not None for image in images):
         size = (spec.resolution, spec.resolution)
-        full = torch.stack([to_mask_tensor(alpha, size) for _, alpha in flat])  # [N*V, 1, R, R]
+        full = torch.stack([to_mask_tensor(v.alpha, size) for v in flat])  # [N*V, 1, R, R]
         small = torch.nn.functional.avg_pool2d(full, vae_scale_factor)  # area average
         mask = small.reshape(num_images, num_variants, *small.shape[1:])
-    return LatentCache(mean.contiguous(), logvar.contiguous(), mask)
+    crops = torch.tensor([v.crop for v in flat]).reshape(num_images, num_variants, 4)
+    return LatentCache(mean.contiguous(), logvar.contiguous(), mask, crops)

@@ -101,3 +101,10 @@ def encode_sdxl_prompts(
         hidden = hidden.masked_fill(empty[:, None, None], 0.0)
         pooled = pooled.masked_fill(empty[:, None], 0.0)
     return hidden, pooled
+
+
+def sdxl_time_ids(crops: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
+    """SDXL's micro-conditioning ``[B, 6]``: each row's original (height, width) and crop
+    (top, left), ``crops [B, 4]``, then the target (height, width), as SDXL was trained on."""
+    size = crops.new_tensor(target).expand(crops.shape[0], 2)
+    return torch.cat([crops, size], dim=1)

@@ -139,9 +139,12 @@ def test_augmentation_pool_is_fixed_and_sized() -> None:
     image = TrainingImage(Path("x.png"), _rgb(128, 96), None, None)
     center = AugmentationSpec(resolution=64)
     pool = augmentation_pool(image, center, torch.Generator().manual_seed(0))
-    assert len(pool) == 2 and all(rgb.size == (64, 64) for rgb, _ in pool)
-    mirrored = np.asarray(pool[1][0])
-    assert np.array_equal(mirrored, np.asarray(pool[0][0])[:, ::-1])
+    assert len(pool) == 2 and all(v.rgb.size == (64, 64) for v in pool)
+    mirrored = np.asarray(pool[1].rgb)
+    assert np.array_equal(mirrored, np.asarray(pool[0].rgb)[:, ::-1])
+    # 128×96 scaled to a 64 px crop: 85.3×64; the centred crop's corner and its mirror's.
+    assert pool[0].crop == (96, 128, 0.0, pytest.approx(16 * 64 / 96))
+    assert pool[1].crop == (96, 128, 0.0, pytest.approx(128 * 64 / 96 - 16 * 64 / 96 - 64))
     random_spec = AugmentationSpec(
         resolution=64, crop=CropMode.RANDOM, num_crops=3, crop_scale=(0.5, 0.9)
     )

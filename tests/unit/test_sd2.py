@@ -115,9 +115,11 @@ def test_inversion_descends_the_v_prediction_loss(tiny_sd2_model, tiny_sd2_model
     batch = trainer.eval_batch
     schedule = trainer.schedule.scheduler
     noisy = schedule.add_noise(batch.latents, batch.noise, batch.timesteps)
-    embeds = trainer.encoder.embed_tokenized(batch.prompts, {config.token: trainer.vectors})
     with torch.no_grad():
-        hidden, _ = trainer.text(embeds.inputs_embeds, embeds.eos_positions)
+        text = trainer.text.condition(
+            batch.prompts, config.token, (trainer.vectors,), trainer.device
+        )
+        hidden = text.hidden
         prediction = tiny_sd2_model.unet(
             noisy, batch.timesteps, encoder_hidden_states=hidden
         ).sample

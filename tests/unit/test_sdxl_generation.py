@@ -88,12 +88,6 @@ def test_stages_without_sdxl_refuse_it(tiny_sdxl_model_dir: Path, tmp_path) -> N
     model = load_base_model(tiny_sdxl_model_dir)
     with pytest.raises(ModelLoadError, match="is an SDXL model; the export stage takes"):
         export_model(model, ExportConfig(tmp_path / "out"))
-    from tests.unit.test_trainer import config_for, make_images
-    from textinv.trainer import prepare
-
-    config = config_for(make_images(tmp_path / "images", 1), tmp_path / "run", tiny_sdxl_model_dir)
-    with pytest.raises(ModelLoadError, match="is an SDXL model; inversion takes"):
-        prepare(config, model)
 
 
 def test_textinv_generate_takes_an_sdxl_model_and_concept_file(

@@ -25,7 +25,7 @@ def test_a_stop_between_micro_batches_drops_the_step_whole(
     backwards: list[int] = []
     loss = trainer.loss
 
-    def counted_loss(vectors: torch.Tensor, batch: Any, *, weighted: bool = True) -> torch.Tensor:
+    def counted_loss(vectors: Any, batch: Any, *, weighted: bool = True) -> torch.Tensor:
         if torch.is_grad_enabled():  # a training micro-batch, not an evaluation
             backwards.append(1)
         return loss(vectors, batch, weighted=weighted)

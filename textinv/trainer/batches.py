@@ -13,6 +13,9 @@ import torch
 from textinv.data import LatentCache
 from textinv.prompts import TokenizedPrompt
 
+# One prompt, tokenized once per text encoder (SDXL has two tokenizers).
+EncoderPrompts = tuple[TokenizedPrompt, ...]
+
 # The evaluation batch's generator is seeded apart from the training one, so evaluating never
 # changes what training draws.
 EVAL_SEED_OFFSET = 7919
@@ -25,15 +28,16 @@ class Batch:
     latents: torch.Tensor  # scaled clean latents [B, C, h, w]
     noise: torch.Tensor  # [B, C, h, w]
     timesteps: torch.Tensor  # [B], long
-    prompts: tuple[TokenizedPrompt, ...]
+    prompts: tuple[EncoderPrompts, ...]  # per sample
     masks: torch.Tensor | None  # [B, 1, h, w], or None without alpha masks
+    crops: torch.Tensor  # [B, 4]: each latent's crop (``textinv.data.Variant.crop``)
 
 
 @dataclass(frozen=True)
 class TrainingData:
     """What the training images became once: per-image prompts and the latent cache."""
 
-    prompts: list[list[TokenizedPrompt]]  # per image: its caption, or every template
+    prompts: list[list[EncoderPrompts]]  # per image: its caption, or every template
     cache: LatentCache
     latent_scaling: float  # the VAE's scaling factor
     num_train_timesteps: int
@@ -51,7 +55,8 @@ class TrainingData:
         latents = cache.sample(images, variants, g, self.latent_scaling)
         noise = torch.randn(latents.shape, generator=g)
         timesteps = torch.randint(0, self.num_train_timesteps, (b,), generator=g)
-        return Batch(latents, noise, timesteps, prompts, cache.masks(images, variants))
+        masks, crops = cache.masks(images, variants), cache.crops[images, variants]
+        return Batch(latents, noise, timesteps, prompts, masks, crops)
 
     def eval_batch(self, size: int, seed: int) -> Batch:
         """The fixed evaluation batch: distribution means, seeded noise, spread timesteps."""
@@ -66,4 +71,5 @@ class TrainingData:
         prompts = tuple(
             self.prompts[int(i)][k % len(self.prompts[int(i)])] for k, i in enumerate(images)
         )
-        return Batch(latents, noise, timesteps, prompts, cache.masks(images, variants))
+        masks, crops = cache.masks(images, variants), cache.crops[images, variants]
+        return Batch(latents, noise, timesteps, prompts, masks, crops)

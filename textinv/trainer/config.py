@@ -56,8 +56,8 @@ class InvertConfig:
     model: str | None = field(
         default=None,
         metadata=flag(
-            "a diffusers SD 1.x/2.x folder, a hub id, or sd15-shape (random SD 1.5 shapes); "
-            "default: the embedded model"
+            "a diffusers SD 1.x/2.x/SDXL folder, a single .safetensors file, a hub id, or "
+            "sd15-shape (random SD 1.5 shapes); default: the embedded model"
         ),
     )
     vectors: int = field(default=1, metadata=flag(f"K, vectors per token (1..{MAX_TRAIN_VECTORS})"))

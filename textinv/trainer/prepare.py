@@ -17,13 +17,13 @@ from textinv.data import AugmentationSpec, TrainingImage, encode_latent_cache, l
 from textinv.dtypes import torch_dtype
 from textinv.errors import InvalidInputError
 from textinv.hardware import log_precision, resolve_model_precision
-from textinv.model import BaseModel, load_base_model, require_single_text_encoder
-from textinv.prompts import PromptEncoder, TokenizedPrompt
+from textinv.model import BaseModel, load_base_model
 from textinv.templates import fill_template, templates_for
-from textinv.trainer.batches import TrainingData
+from textinv.trainer.batches import EncoderPrompts, TrainingData
 from textinv.trainer.config import SD15_SHAPE, InvertConfig, check_config, check_output_folder
 from textinv.trainer.loss import noise_schedule
 from textinv.trainer.run import Prepared, Trainer
+from textinv.trainer.text import TrainingText, VectorSets
 from textinv_client.choices import Precision
 
 
@@ -39,17 +39,16 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
         model = load_model_for(config, device)
     else:
         device = model.unet.device  # the caller's model, in its own precision (autocast if not)
-    require_single_text_encoder(model, "inversion")
     precision = resolve_model_precision(config.precision, model.unet)
     log_precision(precision, "the frozen model")
     # 3. What depends on the model: the token, the initializer, the resolution, the schedule.
-    check_token(config.token, model.tokenizer.get_vocab(), config.vectors)
-    init_ids = initializer_ids(model.tokenizer, config.init)
+    text = TrainingText(model)
+    for encoder in text.encoders:  # SDXL: both vocabularies
+        check_token(config.token, encoder.tokenizer.get_vocab(), config.vectors)
     resolution = _resolution(config, model)
     schedule = noise_schedule(model.scheduler_config)
     # 4. The prompts, tokenized once, and the latents, encoded once.
-    encoder = PromptEncoder(model.tokenizer, model.token_embedding)
-    prompts = _tokenize_prompts(config, encoder, images)
+    prompts = _tokenize_prompts(config, text, images)
     started = time.perf_counter()
     cache = encode_latent_cache(
         images,
@@ -61,9 +60,9 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
     prepared = Prepared(
         precision=precision.precision,
         resolution=resolution,
-        init_ids=init_ids,
-        init_vectors=spread_initializer(model.token_embedding, init_ids, config.vectors),
-        encoder=encoder,
+        init_ids=initializer_ids(model.tokenizer, config.init),
+        init_vectors=_initial_vectors(config, text),
+        text=text,
         schedule=schedule,
         data=TrainingData(prompts, cache, model.latent_scaling, schedule.num_train_timesteps),
         cache_seconds=time.perf_counter() - started,
@@ -153,16 +152,24 @@ def _resolution(config: InvertConfig, model: BaseModel) -> int:
     return resolution
 
 
+def _initial_vectors(config: InvertConfig, text: TrainingText) -> VectorSets:
+    """Per text encoder, the initializer's rows spread over K vectors, from its own table."""
+    return tuple(
+        spread_initializer(e.table, initializer_ids(e.tokenizer, config.init), config.vectors)
+        for e in text.encoders
+    )
+
+
 def _tokenize_prompts(
-    config: InvertConfig, encoder: PromptEncoder, images: Sequence[TrainingImage]
-) -> list[list[TokenizedPrompt]]:
+    config: InvertConfig, text: TrainingText, images: Sequence[TrainingImage]
+) -> list[list[EncoderPrompts]]:
     """Per image: its caption, or else every template of the property, tokenized once."""
-    sizes = {config.token: config.vectors}
     templates = templates_for(config.learnable_property)
     prompts = []
     for image in images:
         texts = [image.caption] if image.caption else list(templates)
-        prompts.append([encoder.tokenize(fill_template(t, config.token), sizes) for t in texts])
+        token, k = config.token, config.vectors
+        prompts.append([text.tokenize(fill_template(t, token), token, k) for t in texts])
     return prompts
 
 

@@ -1,9 +1,10 @@
 """One prepared inversion run: the K vectors, their optimizer, and the loss they descend.
 
-DESIGN decisions 2 and 3. Only the K new vectors train: one fp32 ``nn.Parameter`` [K, D], spliced
-into the prompt embeddings after the table lookup (``PromptEncoder.embed_tokenized``), then run
-through the frozen text encoder (``EmbeddingsTextEncoder``) and the frozen UNet. The vocabulary
-table is never in the optimizer, so every frozen row stays bit-identical by construction.
+DESIGN decisions 2 and 3. Only the K new vectors train: one fp32 ``nn.Parameter`` [K, D] per text
+encoder (SDXL: two, [K, D1] and [K, D2], in one optimizer), spliced into the prompt embeddings after
+the table lookup (``PromptEncoder.embed_tokenized``), then run through the frozen text encoder(s)
+(``textinv.trainer.text``) and the frozen UNet. The vocabulary tables are never in the optimizer, so
+every frozen row stays bit-identical by construction.
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ from typing import Any
 
 import torch
 
-from textinv.concepts import Concept, ConceptMetadata, save_concept
+from textinv.concepts import Concept, ConceptFormat, ConceptMetadata, save_concept
 from textinv.conv_kernels import im2col_convolutions, use_im2col_convolutions
 from textinv.data import LatentCache
 from textinv.dtypes import torch_dtype
 from textinv.hardware import unet_width
 from textinv.model import BaseModel
-from textinv.prompts import PromptEncoder, TokenizedPrompt
-from textinv.text_encoder import EmbeddingsTextEncoder
-from textinv.trainer.batches import Batch, TrainingData
+from textinv.sdxl_text import sdxl_time_ids
+from textinv.trainer.batches import Batch, EncoderPrompts, TrainingData
 from textinv.trainer.config import InvertConfig
 from textinv.trainer.loop import ProgressCallback, train_loop
 from textinv.trainer.loss import NoiseSchedule, per_sample_error
 from textinv.trainer.run_files import CONCEPT_FILE, TrainState
+from textinv.trainer.text import Conditioning, TrainingText, VectorSets
 from textinv.trainer.validation import write_validation_grid
 from textinv_client.choices import LrSchedule, Precision
 
@@ -40,9 +41,9 @@ class Prepared:
 
     precision: Precision  # the frozen model's, ``config.precision`` resolved for the device
     resolution: int
-    init_ids: list[int]
-    init_vectors: torch.Tensor  # [K, D] fp32, the initializer's rows
-    encoder: PromptEncoder
+    init_ids: list[int]  # the initializer's token ids in the first tokenizer
+    init_vectors: VectorSets  # per text encoder [K, D_i] fp32, the initializer's rows
+    text: TrainingText
     schedule: NoiseSchedule
     data: TrainingData
     cache_seconds: float  # how long the latent cache took to encode
@@ -63,14 +64,15 @@ class Trainer:
         self.resolution = prepared.resolution
         self.init_ids = prepared.init_ids
         self.init_vectors = prepared.init_vectors
-        self.encoder = prepared.encoder
-        self.text = EmbeddingsTextEncoder(model.text_encoder)
+        self.text = prepared.text
         self.schedule = prepared.schedule
         self.data = prepared.data
         self.cache_seconds = prepared.cache_seconds
-        self.vectors = torch.nn.Parameter(self.init_vectors.clone().to(device))
+        self.vector_sets = tuple(
+            torch.nn.Parameter(init.clone().to(device)) for init in self.init_vectors
+        )
         self.optimizer = torch.optim.AdamW(
-            [self.vectors],
+            list(self.vector_sets),
             lr=config.effective_lr,
             betas=(0.9, 0.999),
             eps=1e-8,
@@ -83,6 +85,11 @@ class Trainer:
         self.state = TrainState()
 
     @property
+    def vectors(self) -> torch.nn.Parameter:
+        """The first (SD 1.x/2.x: the only) text encoder's vectors [K, D]."""
+        return self.vector_sets[0]
+
+    @property
     def prediction_type(self) -> str:
         return self.schedule.prediction_type
 
@@ -91,7 +98,7 @@ class Trainer:
         return self.data.cache
 
     @property
-    def prompts(self) -> list[list[TokenizedPrompt]]:
+    def prompts(self) -> list[list[EncoderPrompts]]:
         return self.data.prompts
 
     # -- the loss --------------------------------------------------------------------------
@@ -111,20 +118,24 @@ class Trainer:
             and use_im2col_convolutions(self.device, unet_dtype, unet_width(self.model.unet))
         )
 
-    def loss(self, vectors: torch.Tensor, batch: Batch, *, weighted: bool = True) -> torch.Tensor:
+    def loss(
+        self, vectors: torch.Tensor | VectorSets, batch: Batch, *, weighted: bool = True
+    ) -> torch.Tensor:
         """The denoising loss of ``batch`` with ``vectors`` spliced in (fp32 scalar)."""
         device = self.device
         latents, noise = batch.latents.to(device), batch.noise.to(device)
         timesteps = batch.timesteps.to(device)
         noisy = self.schedule.scheduler.add_noise(latents, noise, timesteps)
         target = self.schedule.target(latents, noise, timesteps)
-        embeds = self.encoder.embed_tokenized(batch.prompts, {self.config.token: vectors})
         unet_dtype = next(self.model.unet.parameters()).dtype
         with self._autocast():
-            hidden, _ = self.text(embeds.inputs_embeds.to(device), embeds.eos_positions.to(device))
+            text = self.text.condition(batch.prompts, self.config.token, _sets(vectors), device)
             with im2col_convolutions(self._use_im2col(unet_dtype)):
                 prediction = self.model.unet(
-                    noisy.to(unet_dtype), timesteps, encoder_hidden_states=hidden.to(unet_dtype)
+                    noisy.to(unet_dtype),
+                    timesteps,
+                    encoder_hidden_states=text.hidden.to(unet_dtype),
+                    added_cond_kwargs=self.added_conditions(text, batch.crops, unet_dtype),
                 ).sample
         masks = None if batch.masks is None else batch.masks.to(device)
         per_sample = per_sample_error(prediction, target, masks)  # [B]
@@ -134,16 +145,33 @@ class Trainer:
             per_sample = per_sample * weights.to(device)
         return per_sample.mean()
 
-    def regularization(self, vectors: torch.Tensor) -> torch.Tensor:
-        """The original implementation's ``embedding_reg_weight`` pull toward the initializer."""
-        diff = vectors - self.init_vectors.to(vectors.device)
-        return self.config.embedding_reg_weight * diff.pow(2).sum(dim=1).mean()
+    def added_conditions(
+        self, text: Conditioning, crops: torch.Tensor, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor] | None:
+        """SDXL's ``added_cond_kwargs``: the pooled text and each latent's crop as
+        ``time_ids [B, 6]``; ``None`` for SD 1.x/2.x."""
+        if text.pooled is None:
+            return None
+        side = (self.resolution, self.resolution)
+        time_ids = sdxl_time_ids(crops, side).to(self.device, dtype)
+        return {"text_embeds": text.pooled.to(dtype), "time_ids": time_ids}
+
+    def regularization(self, vectors: VectorSets) -> torch.Tensor:
+        """The original implementation's ``embedding_reg_weight`` pull toward the initializer,
+        summed over the text encoders' sets."""
+        total = torch.zeros((), device=vectors[0].device)
+        for own, init in zip(vectors, self.init_vectors, strict=True):
+            total = total + (own - init.to(own.device)).pow(2).sum(dim=1).mean()
+        return self.config.embedding_reg_weight * total
 
     @torch.no_grad()
-    def evaluation_loss(self, vectors: torch.Tensor | None = None) -> float:
+    def evaluation_loss(self, vectors: torch.Tensor | VectorSets | None = None) -> float:
         """The plain (unweighted) loss on the fixed evaluation batch, for ``vectors`` or ours."""
-        vectors = self.vectors.detach() if vectors is None else vectors.to(self.device)
-        return float(self.loss(vectors, self.eval_batch, weighted=False))
+        if vectors is None:
+            sets = tuple(v.detach() for v in self.vector_sets)
+        else:
+            sets = tuple(v.to(self.device) for v in _sets(vectors))
+        return float(self.loss(sets, self.eval_batch, weighted=False))
 
     # -- one optimizer step ----------------------------------------------------------------
 
@@ -186,9 +214,9 @@ class Trainer:
         """Forward and backward of one micro-batch; its gradients add to the vectors' ``.grad``."""
         config = self.config
         batch = self.data.sample(config.batch_size, self.generator)
-        loss = self.loss(self.vectors, batch)
+        loss = self.loss(self.vector_sets, batch)
         if config.embedding_reg_weight:
-            loss = loss + self.regularization(self.vectors)
+            loss = loss + self.regularization(self.vector_sets)
         loss = loss / config.grad_accum
         self.scaler.scale(loss).backward()
         return float(loss.detach())
@@ -205,7 +233,10 @@ class Trainer:
 
     def concept(self) -> Concept:
         metadata = ConceptMetadata(base_model_hash=self.model.model_hash, steps=self.state.step)
-        return Concept(self.config.token, self.vectors.detach().cpu().float().clone(), metadata)
+        first, *second = (v.detach().cpu().float().clone() for v in self.vector_sets)
+        if not second:
+            return Concept(self.config.token, first, metadata)
+        return Concept(self.config.token, first, metadata, ConceptFormat.SDXL, second[0])
 
     def write_concept(self) -> Concept:
         concept = self.concept()
@@ -215,3 +246,7 @@ class Trainer:
     def validate(self) -> Path:
         """Render the validation prompt with the current vectors; write a PNG grid."""
         return write_validation_grid(self)
+
+
+def _sets(vectors: torch.Tensor | VectorSets) -> VectorSets:
+    return (vectors,) if isinstance(vectors, torch.Tensor) else tuple(vectors)

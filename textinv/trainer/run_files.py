@@ -150,6 +150,8 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
         "format_version": CHECKPOINT_FORMAT,
         "step": state.step,
         "vectors": trainer.vectors.detach().cpu().clone(),
+        # SDXL: the second text encoder's set (an SD 1.x/2.x run has one)
+        **{f"vectors_{i + 1}": v.detach().cpu().clone() for i, v in _later_sets(trainer)},
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "generator": trainer.generator.get_state(),
@@ -182,6 +184,8 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
     _check_fingerprint(path, state.get("fingerprint", {}), fingerprint(trainer))
     with torch.no_grad():
         trainer.vectors.copy_(state["vectors"].to(trainer.device))
+        for i, vectors in _later_sets(trainer):
+            vectors.copy_(state[f"vectors_{i + 1}"].to(trainer.device))
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scaler.load_state_dict(state["scaler"])
     trainer.generator.set_state(state["generator"])
@@ -200,3 +204,8 @@ def _check_fingerprint(path: Path, theirs: dict[str, Any], ours: dict[str, Any])
             f"--resume: {str(path)!r} was made with different settings ({details}); "
             "use the same settings, or --overwrite to start over"
         )
+
+
+def _later_sets(trainer: Trainer) -> list[tuple[int, torch.nn.Parameter]]:
+    """``(i, vectors)`` of every set after the first, numbered from 1 (SDXL's clip_g: 1)."""
+    return list(enumerate(trainer.vector_sets[1:], start=1))

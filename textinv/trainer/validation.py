@@ -48,18 +48,20 @@ def render_grid(
     """``num_images`` samples of ``prompt`` (DDIM, guidance 7.5) with the trainer's current
     vectors, through diffusers' pipeline fed our prompt embeddings; one grid image."""
     pipeline = _pipeline(trainer)
-    concepts = {trainer.config.token: trainer.vectors.detach()}
+    sets = tuple(v.detach() for v in trainer.vector_sets)
     unet_dtype = next(trainer.model.unet.parameters()).dtype
-    device = trainer.device
 
-    def encode(texts: list[str]) -> torch.Tensor:
-        embeds = trainer.encoder.embed(texts, concepts)
-        hidden, _ = trainer.text(embeds.inputs_embeds.to(device), embeds.eos_positions.to(device))
-        return hidden.to(unet_dtype)  # [N, 77, D]
+    def encode(texts: list[str], kind: str) -> dict[str, torch.Tensor]:
+        """``{kind}prompt_embeds [N, 77, D]`` (SDXL: also its pooled ``text_embeds``)."""
+        text = trainer.text.condition_texts(texts, trainer.config.token, sets, trainer.device)
+        embeds = {f"{kind}prompt_embeds": text.hidden.to(unet_dtype)}
+        if text.pooled is not None:
+            embeds[f"{kind}pooled_prompt_embeds"] = text.pooled.to(unet_dtype)
+        return embeds
 
     result = pipeline(
-        prompt_embeds=encode([prompt] * num_images),
-        negative_prompt_embeds=encode([""] * num_images),
+        **encode([prompt] * num_images, ""),
+        **encode([""] * num_images, "negative_"),
         height=trainer.resolution,
         width=trainer.resolution,
         num_inference_steps=steps,
@@ -71,22 +73,29 @@ def render_grid(
 
 
 def _pipeline(trainer: Trainer) -> Any:
-    """diffusers' pipeline over the trainer's frozen modules, with a DDIM scheduler."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    """diffusers' pipeline (SD or SDXL) over the trainer's frozen modules, with DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     model = trainer.model
-    pipeline = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=DDIMScheduler.from_config(
-            model.scheduler_config, clip_sample=False, set_alpha_to_one=False
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    scheduler = DDIMScheduler.from_config(
+        model.scheduler_config, clip_sample=False, set_alpha_to_one=False
     )
+    parts = {
+        "vae": model.vae,
+        "text_encoder": model.text_encoder,
+        "tokenizer": model.tokenizer,
+        "unet": model.unet,
+        "scheduler": scheduler,
+    }
+    pipeline: Any
+    if model.is_sdxl:
+        pipeline = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2
+        )
+    else:
+        pipeline = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from textinv.sdxl_text import sdxl_time_ids as time_ids
 from textinv_server.host_model import HostModel
 from textinv_server.pipeline.init_images import noised_init_latents, posterior_samples
 from textinv_server.pipeline.planning import PreparedRequest
@@ -103,8 +104,8 @@ def sdxl_time_ids(request: GenerationRequest) -> torch.Tensor:
     """``[6]``: SDXL's original size, crop's top-left corner and target size, as diffusers
     sets them by default for a generation: (H, W, 0, 0, H, W)."""
     assert request.width is not None and request.height is not None
-    size = [request.height, request.width]
-    return torch.tensor([*size, 0, 0, *size], dtype=torch.float32)
+    size = (request.height, request.width)
+    return time_ids(torch.tensor([[*size, 0, 0]], dtype=torch.float32), size)[0]
 
 
 def initial_noise(
