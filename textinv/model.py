@@ -78,6 +78,12 @@ class BaseModel:
         return int(self.text_encoder.config.hidden_size)
 
     @property
+    def text_widths(self) -> tuple[int, ...]:
+        """Each text encoder's width: (D,), or SDXL's (D1, D2)."""
+        second = self.text_encoder_2
+        return (self.text_width, *(() if second is None else (int(second.config.hidden_size),)))
+
+    @property
     def token_embedding(self) -> torch.Tensor:
         """The base vocabulary's embedding table, [V, D]."""
         table = self.text_encoder.get_input_embeddings().weight

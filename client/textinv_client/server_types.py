@@ -21,6 +21,9 @@ class ModelInfo:
     native_height: int
     prediction_type: str
     text_encoder_layers: int = 0  # 0 from a server that predates clip skip
+    # Each text encoder's width: (embedding_dim,), or SDXL's (clip_l, clip_g); () from a server
+    # that predates it.
+    text_encoder_widths: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

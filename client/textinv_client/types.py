@@ -128,6 +128,14 @@ class GenerateRequest:
     quality: int | None = field(
         default=None, metadata=flag("jpeg/webp quality, 1..100 (90)", parse=positive_int)
     )
+    # SDXL's second text encoder's texts, as diffusers' prompt_2; "" takes the first's.
+    prompt_2: str = field(
+        default="", metadata=flag("SDXL: the prompt for the second text encoder (--prompt)")
+    )
+    negative_prompt_2: str = field(
+        default="",
+        metadata=flag("SDXL: the negative prompt for the second text encoder (--negative-prompt)"),
+    )
 
     def __post_init__(self) -> None:
         # Cheap checks that save a round trip; the server validates everything again.
@@ -206,6 +214,8 @@ class ConceptInfo:
     created_at: datetime | None = None
     # The inversion job that learned it; empty for uploaded concepts.
     job_id: str = ""
+    # Each vector set's width, one per text encoder: (embedding_dim,), or SDXL's (clip_l, clip_g).
+    embedding_dims: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,8 @@ def generation_request_from_pb(
         clip_skip=message.clip_skip,
         output_format=_enum(IMAGE_FORMATS, message.output_format, "output_format"),
         quality=message.quality or None,
+        prompt_2=message.prompt_2,
+        negative_prompt_2=message.negative_prompt_2,
         **given,
     )
     request.check(limits, default_size)
@@ -167,11 +169,14 @@ def generate_response_to_pb(
 # --- concepts ---------------------------------------------------------------------------------
 
 
-def concept_info_to_pb(row: ConceptRow) -> concepts_pb2.ConceptInfo:
+def concept_info_to_pb(row: ConceptRow, widths: tuple[int, ...]) -> concepts_pb2.ConceptInfo:
+    """``widths``: the model's per text encoder. The registry admits only concepts with one
+    set per encoder, each of its width, so a row's later sets are the model's widths."""
     return concepts_pb2.ConceptInfo(
         token=row.token,
         num_vectors=row.num_vectors,
         embedding_dim=row.width,
+        embedding_dims=[row.width, *widths[1:]],
         source_format=row.source_format,
         size_bytes=row.size_bytes,
         sha256=row.sha256,

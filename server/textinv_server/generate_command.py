@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textinv.concepts import load_concept
-from textinv.errors import InvalidInputError
+from textinv.concept_fit import load_for_model, per_encoder
 from textinv.sdxl_text import SdxlConcepts
 from textinv_client.choices import Precision
 from textinv_client.cli import (
@@ -116,20 +115,7 @@ def run_local_generate(args: argparse.Namespace) -> int:
 def load_concepts(paths: tuple[Path, ...], host: HostModel) -> Concepts | SdxlConcepts:
     """``{token: vectors [K, D]}`` of each file, checked against the model's text width; for
     SDXL, both sets of vectors, each checked against its encoder's width."""
-    if host.token_embedding_2 is None:
-        loaded = [load_concept(path, expected_width=host.text_width) for path in paths]
-        return {concept.token: concept.vectors for concept in loaded}
-    widths = (host.text_width, int(host.token_embedding_2.shape[1]))
-    first, second = {}, {}
-    for path in paths:
-        concept = load_concept(path, expected_width=widths[0], expected_width_2=widths[1])
-        if concept.vectors_2 is None:
-            raise InvalidInputError(
-                f"{path.name}: one set of {concept.width}-wide vectors (an SD 1.x/2.x concept); "
-                f"this SDXL model needs clip_l ({widths[0]}) and clip_g ({widths[1]}) vectors"
-            )
-        first[concept.token], second[concept.token] = concept.vectors, concept.vectors_2
-    return SdxlConcepts(first, second)
+    return per_encoder((load_for_model(path, host.text_widths) for path in paths), host.is_sdxl)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:

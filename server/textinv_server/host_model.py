@@ -55,6 +55,12 @@ class HostModel:
     def text_width(self) -> int:
         return int(self.token_embedding.shape[1])
 
+    @property
+    def text_widths(self) -> tuple[int, ...]:
+        """Each text encoder's width: (D,), or SDXL's (D1, D2)."""
+        second = self.token_embedding_2
+        return (self.text_width, *(() if second is None else (int(second.shape[1]),)))
+
     @classmethod
     def of(cls, model: BaseModel) -> HostModel:
         return cls(

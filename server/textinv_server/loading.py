@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textinv.model import BaseModel, load_base_model, require_single_text_encoder
+from textinv.model import BaseModel, load_base_model
 from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 from textinv_server.config import ServerConfig
 from textinv_server.pipeline import GenerationPipeline, load_generation_pipeline
@@ -24,9 +24,6 @@ def load_pipeline(config: ServerConfig) -> tuple[GenerationPipeline, BaseModel |
     if config.backend is not BackendName.TORCH:
         return load_generation_pipeline(config.model, config.backend, options), None
     model = load_base_model(config.model)
-    # The registry holds one set of vectors per concept: SDXL generates through the Python API
-    # and `textinv generate` so far.
-    require_single_text_encoder(model, "the server")
     pipeline = load_generation_pipeline(model, config.backend, options)
     # Jobs on the CPU share the model when it is in the precision they resolve to (the job
     # trainer checks, per job); otherwise a job loads its own copy when it starts.

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
+from textinv.concept_fit import Widths, parse_for_model, per_encoder
 from textinv.concept_table import ConceptTable, candidate_keys, fold
 from textinv.concept_tokens import MAX_TOKEN_LENGTH
-from textinv.concepts import Concept, ConceptFormat, concept_to_bytes, parse_concept
+from textinv.concepts import Concept, concept_to_bytes
 from textinv.errors import ConceptFileError, InvalidInputError, NotFoundError
+from textinv.sdxl_text import SdxlConcepts
 from textinv_server.store import DEFAULT_TENANT, ConceptRow, Store, StoreEvent
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class ConceptRegistry:
         self,
         store: Store,
         *,
-        width: int,
+        widths: Widths,
         vocabulary: Collection[str],
         max_file_bytes: int,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
@@ -76,7 +76,7 @@ class ConceptRegistry:
         cached_misses: int = DEFAULT_CACHED_MISSES,
     ) -> None:
         self.store = store
-        self.width = width
+        self.widths = widths  # per text encoder: (D,), or SDXL's (D1, D2)
         self.vocabulary = vocabulary
         self.max_file_bytes = max_file_bytes
         self.max_concepts = max_concepts
@@ -86,7 +86,7 @@ class ConceptRegistry:
         self._cached_concepts = cached_concepts
         self._cached_misses = 0 if store.shared else cached_misses
         self._lock = threading.Lock()
-        self._loaded: OrderedDict[Key, tuple[str, torch.Tensor]] = OrderedDict()
+        self._loaded: OrderedDict[Key, Concept] = OrderedDict()
         self._absent: OrderedDict[Key, None] = OrderedDict()
         self._generation = 0  # changes seen; a lookup that spans one caches nothing
         self._damaged: dict[Key, DamagedConcept] = {}
@@ -96,41 +96,45 @@ class ConceptRegistry:
 
     # --- generation -------------------------------------------------------------------------
 
-    def concepts_for(self, tenant: str, prompts: Iterable[str]) -> ConceptTable:
-        """The tenant's concepts that ``prompts`` may name: ``{token: [K, D]}``, found as
-        ``TokenIndex.split`` finds tokens (whole words, in any case or Unicode form)."""
+    @property
+    def is_sdxl(self) -> bool:
+        return len(self.widths) == 2
+
+    def concepts_for(self, tenant: str, prompts: Iterable[str]) -> ConceptTable | SdxlConcepts:
+        """The tenant's concepts that ``prompts`` may name: ``{token: [K, D]}`` (SDXL: per text
+        encoder), found as ``TokenIndex.split`` finds tokens (whole words, in any case or
+        Unicode form)."""
         keys: set[str] = set()
         for prompt in prompts:
             keys |= candidate_keys(prompt, MAX_TOKEN_LENGTH, MAX_CANDIDATE_KEYS - len(keys))
         found, missing = self._cached(tenant, keys)
         if missing:
-            found |= self._look_up(tenant, missing)
-        return ConceptTable(found)
+            found += self._look_up(tenant, missing)
+        return per_encoder(found, self.is_sdxl)
 
-    def _cached(self, tenant: str, keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
-        found: dict[str, torch.Tensor] = {}
+    def _cached(self, tenant: str, keys: set[str]) -> tuple[list[Concept], list[str]]:
+        found: list[Concept] = []
         missing: list[str] = []
         with self._lock:
             for key in keys:
                 if (tenant, key) in self._loaded:
                     self._loaded.move_to_end((tenant, key))
-                    token, vectors = self._loaded[(tenant, key)]
-                    found[token] = vectors
+                    found.append(self._loaded[(tenant, key)])
                 elif (tenant, key) in self._absent:
                     self._absent.move_to_end((tenant, key))
                 else:
                     missing.append(key)
         return found, missing
 
-    def _look_up(self, tenant: str, keys: list[str]) -> dict[str, torch.Tensor]:
+    def _look_up(self, tenant: str, keys: list[str]) -> list[Concept]:
         """One store query for ``keys``; what it finds and misses is cached unless a change
         was announced meanwhile."""
         generation = self._generation
-        loaded: dict[str, tuple[str, torch.Tensor]] = {}
+        loaded: dict[str, Concept] = {}
         for row in self.store.find_concepts(tenant, keys):
-            vectors = self._usable_vectors(row)
-            if vectors is not None:
-                loaded.setdefault(fold(row.token), (row.token, vectors))
+            concept = self._usable_concept(row)
+            if concept is not None:
+                loaded.setdefault(fold(row.token), concept)
         misses = [key for key in keys if key not in loaded][:MAX_MISSES_CACHED_PER_REQUEST]
         with self._lock:
             if generation == self._generation:
@@ -138,10 +142,10 @@ class ConceptRegistry:
                     _remember(self._loaded, (tenant, key), value, self._cached_concepts)
                 for key in misses if self._cached_misses else ():
                     _remember(self._absent, (tenant, key), None, self._cached_misses)
-        return dict(loaded.values())
+        return list(loaded.values())
 
-    def _usable_vectors(self, row: ConceptRow) -> torch.Tensor | None:
-        """The row's vectors once its file checks out; ``None`` (and reported) if it does not."""
+    def _usable_concept(self, row: ConceptRow) -> Concept | None:
+        """The row's concept once its file checks out; ``None`` (and reported) if it does not."""
         if (row.tenant, row.token) in self._damaged:
             return None
         try:
@@ -149,7 +153,7 @@ class ConceptRegistry:
             name = f"{row.sha256}.safetensors"  # messages name the file, never the folder
             if hashlib.sha256(data).hexdigest() != row.sha256:
                 raise ConceptFileError(f"{name}: its content does not match its sha256")
-            return parse_concept(data, name, expected_width=self.width, token=row.token).vectors
+            return parse_for_model(data, name, self.widths, token=row.token)
         except ConceptFileError as error:
             if self.store.get_concept(row.tenant, row.token) == row:  # not replaced meanwhile
                 self._mark_damaged(row, str(error))
@@ -178,14 +182,9 @@ class ConceptRegistry:
                 f"concept file {filename!r} is {len(data)} bytes; the limit is "
                 f"{self.max_file_bytes} bytes"
             )
-        concept = parse_concept(
-            data,
-            _display_name(filename),
-            expected_width=self.width,
-            vocabulary=self.vocabulary,
-            token=token,
-        )
-        stored = concept_to_bytes(concept, ConceptFormat.DIFFUSERS)
+        name = _display_name(filename)
+        concept = parse_for_model(data, name, self.widths, vocabulary=self.vocabulary, token=token)
+        stored = concept_to_bytes(concept)  # diffusers' format; SDXL's (clip_l, clip_g)
         row = ConceptRow(
             token=concept.token,
             sha256=hashlib.sha256(stored).hexdigest(),
@@ -238,7 +237,7 @@ class ConceptRegistry:
         return rows[0].token if rows else None
 
     def file_bytes(self, tenant: str, token: str) -> bytes:
-        """The concept as a diffusers-format safetensors file."""
+        """The concept as a safetensors file: diffusers' format, or SDXL's (clip_l, clip_g)."""
         return self.store.concept_data(self.get(tenant, token))
 
     def list(self, tenant: str, after: str = "", limit: int = -1) -> list[ConceptRow]:

@@ -59,6 +59,9 @@ class GenerationRequest:
     strength: float | None = None
     output_format: ImageFormat = ImageFormat.PNG
     quality: int | None = None  # JPEG and WebP only; None: DEFAULT_QUALITY
+    # SDXL: the texts for its second text encoder, as diffusers' prompt_2; "" takes the first's.
+    prompt_2: str = ""
+    negative_prompt_2: str = ""
 
     def __post_init__(self) -> None:
         coerce_choices(self)  # a caller's "euler" becomes Scheduler.EULER, or names the value
@@ -99,9 +102,20 @@ class GenerationRequest:
             height=default_size if self.height is None else self.height,
         )
 
-    def prompts(self) -> tuple[str, str]:
+    def prompts(self) -> tuple[str, ...]:
         """The texts in which concepts may be named."""
-        return self.prompt, self.negative_prompt
+        return self.prompt, self.negative_prompt, self.prompt_2, self.negative_prompt_2
+
+    def encoder_texts(self, second: bool = False) -> tuple[str, str]:
+        """``(prompt, negative_prompt)`` for the first text encoder, or for SDXL's second."""
+        if not second:
+            return self.prompt, self.negative_prompt
+        return self.prompt_2 or self.prompt, self.negative_prompt_2 or self.negative_prompt
+
+    @property
+    def empty_negative(self) -> bool:
+        """No negative text for either encoder: the one an SDXL model may make all zeros."""
+        return not self.negative_prompt and not self.negative_prompt_2
 
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batch (one UNet call per step)."""
@@ -121,6 +135,8 @@ class GenerationRequest:
         if not self.prompt.strip():
             raise InvalidInputError(f"prompt must not be empty, got {quote(self.prompt)}")
         check_text("negative_prompt", self.negative_prompt, limits.max_prompt_chars)
+        check_text("prompt_2", self.prompt_2, limits.max_prompt_chars)
+        check_text("negative_prompt_2", self.negative_prompt_2, limits.max_prompt_chars)
         check_int("steps", self.steps, 1, limits.max_steps)
         check_int("num_images", self.num_images, 1, limits.max_images_per_request)
         _check_guidance(self.guidance_scale, limits.max_guidance_scale)
@@ -130,9 +146,9 @@ class GenerationRequest:
         self._check_size(limits, None if self.init_image is not None else default_size)
         self._check_options()
         self._check_init_image(limits)
-        named = {*PLACEHOLDER.findall(self.prompt), *PLACEHOLDER.findall(self.negative_prompt)}
+        named = {name for text in self.prompts() for name in PLACEHOLDER.findall(text)}
         if self.prompt_syntax is PromptSyntax.A1111:
-            named |= {*embedding_names(self.prompt), *embedding_names(self.negative_prompt)}
+            named |= {name for text in self.prompts() for name in embedding_names(text)}
         if len(named) > limits.max_concepts_per_prompt:
             raise InvalidInputError(
                 f"the prompts name {len(named)} concepts; the limit is "

@@ -171,7 +171,7 @@ def build_service(config: ServerConfig) -> Service:
     store = open_store(config.store, config.data_dir)
     try:
         vocabulary = pipeline.host.tokenizer.get_vocab()
-        registry = build_registry(store, config, pipeline.host.text_width, vocabulary)
+        registry = build_registry(store, config, pipeline.host.text_widths, vocabulary)
         jobs = build_jobs(store, registry, config, textinv_trainer(model, config.model), vocabulary)
     except BaseException:
         store.close()
@@ -189,11 +189,11 @@ def build_service(config: ServerConfig) -> Service:
 
 
 def build_registry(
-    store: Store, config: ServerConfig, width: int, vocabulary: Any
+    store: Store, config: ServerConfig, widths: tuple[int, ...], vocabulary: Any
 ) -> ConceptRegistry:
     return ConceptRegistry(
         store,
-        width=width,
+        widths=widths,
         vocabulary=vocabulary,
         max_file_bytes=config.limits.max_concept_file_bytes,
         max_concepts=config.limits.max_concepts,

@@ -40,6 +40,10 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     def limits(self) -> Limits:
         return self.service.limits
 
+    @property
+    def _widths(self) -> tuple[int, ...]:
+        return self.service.registry.widths
+
     def _generation_request(self, request: generate_pb2.GenerateRequest) -> GenerationRequest:
         side = self.service.pipeline.host.default_resolution
         return convert.generation_request_from_pb(request, self.limits, side)
@@ -90,7 +94,9 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     ) -> concepts_pb2.RegisterConceptResponse:
         checked = convert.register_concept_from_pb(request, self.limits)
         row = await self.service.register_concept(checked)
-        return concepts_pb2.RegisterConceptResponse(concept=convert.concept_info_to_pb(row))
+        return concepts_pb2.RegisterConceptResponse(
+            concept=convert.concept_info_to_pb(row, self._widths)
+        )
 
     async def ListConcepts(
         self, request: concepts_pb2.ListConceptsRequest, context: aio.ServicerContext
@@ -98,7 +104,8 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
         page = convert.concept_page_from_pb(request, self.limits)
         rows, next_token = await self.service.list_concepts(page)
         return concepts_pb2.ListConceptsResponse(
-            concepts=[convert.concept_info_to_pb(row) for row in rows], next_page_token=next_token
+            concepts=[convert.concept_info_to_pb(row, self._widths) for row in rows],
+            next_page_token=next_token,
         )
 
     async def GetConcept(
@@ -106,14 +113,18 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
     ) -> concepts_pb2.GetConceptResponse:
         lookup = convert.concept_lookup_from_pb(request, self.limits)
         row, data = await self.service.get_concept(lookup)
-        return concepts_pb2.GetConceptResponse(concept=convert.concept_info_to_pb(row), file=data)
+        return concepts_pb2.GetConceptResponse(
+            concept=convert.concept_info_to_pb(row, self._widths), file=data
+        )
 
     async def DeleteConcept(
         self, request: concepts_pb2.DeleteConceptRequest, context: aio.ServicerContext
     ) -> concepts_pb2.DeleteConceptResponse:
         lookup = convert.concept_lookup_from_pb(request, self.limits)
         row = await self.service.delete_concept(lookup)
-        return concepts_pb2.DeleteConceptResponse(concept=convert.concept_info_to_pb(row))
+        return concepts_pb2.DeleteConceptResponse(
+            concept=convert.concept_info_to_pb(row, self._widths)
+        )
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -187,6 +198,7 @@ class TextInvServicer(textinv_pb2_grpc.TextInvServicer):
                 native_height=host.default_resolution,
                 prediction_type=str(host.scheduler_config.get("prediction_type", "epsilon")),
                 text_encoder_layers=host.text_encoder_layers,
+                text_encoder_widths=list(host.text_widths),
             ),
             backend=service.pipeline.backend.name.value,
             device=service.device,

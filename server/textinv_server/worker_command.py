@@ -84,7 +84,7 @@ def run_worker(args: argparse.Namespace) -> int:
     shared = None if torch.cuda.is_available() else model
     store = open_store(config.store, config.data_dir)
     try:
-        registry = build_registry(store, config, model.text_width, vocabulary)
+        registry = build_registry(store, config, model.text_widths, vocabulary)
         jobs = build_jobs(
             store, registry, config, textinv_trainer(shared, config.model), vocabulary
         )

@@ -157,6 +157,11 @@ def _generate_cases() -> list[Case]:
              img2img(payloads.image_bytes("PNG"), strength=float("nan")), BAD, ("strength",)),
         Case("strength without an init image", "Generate", gen(strength=0.5), BAD, ("strength",)),
         Case("clip_skip 2**32-1", "Generate", gen(clip_skip=2**32 - 1), BAD, ("clip_skip",)),
+        Case("prompt_2 of 1 MB", "Generate", gen(prompt_2="c" * MB), BAD, ("prompt_2",)),
+        Case("prompt_2 on a model with one text encoder", "Generate", gen(prompt_2="a dog"), BAD,
+             ("prompt_2", "SDXL")),
+        Case("negative_prompt_2 of 1 MB", "Generate", gen(negative_prompt_2="d " * (MB // 2)),
+             BAD, ("negative_prompt_2",)),
         Case("valid WebP init image is accepted", "Generate",
              img2img(payloads.image_bytes("WEBP", side=32)), frozenset({OK})),
     ]  # fmt: skip

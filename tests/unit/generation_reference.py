@@ -74,9 +74,13 @@ def reference_images(
     negative prompt as embeddings built by it, instead of encoding them itself."""
     texts: dict[str, Any] = {
         "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt or None,
+        # "" with a negative_prompt_2: diffusers zeroes only a None negative prompt.
+        "negative_prompt": request.negative_prompt or ("" if request.negative_prompt_2 else None),
         "clip_skip": request.clip_skip or None,
     }
+    for name in ("prompt_2", "negative_prompt_2"):  # SDXL's second encoder; "" takes the first's
+        if getattr(request, name):
+            texts[name] = getattr(request, name)
     if embed is not None:
         texts = {
             "prompt_embeds": embed(request.prompt),

@@ -30,7 +30,7 @@ def open_jobs(tiny_model: Any, tmp_path: Path) -> Iterator[Open]:
         store = SqliteStore(tmp_path / "data" / "textinv.db")
         registry = ConceptRegistry(
             store,
-            width=tiny_model.text_width,
+            widths=tiny_model.text_widths,
             vocabulary=tiny_model.tokenizer.get_vocab(),
             max_file_bytes=1 << 20,
         )

@@ -47,7 +47,7 @@ def open_jobs(tiny_model: Any, tiny_model_dir: Path, tmp_path: Path) -> Iterator
         store = Store(tmp_path / "data" / "textinv.db")
         registry = ConceptRegistry(
             store,
-            width=tiny_model.text_width,
+            widths=tiny_model.text_widths,
             vocabulary=tiny_model.tokenizer.get_vocab(),
             max_file_bytes=1 << 20,
         )

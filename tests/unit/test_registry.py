@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from textinv.concept_table import ConceptTable
 from textinv.concepts import Concept, concept_to_bytes
 from textinv.errors import (
     AlreadyExistsError,
@@ -32,7 +33,7 @@ EVERY_TOKEN = "<cat-toy> <renamed> <a> <b> <c> <d> " + " ".join(f"<t{i}>" for i 
 
 def visible(registry: ConceptRegistry, prompt: str = EVERY_TOKEN, tenant: str = T) -> set[str]:
     """The tokens a request with ``prompt`` gets from the registry."""
-    return set(registry.concepts_for(tenant, [prompt]))
+    return set(sd_table(registry, tenant, [prompt]))
 
 
 def concept_bytes(token: str = "<cat-toy>", k: int = 2, seed: int = 0) -> bytes:
@@ -42,7 +43,14 @@ def concept_bytes(token: str = "<cat-toy>", k: int = 2, seed: int = 0) -> bytes:
 
 def open_registry(folder: Path) -> ConceptRegistry:
     store = SqliteStore(folder / "textinv.db")
-    return ConceptRegistry(store, width=WIDTH, vocabulary={"cat</w>"}, max_file_bytes=1 << 20)
+    return ConceptRegistry(store, widths=(WIDTH,), vocabulary={"cat</w>"}, max_file_bytes=1 << 20)
+
+
+def sd_table(registry: ConceptRegistry, tenant: str, prompts: list[str]) -> ConceptTable:
+    """What an SD 1.x registry finds: one table, ``{token: [K, D]}``."""
+    table = registry.concepts_for(tenant, prompts)
+    assert isinstance(table, ConceptTable)
+    return table
 
 
 def test_register_get_list_delete(tmp_path: Path) -> None:
@@ -65,7 +73,7 @@ def test_concepts_survive_a_restart(tmp_path: Path) -> None:
     first.register(concept_bytes("<b>", k=3, seed=2), "b.safetensors")
     first.store.close()
     second = open_registry(tmp_path)
-    table = second.concepts_for(T, [EVERY_TOKEN])
+    table = sd_table(second, T, [EVERY_TOKEN])
     assert set(table) == {"<a>", "<b>"} and table["<b>"].shape == (3, WIDTH)
 
 
@@ -111,7 +119,7 @@ def test_the_number_of_concepts_is_bounded(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "textinv.db")
     registry = ConceptRegistry(
         store,
-        width=WIDTH,
+        widths=(WIDTH,),
         vocabulary=(),
         max_file_bytes=1 << 20,
         max_concepts=2,
@@ -143,7 +151,7 @@ def test_lookups_are_cached_and_every_change_is_seen(tmp_path: Path) -> None:
     registry.register(concept_bytes("<b>"), "b.safetensors")  # "<b>" was cached as missing
     registry.delete(T, "<a>")
     assert visible(registry, "a photo of <a> and <b>") == {"<b>"}
-    assert registry.concepts_for(T, ["<B>"]).index.find("<B>") == "<b>"
+    assert sd_table(registry, T, ["<B>"]).index.find("<B>") == "<b>"
 
 
 def test_a_change_announced_during_a_lookup_is_not_cached_stale(tmp_path: Path) -> None:
@@ -173,7 +181,7 @@ def test_two_tenants_have_their_own_concepts(tmp_path: Path) -> None:
     registry = open_registry(tmp_path)
     registry.register(concept_bytes("<x>", seed=1), "x.safetensors", tenant="acme")
     registry.register(concept_bytes("<x>", seed=2), "x.safetensors", tenant="globex")
-    acme, globex = (registry.concepts_for(t, ["<x>"])["<x>"] for t in ("acme", "globex"))
+    acme, globex = (sd_table(registry, t, ["<x>"])["<x>"] for t in ("acme", "globex"))
     assert not torch.equal(acme, globex)
     assert visible(registry, "<x>") == set()  # the default tenant has none
     registry.delete("acme", "<x>")
@@ -185,7 +193,7 @@ def test_two_tenants_have_their_own_concepts(tmp_path: Path) -> None:
 def test_the_cache_is_bounded(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "textinv.db")
     registry = ConceptRegistry(
-        store, width=WIDTH, vocabulary=(), max_file_bytes=1 << 20, cached_concepts=2
+        store, widths=(WIDTH,), vocabulary=(), max_file_bytes=1 << 20, cached_concepts=2
     )
     for i in range(5):
         registry.register(concept_bytes(f"<t{i}>", seed=i), "t.safetensors")

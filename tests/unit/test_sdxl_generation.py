@@ -78,6 +78,28 @@ def test_concepts_must_fit_the_model(pipeline, tiny_model) -> None:
         sd1(request(prompt="a cat"), registered(sdxl_concepts(7)))
 
 
+@pytest.mark.parametrize("negative", ["blurry", ""])
+def test_prompt_2_matches_diffusers(pipeline, reference, negative: str) -> None:
+    """diffusers' prompt_2 / negative_prompt_2 go to the second text encoder only."""
+    second = {"prompt_2": "a watercolor of <dog-style>", "negative_prompt_2": "dark, grainy"}
+    req = request(negative_prompt=negative, **second)
+    concepts = registered(sdxl_concepts(7))
+    result = pipeline(req, concepts)
+    ours = pixels(result)
+    assert max_pixel_difference(ours, reference_images(reference, result.request)) <= 1
+    # The control: without prompt_2 the second encoder reads the first prompt.
+    assert (
+        max_pixel_difference(ours, pixels(pipeline(request(negative_prompt=negative), concepts)))
+        > 10
+    )
+
+
+def test_prompt_2_needs_sdxl(tiny_model_dir: Path) -> None:
+    sd1 = load_generation_pipeline(tiny_model_dir)
+    with pytest.raises(InvalidInputError, match="prompt_2 is for SDXL's second text encoder"):
+        sd1(GenerationRequest("a cat", prompt_2="a dog", steps=1, width=32, height=32))
+
+
 def test_stages_without_sdxl_refuse_it(tiny_sdxl_model_dir: Path, tmp_path) -> None:
     from textinv.model import load_base_model
     from textinv_export.exporter import ExportConfig, export_model

@@ -19,4 +19,9 @@ def concept_info_to_pb(info: ConceptInfo) -> concepts_pb2.ConceptInfo:
 
 
 def concept_info_from_pb(message: concepts_pb2.ConceptInfo) -> ConceptInfo:
-    return from_message(ConceptInfo, message, created_at=timestamp_from_pb(message, "created_at"))
+    return from_message(
+        ConceptInfo,
+        message,
+        created_at=timestamp_from_pb(message, "created_at"),
+        embedding_dims=tuple(message.embedding_dims),
+    )

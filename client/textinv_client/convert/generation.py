@@ -69,6 +69,8 @@ def generate_request_to_pb(request: GenerateRequest) -> generate_pb2.GenerateReq
         quality=request.quality or 0,
         karras_sigmas=request.karras_sigmas,
         clip_skip=request.clip_skip,
+        prompt_2=request.prompt_2,
+        negative_prompt_2=request.negative_prompt_2,
     )
     if request.guidance_scale is not None:
         message.guidance_scale = request.guidance_scale
@@ -100,6 +102,8 @@ def generate_request_from_pb(message: generate_pb2.GenerateRequest) -> GenerateR
         clip_skip=message.clip_skip,
         init_image=message.init_image or None,
         strength=optional(message, "strength"),
+        prompt_2=message.prompt_2,
+        negative_prompt_2=message.negative_prompt_2,
     )
 
 

@@ -65,7 +65,7 @@ def server_info_to_pb(info: ServerInfo) -> server_info_pb2.GetServerInfoResponse
 
 def server_info_from_pb(message: server_info_pb2.GetServerInfoResponse) -> ServerInfo:
     return ServerInfo(
-        model=from_message(ModelInfo, message.model) if message.HasField("model") else None,
+        model=_model_info_from_pb(message.model) if message.HasField("model") else None,
         backend=message.backend,
         device=message.device,
         execution_providers=tuple(message.execution_providers),
@@ -85,3 +85,7 @@ def server_info_from_pb(message: server_info_pb2.GetServerInfoResponse) -> Serve
         replica_id=message.replica_id,
         tenant=message.tenant,
     )
+
+
+def _model_info_from_pb(message: server_info_pb2.ModelInfo) -> ModelInfo:
+    return from_message(ModelInfo, message, text_encoder_widths=tuple(message.text_encoder_widths))

@@ -12,7 +12,7 @@ import torch
 
 from textinv.errors import CancelledError, InvalidInputError
 from textinv.model import BaseModel
-from textinv.prompts import PromptEncoder
+from textinv.prompts import PromptEmbeddings, PromptEncoder
 from textinv.sdxl_text import SdxlConcepts
 from textinv_server.backends import Backend, BackendName, BackendOptions, ShapeLimits
 from textinv_server.backends.factory import load_backend
@@ -93,19 +93,41 @@ class GenerationPipeline:
         max_chunks = min(limits.max_prompt_chunks, shapes.max_prompt_chunks or sys.maxsize)
         first, second = concepts_per_encoder(concepts, self.prompts_2 is not None)
         embeddings = embed_prompts(self.prompts, request, first, max_chunks)
+        embeddings_2 = self._second_embeddings(request, second, max_chunks, embeddings)
+        warnings = embeddings.warnings + (embeddings_2.warnings if embeddings_2 else ())
         return PreparedRequest(
             request,
             embeddings,
-            embeddings.warnings,
+            tuple(dict.fromkeys(warnings)),  # the same truncation, once
             on_step,
             is_cancelled,
             init_image=init_image,
-            embeddings_2=(
-                None
-                if self.prompts_2 is None
-                else embed_prompts(self.prompts_2, request, second, max_chunks)
-            ),
+            embeddings_2=embeddings_2,
         )
+
+    def _second_embeddings(
+        self,
+        request: GenerationRequest,
+        concepts: Concepts,
+        max_chunks: int,
+        first: PromptEmbeddings,
+    ) -> PromptEmbeddings | None:
+        """SDXL's second encoder's rows, laid out as the first's; ``None`` for SD 1.x/2.x,
+        which refuses ``prompt_2``."""
+        if self.prompts_2 is None:
+            for name in ("prompt_2", "negative_prompt_2"):
+                if getattr(request, name):
+                    raise InvalidInputError(
+                        f"{name} is for SDXL's second text encoder; this model has one"
+                    )
+            return None
+        second = embed_prompts(self.prompts_2, request, concepts, max_chunks, second=True)
+        if second.chunks != first.chunks:  # both encoders' states are joined token by token
+            raise InvalidInputError(
+                f"prompt_2 and negative_prompt_2 take {second.chunks} chunks of 75 tokens, "
+                f"prompt and negative_prompt {first.chunks}: under a1111 syntax they must match"
+            )
+        return second
 
     def __call__(
         self,

@@ -23,14 +23,18 @@ from textinv_server.requests import GenerationRequest
 
 
 def embed_prompts(
-    prompts: PromptEncoder, request: GenerationRequest, concepts: Concepts, max_chunks: int
+    prompts: PromptEncoder,
+    request: GenerationRequest,
+    concepts: Concepts,
+    max_chunks: int,
+    second: bool = False,
 ) -> PromptEmbeddings:
     """``inputs_embeds [B, 77·C, D]``: rows ``[negative, prompt]`` with guidance, else
     ``[prompt]``, both with the same chunk count C (1 in the plain syntax). For SDXL, call it
-    once per text encoder, with that encoder's tokenizer, table and vectors."""
-    texts = [request.prompt]
-    if request.uses_guidance:
-        texts.insert(0, request.negative_prompt)
+    once per text encoder, with that encoder's tokenizer, table and vectors (``second``: its
+    ``prompt_2`` texts)."""
+    prompt, negative = request.encoder_texts(second)
+    texts = [negative, prompt] if request.uses_guidance else [prompt]
     return prompts.embed(texts, concepts, request.prompt_syntax, max_chunks)
 
 
@@ -71,7 +75,7 @@ def encode_prompts(
         for rows, prepared in zip(hidden.split(sizes), batch, strict=True)
     ]
     guided = batch[0].request.uses_guidance
-    zeroed = [zero_empty and guided and not p.request.negative_prompt for p in batch]
+    zeroed = [zero_empty and guided and p.request.empty_negative for p in batch]
     uncond = [zeros_if(rows[0], z) for rows, z in zip(per_request, zeroed, strict=True)]
     encoded = EncodedPrompts(
         uncond if guided else [],

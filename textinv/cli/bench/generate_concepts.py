@@ -185,7 +185,7 @@ def _open_registry(folder: Path, width: int, count: int) -> ConceptRegistry:
     store = SqliteStore(folder / "textinv.db")
     return ConceptRegistry(
         store,
-        width=width,
+        widths=(width,),
         vocabulary=(),
         max_file_bytes=1 << 20,
         max_concepts=max(count, DEFAULT_MAX_CONCEPTS),

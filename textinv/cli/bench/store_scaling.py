@@ -61,14 +61,14 @@ def registry(store: Store, width: int, limit: int, *, cold: bool = False) -> Con
     """A registry like a replica's; ``cold``: one that caches nothing."""
     caches = {"cached_concepts": 0, "cached_misses": 0} if cold else {}
     return ConceptRegistry(
-        store, width=width, vocabulary=(), max_file_bytes=1 << 20, max_concepts=limit, **caches
+        store, widths=(width,), vocabulary=(), max_file_bytes=1 << 20, max_concepts=limit, **caches
     )
 
 
 def fill(url: str, target: ConceptRegistry, count: int) -> float:
     """``count`` concepts in ``tenant_of(count)``: the prompt's three through ``register``, the
     others in one ``COPY``; the seconds it took."""
-    tenant, width = tenant_of(count), target.width
+    tenant, width = tenant_of(count), target.widths[0]
     start = time.perf_counter()
     for i in range(NAMED):
         target.register(concept_file(f"<c{i}>", width, i), "c.safetensors", tenant=tenant)
@@ -163,7 +163,7 @@ def host_costs(
 def _registering(target: ConceptRegistry, count: int) -> Callable[[], object]:
     """Each call registers the next new token of the world (its file made beforehand)."""
     tenant, made = tenant_of(count), iter(range(1 << 30))
-    files = [concept_file(f"<r{i}>", target.width, 1000 + i) for i in range(64)]
+    files = [concept_file(f"<r{i}>", target.widths[0], 1000 + i) for i in range(64)]
 
     def register() -> object:
         i = next(made)

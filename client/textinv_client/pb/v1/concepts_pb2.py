@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19textinv/v1/concepts.proto\x12\ntextinv.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x0b\x43onceptInfo\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x02 \x01(\r\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x15\n\rsource_format\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x08 \x01(\t\"g\n\x16RegisterConceptRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\x05token\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07replace\x18\x04 \x01(\x08\x42\x08\n\x06_token\"C\n\x17RegisterConceptResponse\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.textinv.v1.ConceptInfo\"<\n\x13ListConceptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListConceptsResponse\x12)\n\x08\x63oncepts\x18\x01 \x03(\x0b\x32\x17.textinv.v1.ConceptInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x11GetConceptRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cinclude_file\x18\x02 \x01(\x08\"L\n\x12GetConceptResponse\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.textinv.v1.ConceptInfo\x12\x0c\n\x04\x66ile\x18\x02 \x01(\x0c\"%\n\x14\x44\x65leteConceptRequest\x12\r\n\x05token\x18\x01 \x01(\t\"A\n\x15\x44\x65leteConceptResponse\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.textinv.v1.ConceptInfoBy\n\x0e\x64\x65v.textinv.v1B\rConceptsProtoP\x01Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\xa2\x02\x03TXV\xaa\x02\nTextinv.V1\xca\x02\nTextinv\\V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19textinv/v1/concepts.proto\x12\ntextinv.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x0b\x43onceptInfo\x12\r\n\x05token\x18\x01 \x01(\t\x12\x13\n\x0bnum_vectors\x18\x02 \x01(\r\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x15\n\rsource_format\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x08 \x01(\t\x12\x16\n\x0e\x65mbedding_dims\x18\t \x03(\r\"g\n\x16RegisterConceptRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\x05token\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07replace\x18\x04 \x01(\x08\x42\x08\n\x06_token\"C\n\x17RegisterConceptResponse\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.textinv.v1.ConceptInfo\"<\n\x13ListConceptsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListConceptsResponse\x12)\n\x08\x63oncepts\x18\x01 \x03(\x0b\x32\x17.textinv.v1.ConceptInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x11GetConceptRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cinclude_file\x18\x02 \x01(\x08\"L\n\x12GetConceptResponse\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.textinv.v1.ConceptInfo\x12\x0c\n\x04\x66ile\x18\x02 \x01(\x0c\"%\n\x14\x44\x65leteConceptRequest\x12\r\n\x05token\x18\x01 \x01(\t\"A\n\x15\x44\x65leteConceptResponse\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.textinv.v1.ConceptInfoBy\n\x0e\x64\x65v.textinv.v1B\rConceptsProtoP\x01Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\xa2\x02\x03TXV\xaa\x02\nTextinv.V1\xca\x02\nTextinv\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.textinv.v1B\rConceptsProtoP\001Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\242\002\003TXV\252\002\nTextinv.V1\312\002\nTextinv\\V1'
   _globals['_CONCEPTINFO']._serialized_start=75
-  _globals['_CONCEPTINFO']._serialized_end=270
-  _globals['_REGISTERCONCEPTREQUEST']._serialized_start=272
-  _globals['_REGISTERCONCEPTREQUEST']._serialized_end=375
-  _globals['_REGISTERCONCEPTRESPONSE']._serialized_start=377
-  _globals['_REGISTERCONCEPTRESPONSE']._serialized_end=444
-  _globals['_LISTCONCEPTSREQUEST']._serialized_start=446
-  _globals['_LISTCONCEPTSREQUEST']._serialized_end=506
-  _globals['_LISTCONCEPTSRESPONSE']._serialized_start=508
-  _globals['_LISTCONCEPTSRESPONSE']._serialized_end=598
-  _globals['_GETCONCEPTREQUEST']._serialized_start=600
-  _globals['_GETCONCEPTREQUEST']._serialized_end=656
-  _globals['_GETCONCEPTRESPONSE']._serialized_start=658
-  _globals['_GETCONCEPTRESPONSE']._serialized_end=734
-  _globals['_DELETECONCEPTREQUEST']._serialized_start=736
-  _globals['_DELETECONCEPTREQUEST']._serialized_end=773
-  _globals['_DELETECONCEPTRESPONSE']._serialized_start=775
-  _globals['_DELETECONCEPTRESPONSE']._serialized_end=840
+  _globals['_CONCEPTINFO']._serialized_end=294
+  _globals['_REGISTERCONCEPTREQUEST']._serialized_start=296
+  _globals['_REGISTERCONCEPTREQUEST']._serialized_end=399
+  _globals['_REGISTERCONCEPTRESPONSE']._serialized_start=401
+  _globals['_REGISTERCONCEPTRESPONSE']._serialized_end=468
+  _globals['_LISTCONCEPTSREQUEST']._serialized_start=470
+  _globals['_LISTCONCEPTSREQUEST']._serialized_end=530
+  _globals['_LISTCONCEPTSRESPONSE']._serialized_start=532
+  _globals['_LISTCONCEPTSRESPONSE']._serialized_end=622
+  _globals['_GETCONCEPTREQUEST']._serialized_start=624
+  _globals['_GETCONCEPTREQUEST']._serialized_end=680
+  _globals['_GETCONCEPTRESPONSE']._serialized_start=682
+  _globals['_GETCONCEPTRESPONSE']._serialized_end=758
+  _globals['_DELETECONCEPTREQUEST']._serialized_start=760
+  _globals['_DELETECONCEPTREQUEST']._serialized_end=797
+  _globals['_DELETECONCEPTRESPONSE']._serialized_start=799
+  _globals['_DELETECONCEPTRESPONSE']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

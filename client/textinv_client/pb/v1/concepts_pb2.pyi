@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConceptInfo(_message.Message):
-    __slots__ = ("token", "num_vectors", "embedding_dim", "source_format", "size_bytes", "sha256", "created_at", "job_id")
+    __slots__ = ("token", "num_vectors", "embedding_dim", "source_format", "size_bytes", "sha256", "created_at", "job_id", "embedding_dims")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NUM_VECTORS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class ConceptInfo(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIMS_FIELD_NUMBER: _ClassVar[int]
     token: str
     num_vectors: int
     embedding_dim: int
@@ -27,7 +28,8 @@ class ConceptInfo(_message.Message):
     sha256: str
     created_at: _timestamp_pb2.Timestamp
     job_id: str
-    def __init__(self, token: _Optional[str] = ..., num_vectors: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., source_format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ...) -> None: ...
+    embedding_dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token: _Optional[str] = ..., num_vectors: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., source_format: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., embedding_dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterConceptRequest(_message.Message):
     __slots__ = ("data", "filename", "token", "replace")

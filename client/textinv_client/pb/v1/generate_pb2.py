@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19textinv/v1/generate.proto\x12\ntextinv.v1\"\xc6\x03\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x12\n\nnum_images\x18\x08 \x01(\r\x12(\n\tscheduler\x18\t \x01(\x0e\x32\x15.textinv.v1.Scheduler\x12/\n\rprompt_syntax\x18\n \x01(\x0e\x32\x18.textinv.v1.PromptSyntax\x12.\n\routput_format\x18\x0b \x01(\x0e\x32\x17.textinv.v1.ImageFormat\x12\x0f\n\x07quality\x18\x0c \x01(\r\x12\x15\n\rkarras_sigmas\x18\r \x01(\x08\x12\x11\n\tclip_skip\x18\x0e \x01(\r\x12\x12\n\ninit_image\x18\x0f \x01(\x0c\x12\x15\n\x08strength\x18\x10 \x01(\x02H\x02\x88\x01\x01\x42\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x0b\n\t_strength\"\x81\x01\n\x0eGeneratedImage\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\'\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x17.textinv.v1.ImageFormat\"\xad\x01\n\x0cStageTimings\x12\x15\n\rqueue_wait_ms\x18\x01 \x01(\x01\x12\x17\n\x0ftext_encoder_ms\x18\x02 \x01(\x01\x12\x15\n\runet_total_ms\x18\x03 \x01(\x01\x12\x19\n\x11unet_step_mean_ms\x18\x04 \x01(\x01\x12\x15\n\rvae_decode_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\r\"\x89\x01\n\x10GenerateResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.textinv.v1.GeneratedImage\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12)\n\x07timings\x18\x03 \x01(\x0b\x32\x18.textinv.v1.StageTimings\x12\x10\n\x08warnings\x18\x04 \x03(\t\"F\n\x10GenerateProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x0f\n\x07step_ms\x18\x03 \x01(\x01\"\x83\x01\n\x16GenerateStreamResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.textinv.v1.GenerateProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.textinv.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent*\xc6\x01\n\tScheduler\x12\x19\n\x15SCHEDULER_UNSPECIFIED\x10\x00\x12\x12\n\x0eSCHEDULER_DDIM\x10\x01\x12\x13\n\x0fSCHEDULER_EULER\x10\x02\x12\x1d\n\x19SCHEDULER_EULER_ANCESTRAL\x10\x03\x12\x1e\n\x1aSCHEDULER_DPM_SOLVER_PP_2M\x10\x04\x12\x12\n\x0eSCHEDULER_PNDM\x10\x05\x12\"\n\x1eSCHEDULER_DPM_SOLVER_PP_2M_SDE\x10\x06*_\n\x0cPromptSyntax\x12\x1d\n\x19PROMPT_SYNTAX_UNSPECIFIED\x10\x00\x12\x17\n\x13PROMPT_SYNTAX_PLAIN\x10\x01\x12\x17\n\x13PROMPT_SYNTAX_A1111\x10\x02*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x42y\n\x0e\x64\x65v.textinv.v1B\rGenerateProtoP\x01Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\xa2\x02\x03TXV\xaa\x02\nTextinv.V1\xca\x02\nTextinv\\V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19textinv/v1/generate.proto\x12\ntextinv.v1\"\xf3\x03\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x1b\n\x0eguidance_scale\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x12\n\nnum_images\x18\x08 \x01(\r\x12(\n\tscheduler\x18\t \x01(\x0e\x32\x15.textinv.v1.Scheduler\x12/\n\rprompt_syntax\x18\n \x01(\x0e\x32\x18.textinv.v1.PromptSyntax\x12.\n\routput_format\x18\x0b \x01(\x0e\x32\x17.textinv.v1.ImageFormat\x12\x0f\n\x07quality\x18\x0c \x01(\r\x12\x15\n\rkarras_sigmas\x18\r \x01(\x08\x12\x11\n\tclip_skip\x18\x0e \x01(\r\x12\x12\n\ninit_image\x18\x0f \x01(\x0c\x12\x15\n\x08strength\x18\x10 \x01(\x02H\x02\x88\x01\x01\x12\x10\n\x08prompt_2\x18\x11 \x01(\t\x12\x19\n\x11negative_prompt_2\x18\x12 \x01(\tB\x11\n\x0f_guidance_scaleB\x07\n\x05_seedB\x0b\n\t_strength\"\x81\x01\n\x0eGeneratedImage\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\'\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x17.textinv.v1.ImageFormat\"\xad\x01\n\x0cStageTimings\x12\x15\n\rqueue_wait_ms\x18\x01 \x01(\x01\x12\x17\n\x0ftext_encoder_ms\x18\x02 \x01(\x01\x12\x15\n\runet_total_ms\x18\x03 \x01(\x01\x12\x19\n\x11unet_step_mean_ms\x18\x04 \x01(\x01\x12\x15\n\rvae_decode_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\r\"\x89\x01\n\x10GenerateResponse\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.textinv.v1.GeneratedImage\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12)\n\x07timings\x18\x03 \x01(\x0b\x32\x18.textinv.v1.StageTimings\x12\x10\n\x08warnings\x18\x04 \x03(\t\"F\n\x10GenerateProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x0f\n\x07step_ms\x18\x03 \x01(\x01\"\x83\x01\n\x16GenerateStreamResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.textinv.v1.GenerateProgressH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.textinv.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent*\xc6\x01\n\tScheduler\x12\x19\n\x15SCHEDULER_UNSPECIFIED\x10\x00\x12\x12\n\x0eSCHEDULER_DDIM\x10\x01\x12\x13\n\x0fSCHEDULER_EULER\x10\x02\x12\x1d\n\x19SCHEDULER_EULER_ANCESTRAL\x10\x03\x12\x1e\n\x1aSCHEDULER_DPM_SOLVER_PP_2M\x10\x04\x12\x12\n\x0eSCHEDULER_PNDM\x10\x05\x12\"\n\x1eSCHEDULER_DPM_SOLVER_PP_2M_SDE\x10\x06*_\n\x0cPromptSyntax\x12\x1d\n\x19PROMPT_SYNTAX_UNSPECIFIED\x10\x00\x12\x17\n\x13PROMPT_SYNTAX_PLAIN\x10\x01\x12\x17\n\x13PROMPT_SYNTAX_A1111\x10\x02*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x42y\n\x0e\x64\x65v.textinv.v1B\rGenerateProtoP\x01Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\xa2\x02\x03TXV\xaa\x02\nTextinv.V1\xca\x02\nTextinv\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,22 +32,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'textinv_client.pb.v1.genera
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.textinv.v1B\rGenerateProtoP\001Z6github.com/textinv/textinv/gen/go/textinv/v1;textinvv1\242\002\003TXV\252\002\nTextinv.V1\312\002\nTextinv\\V1'
-  _globals['_SCHEDULER']._serialized_start=1153
-  _globals['_SCHEDULER']._serialized_end=1351
-  _globals['_PROMPTSYNTAX']._serialized_start=1353
-  _globals['_PROMPTSYNTAX']._serialized_end=1448
-  _globals['_IMAGEFORMAT']._serialized_start=1450
-  _globals['_IMAGEFORMAT']._serialized_end=1561
+  _globals['_SCHEDULER']._serialized_start=1198
+  _globals['_SCHEDULER']._serialized_end=1396
+  _globals['_PROMPTSYNTAX']._serialized_start=1398
+  _globals['_PROMPTSYNTAX']._serialized_end=1493
+  _globals['_IMAGEFORMAT']._serialized_start=1495
+  _globals['_IMAGEFORMAT']._serialized_end=1606
   _globals['_GENERATEREQUEST']._serialized_start=42
-  _globals['_GENERATEREQUEST']._serialized_end=496
-  _globals['_GENERATEDIMAGE']._serialized_start=499
-  _globals['_GENERATEDIMAGE']._serialized_end=628
-  _globals['_STAGETIMINGS']._serialized_start=631
-  _globals['_STAGETIMINGS']._serialized_end=804
-  _globals['_GENERATERESPONSE']._serialized_start=807
-  _globals['_GENERATERESPONSE']._serialized_end=944
-  _globals['_GENERATEPROGRESS']._serialized_start=946
-  _globals['_GENERATEPROGRESS']._serialized_end=1016
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1019
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1150
+  _globals['_GENERATEREQUEST']._serialized_end=541
+  _globals['_GENERATEDIMAGE']._serialized_start=544
+  _globals['_GENERATEDIMAGE']._serialized_end=673
+  _globals['_STAGETIMINGS']._serialized_start=676
+  _globals['_STAGETIMINGS']._serialized_end=849
+  _globals['_GENERATERESPONSE']._serialized_start=852
+  _globals['_GENERATERESPONSE']._serialized_end=989
+  _globals['_GENERATEPROGRESS']._serialized_start=991
+  _globals['_GENERATEPROGRESS']._serialized_end=1061
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1064
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1195
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ IMAGE_FORMAT_JPEG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality", "karras_sigmas", "clip_skip", "init_image", "strength")
+    __slots__ = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "num_images", "scheduler", "prompt_syntax", "output_format", "quality", "karras_sigmas", "clip_skip", "init_image", "strength", "prompt_2", "negative_prompt_2")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class GenerateRequest(_message.Message):
     CLIP_SKIP_FIELD_NUMBER: _ClassVar[int]
     INIT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_2_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_2_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     steps: int
@@ -78,7 +80,9 @@ class GenerateRequest(_message.Message):
     clip_skip: int
     init_image: bytes
     strength: float
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., karras_sigmas: _Optional[bool] = ..., clip_skip: _Optional[int] = ..., init_image: _Optional[bytes] = ..., strength: _Optional[float] = ...) -> None: ...
+    prompt_2: str
+    negative_prompt_2: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_images: _Optional[int] = ..., scheduler: _Optional[_Union[Scheduler, str]] = ..., prompt_syntax: _Optional[_Union[PromptSyntax, str]] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., karras_sigmas: _Optional[bool] = ..., clip_skip: _Optional[int] = ..., init_image: _Optional[bytes] = ..., strength: _Optional[float] = ..., prompt_2: _Optional[str] = ..., negative_prompt_2: _Optional[str] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("png", "seed", "width", "height", "data", "format")

@@ -12,7 +12,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sha256", "family", "embedding_dim", "max_prompt_tokens", "native_width", "native_height", "prediction_type", "text_encoder_layers")
+    __slots__ = ("name", "sha256", "family", "embedding_dim", "max_prompt_tokens", "native_width", "native_height", "prediction_type", "text_encoder_layers", "text_encoder_widths")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class ModelInfo(_message.Message):
     NATIVE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_TYPE_FIELD_NUMBER: _ClassVar[int]
     TEXT_ENCODER_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_ENCODER_WIDTHS_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     family: str
@@ -31,7 +32,8 @@ class ModelInfo(_message.Message):
     native_height: int
     prediction_type: str
     text_encoder_layers: int
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., family: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., native_width: _Optional[int] = ..., native_height: _Optional[int] = ..., prediction_type: _Optional[str] = ..., text_encoder_layers: _Optional[int] = ...) -> None: ...
+    text_encoder_widths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., family: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., native_width: _Optional[int] = ..., native_height: _Optional[int] = ..., prediction_type: _Optional[str] = ..., text_encoder_layers: _Optional[int] = ..., text_encoder_widths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorProfile(_message.Message):
     __slots__ = ("name", "min_shape", "opt_shape", "max_shape")
