@@ -1,7 +1,6 @@
 """Loading a frozen Stable Diffusion 1.x/2.x or SDXL base model into one small typed bundle.
 
-An SDXL model carries a second tokenizer and text encoder (``CLIPTextModelWithProjection``);
-which stages take SDXL yet is said where each refuses it (``require_single_text_encoder``).
+An SDXL model carries a second tokenizer and text encoder (``CLIPTextModelWithProjection``).
 """
 
 from __future__ import annotations
@@ -144,22 +143,13 @@ def load_base_model(
             if sdxl
             else None
         ),
-        force_zeros_for_empty_prompt=bool(_model_index(folder).get("force_zeros_for_empty_prompt")),
+        force_zeros_for_empty_prompt=forces_zeros_for_empty_prompt(folder),
     )
     for module in model.modules:
         module.requires_grad_(False)
         module.eval()
         module.to(device)
     return model
-
-
-def require_single_text_encoder(model: BaseModel, what: str) -> None:
-    """Refuse an SDXL model in a stage that does not take one yet, naming the stage."""
-    if model.is_sdxl:
-        raise ModelLoadError(
-            f"{model.path.name} is an SDXL model; {what} takes SD 1.x and SD 2.x models so "
-            f"far (SDXL generates on the torch backend)"
-        )
 
 
 def resolve_model_folder(name_or_path: str | Path | None) -> Path:
@@ -226,6 +216,11 @@ def _weights(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+
+
+def forces_zeros_for_empty_prompt(folder: Path) -> bool:
+    """SDXL's ``force_zeros_for_empty_prompt`` from the folder's ``model_index.json``."""
+    return bool(_model_index(folder).get("force_zeros_for_empty_prompt"))
 
 
 def _model_index(folder: Path) -> dict[str, Any]:

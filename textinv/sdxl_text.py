@@ -23,20 +23,52 @@ from textinv.prompts import PromptEmbeddings, PromptEncoder
 from textinv.text_encoder import EmbeddingsTextEncoder, skipped_layers
 
 
+class SdxlFirstEncoder(nn.Module):
+    """``(inputs_embeds [B, T, D1], clip_skip [B])`` → ``hidden [B, T, D1]``: the layer
+    ``clip_skip`` before the penultimate one, before the final layer norm."""
+
+    def __init__(self, text_encoder: CLIPTextModel) -> None:
+        super().__init__()
+        self.encoder = EmbeddingsTextEncoder(text_encoder)
+
+    def forward(self, inputs_embeds: torch.Tensor, clip_skip: torch.Tensor) -> torch.Tensor:
+        return skipped_layers(self.encoder.layer_outputs(inputs_embeds)[:-1], clip_skip)
+
+
+class SdxlSecondEncoder(nn.Module):
+    """``(inputs_embeds [B, T, D2], eos_positions [B], clip_skip [B])`` →
+    ``(hidden [B, T, D2], text_embeds [B, P])``: the hidden states as the first encoder's, and
+    the projection of the final, normalized state at the end-of-text position."""
+
+    def __init__(self, text_encoder_2: CLIPTextModelWithProjection) -> None:
+        super().__init__()
+        # transformers 5 flattened CLIPTextModel; the projection model still wraps text_model.
+        self.encoder = EmbeddingsTextEncoder(text_encoder_2.text_model)
+        self.projection = text_encoder_2.text_projection
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.encoder.layer_outputs(inputs_embeds)
+        last = self.encoder.clip.final_layer_norm(outputs[-1])
+        rows = torch.arange(last.shape[0], device=last.device)
+        pooled = last[rows, eos_positions.to(torch.long)]  # [B, D2]
+        return skipped_layers(outputs[:-1], clip_skip), self.projection(pooled)
+
+
 class SdxlTextEncoders(nn.Module):
     """``(inputs_embeds [B, T, D1], inputs_embeds_2 [B, T, D2], eos_positions [B], clip_skip
     [B] or None)`` → ``(prompt_embeds [B, T, D1 + D2], text_embeds [B, P])``.
 
-    ``clip_skip`` k takes the layer k before the penultimate one, as diffusers' SDXL does."""
+    ``clip_skip`` k takes the layer k before the penultimate one, as diffusers' SDXL does. The
+    export stage compiles the two halves as two graphs (``text_encoder``, ``text_encoder_2``)."""
 
     def __init__(
         self, text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection
     ) -> None:
         super().__init__()
-        self.first = EmbeddingsTextEncoder(text_encoder)
-        # transformers 5 flattened CLIPTextModel; the projection model still wraps text_model.
-        self.second = EmbeddingsTextEncoder(text_encoder_2.text_model)
-        self.projection = text_encoder_2.text_projection
+        self.first = SdxlFirstEncoder(text_encoder)
+        self.second = SdxlSecondEncoder(text_encoder_2)
 
     def forward(
         self,
@@ -45,17 +77,11 @@ class SdxlTextEncoders(nn.Module):
         eos_positions: torch.Tensor,
         clip_skip: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        first = self.first.layer_outputs(inputs_embeds)
-        second = self.second.layer_outputs(inputs_embeds_2)
         if clip_skip is None:
             clip_skip = torch.zeros(len(eos_positions), dtype=torch.long)
-        hidden = torch.cat(
-            [skipped_layers(first[:-1], clip_skip), skipped_layers(second[:-1], clip_skip)], -1
-        )
-        last = self.second.clip.final_layer_norm(second[-1])
-        rows = torch.arange(last.shape[0], device=last.device)
-        pooled = last[rows, eos_positions.to(torch.long)]  # [B, D2]
-        return hidden, self.projection(pooled)
+        first = self.first(inputs_embeds, clip_skip)
+        second, pooled = self.second(inputs_embeds_2, eos_positions, clip_skip)
+        return torch.cat([first, second], -1), pooled
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,15 @@ from __future__ import annotations
 from textinv.errors import InvalidInputError
 from textinv_client.choices import Choice, Precision, UnknownChoiceError
 
-__all__ = ["EXPORT_PRECISIONS", "Component", "Precision", "Target", "export_precision"]
+__all__ = [
+    "EXPORT_PRECISIONS",
+    "SDXL_ONLY",
+    "SD_COMPONENTS",
+    "Component",
+    "Precision",
+    "Target",
+    "export_precision",
+]
 
 EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
 
@@ -22,9 +30,15 @@ class Component(Choice):
     __choice_name__ = "component"
 
     TEXT_ENCODER = "text_encoder"
+    TEXT_ENCODER_2 = "text_encoder_2"  # SDXL's second (OpenCLIP, with projection)
     UNET = "unet"
     VAE_DECODER = "vae_decoder"
     VAE_ENCODER = "vae_encoder"
+
+
+# What only an SDXL model has; every other component, every model.
+SDXL_ONLY = (Component.TEXT_ENCODER_2,)
+SD_COMPONENTS = tuple(c for c in Component if c not in SDXL_ONLY)  # an SD 1.x/2.x model's
 
 
 class Target(Choice):

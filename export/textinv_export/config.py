@@ -43,10 +43,12 @@ class ExportConfig:
     ranges: ShapeRanges = field(default_factory=ShapeRanges)
     opset: int = OPSET
     force: bool = field(default=False, metadata=flag("redo work an earlier run left"))
+    # (): every component the model has (text_encoder_2 for SDXL only).
     components: tuple[Component, ...] = field(
-        default=tuple(Component),
+        default=(),
         metadata=flag(
-            "export only these (text_encoder unet vae_decoder vae_encoder; default: all)",
+            "export only these (text_encoder text_encoder_2 unet vae_decoder vae_encoder; "
+            "default: all the model has)",
             metavar="NAME",
             nargs="+",
             parse=str,  # named in __post_init__, as bad input, like every other bad value here

@@ -94,7 +94,8 @@ def run_export(args: argparse.Namespace) -> int:
     # 3. Parity, if asked: exit 1 when any component is outside its tolerance.
     if not args.check:
         return 0
-    return run_checks(model, result.manifest, config.out, config.components)
+    asked = [report.component for report in result.reports]
+    return run_checks(model, result.manifest, config.out, asked)
 
 
 def run_checks(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textinv.errors import InvalidInputError
-from textinv.model import BaseModel, require_single_text_encoder
+from textinv.model import BaseModel
 from textinv_export.choices import Component, Target
 from textinv_export.config import ExportConfig
 from textinv_export.manifest import (
@@ -77,26 +77,26 @@ def export_model(
     a progress line that names why. ``reports`` cover the asked components only.
     """
     say = progress or log.info
-    # 1. Fail before any work: an SDXL model, TensorRT missing, the output folder not writable,
-    # bad ranges.
-    require_single_text_encoder(model, "the export stage")
+    # 1. Fail before any work: TensorRT missing, the output folder not writable, bad ranges, a
+    # component the model does not have.
     if config.target is Target.TENSORRT:
         from textinv_export.tensorrt import require_tensorrt
 
         require_tensorrt()
     check_writable(config.out)
     specs = build_specs(ModelDims.of(model), config.ranges)
+    asked = asked_components(config, specs, model)
     # 2. What an earlier export left here that this one may keep.
     earlier = earlier_components(model, config, say)
     components = dict(earlier)
     reports = []
     # 3. Each asked component: export, optimize, build its engine (or reuse them, unless --force).
-    for component in config.components:
+    for component in asked:
         old = None if config.force else earlier.get(component)
         entry, report = export_component(model, specs[component], config, old, say)
         components[component] = entry
         reports.append(report)
-    kept = [c.value for c in earlier if c not in config.components]
+    kept = [c.value for c in earlier if c not in asked]
     if kept:
         say(f"kept from the earlier export: {', '.join(kept)}")
     manifest = Manifest(
@@ -110,6 +110,20 @@ def export_model(
     # 4. The manifest last, atomically: an interrupted export leaves the old one or none.
     write_manifest(config.out, manifest)
     return ExportResult(manifest, tuple(reports))
+
+
+def asked_components(
+    config: ExportConfig, specs: dict[Component, ComponentSpec], model: BaseModel
+) -> tuple[Component, ...]:
+    """``config.components`` (none: every one the model has); one it lacks is bad input."""
+    has = ", ".join(c.value for c in specs)
+    for component in config.components:
+        if component not in specs:
+            raise InvalidInputError(
+                f"--components {component.value}: {model.path.name} has no such part (only "
+                f"SDXL models have a second text encoder); it has {has}"
+            )
+    return config.components or tuple(specs)
 
 
 def export_component(
@@ -221,6 +235,7 @@ def model_facts(model: BaseModel) -> ModelFacts:
         model_hash=model.model_hash,
         model_path=str(model.path),
         text_width=model.text_width,
+        text_width_2=model.text_widths[1] if model.is_sdxl else None,
         vae_scale_factor=model.vae_scale_factor,
         latent_scaling=model.latent_scaling,
         prediction_type=model.prediction_type,

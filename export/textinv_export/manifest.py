@@ -162,6 +162,11 @@ class ModelFacts(Record):
     vae_scale_factor: int  # pixels per latent cell
     latent_scaling: float  # divide UNet latents by this before ``vae_decoder``
     prediction_type: str  # "epsilon" or "v_prediction"
+    text_width_2: int | None = None  # SDXL's second text encoder's D2; None: it has one
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_width_2 is not None
 
 
 @dataclass(frozen=True)

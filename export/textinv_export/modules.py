@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from textinv.model import BaseModel
+from textinv.sdxl_text import SdxlFirstEncoder, SdxlSecondEncoder
 from textinv.text_encoder import EmbeddingsTextEncoder
 from textinv_export.choices import Component
 
@@ -20,7 +21,8 @@ def export_module(component: Component, model: BaseModel) -> nn.Module:
     """The ``nn.Module`` whose ``forward(*inputs in spec order)`` returns the spec's outputs."""
     builders: dict[Component, Callable[[BaseModel], nn.Module]] = {
         Component.TEXT_ENCODER: text_encoder_module,
-        Component.UNET: lambda m: UNetModule(m.unet),
+        Component.TEXT_ENCODER_2: text_encoder_2_module,
+        Component.UNET: lambda m: SdxlUNetModule(m.unet) if m.is_sdxl else UNetModule(m.unet),
         Component.VAE_DECODER: lambda m: VaeDecoderModule(m.vae),
         Component.VAE_ENCODER: lambda m: VaeEncoderModule(m.vae),
     }
@@ -29,8 +31,18 @@ def export_module(component: Component, model: BaseModel) -> nn.Module:
 
 def text_encoder_module(model: BaseModel) -> nn.Module:
     """``(inputs_embeds [B, 77, D], eos_positions [B], clip_skip [B])`` →
-    ``(last_hidden_state, pooled_output)``."""
+    ``(last_hidden_state, pooled_output)``; SDXL's first: ``(inputs_embeds, clip_skip)`` →
+    ``hidden_states``."""
+    if model.is_sdxl:
+        return SdxlFirstEncoder(model.text_encoder)
     return EmbeddingsTextEncoder(model.text_encoder)
+
+
+def text_encoder_2_module(model: BaseModel) -> nn.Module:
+    """SDXL's second: ``(inputs_embeds [B, 77, D2], eos_positions [B], clip_skip [B])`` →
+    ``(hidden_states, text_embeds)``."""
+    assert model.text_encoder_2 is not None, "component_specs gives SDXL models only this one"
+    return SdxlSecondEncoder(model.text_encoder_2)
 
 
 class UNetModule(nn.Module):
@@ -45,6 +57,25 @@ class UNetModule(nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)
+        return out[0]
+
+
+class SdxlUNetModule(UNetModule):
+    """SDXL's: ``(sample, timestep, encoder_hidden_states [B, T, 2048], text_embeds [B, P],
+    time_ids [B, 6])`` → ``noise_pred``."""
+
+    def forward(  # type: ignore[override]
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        out = self.unet(
+            sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )
         return out[0]
 
 

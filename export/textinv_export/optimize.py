@@ -26,6 +26,7 @@ from textinv_export.unet_attention import optimize_unet
 # The optimizer's model_type per component: which fusion patterns to look for.
 MODEL_TYPES = {
     Component.TEXT_ENCODER: "clip",
+    Component.TEXT_ENCODER_2: "clip",
     Component.UNET: "unet",
     Component.VAE_DECODER: "vae",
     Component.VAE_ENCODER: "vae",

@@ -42,6 +42,8 @@ def _draw(name: str, shape: Shape, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, 2, shape, generator=generator, dtype=torch.int64)
     if name == "timestep":
         return torch.randint(0, 1000, shape, generator=generator).to(torch.float32)
+    if name == "time_ids":  # SDXL's sizes and crop corners, in pixels
+        return torch.randint(0, 1024, shape, generator=generator).to(torch.float32)
     if name == "image":
         return torch.rand(shape, generator=generator) * 2 - 1
     return torch.randn(shape, generator=generator)

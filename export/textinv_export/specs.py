@@ -27,6 +27,11 @@ Conventions, decided here for every reader:
 - **VAE decoder** is the pure ``vae.decode(latents).sample``: the caller divides the UNet's
   latents by ``latent_scaling`` (recorded in the manifest) before decoding. Its output is in
   ``[-1, 1]`` (roughly), as diffusers returns it.
+- **SDXL** has a second text-encoder graph (``text_encoder_2``). Both SDXL text encoders return
+  ``hidden_states``: the layer ``clip_skip`` before the penultimate one, before the final layer
+  norm (the caller concatenates the two along the width); the second also returns
+  ``text_embeds``, its pooled projection. The SDXL UNet takes ``text_embeds [B, P]`` and
+  ``time_ids [B, 6]`` after ``encoder_hidden_states``.
 - **VAE encoder** returns ``latent_dist.parameters``: mean and log-variance concatenated on the
   channel axis (``2 × latent_channels``), so the caller chooses ``mean`` or a sample.
 """
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from textinv.errors import InvalidInputError
-from textinv_export.choices import Component, Precision
+from textinv_export.choices import SDXL_ONLY, Component, Precision
 from textinv_export.shapes import (
     RESOLUTION_MULTIPLE,
     Dim,
@@ -75,6 +80,8 @@ TEXT_LENGTH = 77  # CLIP's context: every SD 1.x/2.x prompt is padded to 77 toke
 F32, I64 = "float32", "int64"  # graph I/O dtypes, as numpy names them
 # The text encoder's per-row layer choice; exports made before it lack the input.
 CLIP_SKIP = "clip_skip"
+# SDXL's micro-conditioning: original (height, width), crop (top, left), target (height, width).
+SDXL_TIME_IDS = 6
 
 
 @dataclass(frozen=True)
@@ -204,10 +211,18 @@ class ModelDims:
     image_channels: int  # 3
     unet_levels: int  # len(block_out_channels): each level but the last halves the sides
     vae_scale_factor: int  # pixels per latent cell: 8 for SD, 2 for the tiny test model
+    # SDXL: the second text encoder's width and its projection's (0: no second encoder).
+    text_width_2: int = 0
+    pooled_width: int = 0
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_width_2 > 0
 
     @classmethod
     def of(cls, model: BaseModel) -> ModelDims:
         unet, vae = model.unet.config, model.vae.config
+        second = model.text_encoder_2
         return cls(
             text_width=model.text_width,
             cross_attention_dim=int(unet.cross_attention_dim),
@@ -217,6 +232,8 @@ class ModelDims:
             image_channels=int(vae.in_channels),
             unet_levels=len(unet.block_out_channels),
             vae_scale_factor=model.vae_scale_factor,
+            text_width_2=0 if second is None else int(second.config.hidden_size),
+            pooled_width=0 if second is None else int(second.config.projection_dim),
         )
 
     @property
@@ -238,6 +255,7 @@ def component_specs(dims: ModelDims, ranges: ShapeRanges) -> dict[Component, Com
     tokens = Range(TEXT_LENGTH, TEXT_LENGTH, TEXT_LENGTH * chunks)
     axes = {
         Component.TEXT_ENCODER: {"batch": chunk_rows},
+        Component.TEXT_ENCODER_2: {"batch": chunk_rows},
         Component.UNET: {"batch": guided, "height": latent, "width": latent, "tokens": tokens},
         Component.VAE_DECODER: {"batch": images, "height": latent, "width": latent},
         Component.VAE_ENCODER: {"batch": images, "height": pixels, "width": pixels},
@@ -251,6 +269,7 @@ def component_specs(dims: ModelDims, ranges: ShapeRanges) -> dict[Component, Com
             pixel_multiple=dims.pixel_multiple,
         )
         for component in Component
+        if dims.is_sdxl or component not in SDXL_ONLY
     }
 
 
@@ -267,6 +286,14 @@ Tensors = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
 
 def _text_encoder_tensors(dims: ModelDims) -> Tensors:
     width = dims.text_width
+    if dims.is_sdxl:
+        return (
+            (
+                TensorSpec("inputs_embeds", F32, ("batch", TEXT_LENGTH, width)),
+                TensorSpec(CLIP_SKIP, I64, ("batch",)),
+            ),
+            (TensorSpec("hidden_states", F32, ("batch", TEXT_LENGTH, width)),),
+        )
     return (
         (
             TensorSpec("inputs_embeds", F32, ("batch", TEXT_LENGTH, width)),
@@ -281,12 +308,36 @@ def _text_encoder_tensors(dims: ModelDims) -> Tensors:
     )
 
 
+def _sdxl_text_encoder_2_tensors(dims: ModelDims) -> Tensors:
+    width = dims.text_width_2
+    return (
+        (
+            TensorSpec("inputs_embeds", F32, ("batch", TEXT_LENGTH, width)),
+            TensorSpec("eos_positions", I64, ("batch",)),
+            TensorSpec(CLIP_SKIP, I64, ("batch",)),
+        ),
+        (
+            TensorSpec("hidden_states", F32, ("batch", TEXT_LENGTH, width)),
+            TensorSpec("text_embeds", F32, ("batch", dims.pooled_width)),
+        ),
+    )
+
+
 def _unet_tensors(dims: ModelDims) -> Tensors:
+    added = (
+        (
+            TensorSpec("text_embeds", F32, ("batch", dims.pooled_width)),
+            TensorSpec("time_ids", F32, ("batch", SDXL_TIME_IDS)),
+        )
+        if dims.is_sdxl
+        else ()
+    )
     return (
         (
             TensorSpec("sample", F32, ("batch", dims.unet_in_channels, "height", "width")),
             TensorSpec("timestep", F32, ("batch",)),
             TensorSpec("encoder_hidden_states", F32, ("batch", "tokens", dims.cross_attention_dim)),
+            *added,
         ),
         (TensorSpec("noise_pred", F32, ("batch", dims.unet_out_channels, "height", "width")),),
     )
@@ -310,6 +361,7 @@ def _vae_encoder_tensors(dims: ModelDims) -> Tensors:
 
 _TENSORS: dict[Component, Callable[[ModelDims], Tensors]] = {
     Component.TEXT_ENCODER: _text_encoder_tensors,
+    Component.TEXT_ENCODER_2: _sdxl_text_encoder_2_tensors,
     Component.UNET: _unet_tensors,
     Component.VAE_DECODER: _vae_decoder_tensors,
     Component.VAE_ENCODER: _vae_encoder_tensors,

@@ -15,12 +15,17 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    PreTrainedTokenizerBase,
+)
 
-from textinv.errors import ModelLoadError
 from textinv.model import (
     BaseModel,
     check_model_folder,
+    forces_zeros_for_empty_prompt,
     model_hash,
     resolve_model_folder,
     text_encoder_family,
@@ -89,11 +94,7 @@ def load_host_model(name_or_path: str | Path | None) -> HostModel:
     """Read tokenizer, token table, configs and hash of a diffusers folder (no UNet, no VAE)."""
     folder = resolve_model_folder(name_or_path)
     check_model_folder(folder)
-    if (folder / "text_encoder_2").is_dir():
-        raise ModelLoadError(
-            f"{folder.name} is an SDXL model; the exported backends take SD 1.x and SD 2.x "
-            f"models so far (SDXL generates on the torch backend)"
-        )
+    sdxl = (folder / "text_encoder_2").is_dir()
     unet = _read_json(folder / "unet/config.json")
     vae = _read_json(folder / "vae/config.json")
     text_encoder = _read_json(folder / "text_encoder/config.json")
@@ -109,7 +110,16 @@ def load_host_model(name_or_path: str | Path | None) -> HostModel:
         default_resolution=int(unet["sample_size"]) * vae_scale_factor,
         model_hash=model_hash(folder),
         text_encoder_layers=int(text_encoder["num_hidden_layers"]),
-        family=text_encoder_family(str(text_encoder.get("hidden_act", "quick_gelu"))),
+        family="sdxl"
+        if sdxl
+        else text_encoder_family(text_encoder.get("hidden_act", "quick_gelu")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2") if sdxl else None,
+        token_embedding_2=(
+            _read_token_table(folder / "text_encoder_2", CLIPTextModelWithProjection)
+            if sdxl
+            else None
+        ),
+        force_zeros_for_empty_prompt=forces_zeros_for_empty_prompt(folder),
     )
 
 
@@ -119,12 +129,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_token_table(folder: Path) -> torch.Tensor:
+def _read_token_table(folder: Path, encoder_class: Any = CLIPTextModel) -> torch.Tensor:
     """The [V, D] table from a safetensors file; any other layout loads the text encoder."""
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as weights:
             for key in weights.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key.endswith(TABLE_KEY_SUFFIX):
                     return weights.get_tensor(key).float()
-    encoder = CLIPTextModel.from_pretrained(folder)
+    encoder = encoder_class.from_pretrained(folder)
     return encoder.get_input_embeddings().weight.detach().float()

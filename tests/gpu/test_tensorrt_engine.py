@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from textinv_export.choices import SD_COMPONENTS
 from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import ComponentEntry, Target, load_manifest
 from textinv_export.modules import export_module
@@ -79,7 +80,7 @@ def test_unet_rebuild_reuses_its_engine_and_keeps_the_others(tiny_model, engines
     assert load_manifest(engines).target is Target.TENSORRT
 
 
-@pytest.mark.parametrize("component", list(Component))
+@pytest.mark.parametrize("component", list(SD_COMPONENTS))
 def test_engine_matches_pytorch(tiny_model, engines: Path, component: Component) -> None:
     entry = load_manifest(engines).component(component)
     engine = TensorRTEngine(_engine_path(engines, entry))

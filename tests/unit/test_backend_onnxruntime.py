@@ -24,9 +24,9 @@ from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import MANIFEST_NAME, FileEntry, ManifestError, load_manifest
 from textinv_export.specs import Component, Precision, Range, ShapeRanges
 from textinv_server.backends import BackendName
+from textinv_server.backends.exported import GENERATION_COMPONENTS
 from textinv_server.backends.factory import cuda_index
 from textinv_server.backends.onnxruntime_backend import (
-    GENERATION_COMPONENTS,
     OnnxRuntimeBackend,
     Provider,
     ProviderUnavailableError,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from textinv_export.choices import SD_COMPONENTS
 from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from textinv_export.modules import export_module
@@ -49,7 +50,7 @@ def exported(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_manifest_describes_every_component_and_verifies(tiny_model, exported: Path) -> None:
     manifest = load_manifest(exported, expected_model_hash=tiny_model.model_hash)
-    assert set(manifest.components) == set(Component)
+    assert set(manifest.components) == set(SD_COMPONENTS)
     assert manifest.opset == 17 and manifest.precision is Precision.FP32
     assert manifest.model.latent_scaling == tiny_model.latent_scaling
     assert manifest.versions.onnxruntime is not None and manifest.versions.torch is not None
@@ -57,7 +58,7 @@ def test_manifest_describes_every_component_and_verifies(tiny_model, exported: P
     assert raw["components"]["unet"]["spec"]["profile"]["sample"]["max"] == [6, 4, 48, 48]
 
 
-@pytest.mark.parametrize("component", list(Component))
+@pytest.mark.parametrize("component", list(SD_COMPONENTS))
 def test_graph_io_matches_the_spec(exported: Path, component: Component) -> None:
     entry = load_manifest(exported).component(component)
     for path in (entry.source.path, entry.graph.path):
@@ -68,7 +69,7 @@ def test_graph_io_matches_the_spec(exported: Path, component: Component) -> None
         assert batch_dim.dim_param == "batch"  # dynamic, not pinned by the trace
 
 
-@pytest.mark.parametrize("component", list(Component))
+@pytest.mark.parametrize("component", list(SD_COMPONENTS))
 def test_fp32_parity_at_batch_1_and_3_and_two_resolutions(
     tiny_model, exported: Path, component: Component
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from textinv.cli import main
+from textinv_export.choices import SD_COMPONENTS
 from textinv_export.exporter import ExportConfig, export_model, incompatibility
 from textinv_export.manifest import ComponentEntry, EngineEntry, FileEntry, load_manifest, target_of
 from textinv_export.specs import Component, Precision, Range, ShapeRanges
@@ -46,7 +47,7 @@ def test_forced_unet_export_keeps_the_other_three(tiny_model, folder: Path) -> N
     config = ExportConfig(out=folder, ranges=RANGES, components=UNET_ONLY, force=True)
     result = export_model(tiny_model, config, progress=said.append)
     after = load_manifest(folder, expected_model_hash=tiny_model.model_hash)  # every file verifies
-    assert list(after.components) == list(Component)
+    assert list(after.components) == list(SD_COMPONENTS)
     assert [(r.component, r.reused) for r in result.reports] == [(Component.UNET, False)]
     assert _mtime(folder, Component.UNET) != written  # redone
     for component in (Component.TEXT_ENCODER, Component.VAE_DECODER, Component.VAE_ENCODER):
@@ -59,7 +60,7 @@ def test_unforced_unet_export_reuses_it_and_keeps_the_rest(tiny_model, folder: P
     config = ExportConfig(out=folder, ranges=RANGES, components=UNET_ONLY)
     result = export_model(tiny_model, config, progress=lambda _: None)
     assert result.reports[0].reused and _mtime(folder, Component.UNET) == written
-    assert list(load_manifest(folder).components) == list(Component)
+    assert list(load_manifest(folder).components) == list(SD_COMPONENTS)
 
 
 def test_an_incompatible_earlier_export_is_dropped_and_named(tiny_model, folder: Path) -> None:
@@ -97,7 +98,7 @@ def test_cli_forced_unet_export_keeps_every_component(
     out = capsys.readouterr().out
     assert "unet: written" in out and "kept from the earlier export" in out
     manifest = load_manifest(tmp_path)  # every file of every component verifies
-    assert list(manifest.components) == list(Component)
+    assert list(manifest.components) == list(SD_COMPONENTS)
     assert _mtime(tmp_path, Component.UNET) != written
 
 

@@ -22,7 +22,7 @@ from tests.unit.sdxl_reference import (
     sdxl_concepts,
     sdxl_reference_pipeline,
 )
-from textinv.errors import InvalidInputError, ModelLoadError
+from textinv.errors import InvalidInputError
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.pipeline.generation import load_generation_pipeline
 from textinv_server.requests import GenerationRequest, Scheduler
@@ -100,16 +100,16 @@ def test_prompt_2_needs_sdxl(tiny_model_dir: Path) -> None:
         sd1(GenerationRequest("a cat", prompt_2="a dog", steps=1, width=32, height=32))
 
 
-def test_stages_without_sdxl_refuse_it(tiny_sdxl_model_dir: Path, tmp_path) -> None:
-    from textinv.model import load_base_model
-    from textinv_export.exporter import ExportConfig, export_model
-    from textinv_server.host_model import load_host_model
+def test_a_compiled_sdxl_unet_gives_the_same_image(tiny_sdxl_model_dir: Path, pipeline) -> None:
+    """torch.compile takes SDXL's added conditioning (text_embeds, time_ids) too; the "eager"
+    compile backend runs dynamo's tracing and guards with no C++ toolchain."""
+    from textinv_server.backends import BackendName, BackendOptions, TorchOptions
 
-    with pytest.raises(ModelLoadError, match="is an SDXL model; the exported backends"):
-        load_host_model(tiny_sdxl_model_dir)
-    model = load_base_model(tiny_sdxl_model_dir)
-    with pytest.raises(ModelLoadError, match="is an SDXL model; the export stage takes"):
-        export_model(model, ExportConfig(tmp_path / "out"))
+    options = BackendOptions(torch_options=TorchOptions(compile=True, compile_backend="eager"))
+    compiled = load_generation_pipeline(tiny_sdxl_model_dir, BackendName.TORCH, options)
+    concepts = registered(sdxl_concepts(7))
+    expected = pixels(pipeline(request(), concepts))
+    assert max_pixel_difference(pixels(compiled(request(), concepts)), expected) == 0
 
 
 def test_textinv_generate_takes_an_sdxl_model_and_concept_file(

@@ -49,10 +49,12 @@ from textinv_export.specs import (
 )
 from textinv_server.backends import BackendName
 from textinv_server.backends.exported import (
-    GENERATION_COMPONENTS,
     IMG2IMG_COMPONENTS,
+    generation_components,
+    sdxl_text,
     shape_limits,
     text_encoder_inputs,
+    unet_inputs,
 )
 from textinv_server.choices import Provider
 
@@ -65,7 +67,7 @@ TRT_CACHE_NAME = "ort_trt_cache"  # the TensorRT provider's engines, beside the 
 log = logging.getLogger(__name__)
 # The components whose batch the CPU provider splits (their batch is guidance's two halves);
 # the VAE decoder's batch is the images, mostly one, so it keeps every thread for itself.
-SPLIT_COMPONENTS = (Component.TEXT_ENCODER, Component.UNET)
+SPLIT_COMPONENTS = (Component.TEXT_ENCODER, Component.TEXT_ENCODER_2, Component.UNET)
 BATCH_AXIS = "batch"  # the specs' name of the axis a split cuts
 # Graph I/O dtypes as the specs name them (numpy names) → torch's.
 _TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
@@ -117,43 +119,54 @@ class _Graph:
         device: torch.device,
         pool: ThreadPoolExecutor | None = None,
         workers: int = 1,
+        outputs: int = 1,
     ) -> None:
         self.session = session  # onnxruntime.InferenceSession
         self.spec = spec
         self.device = device
         self._where = (device.type, device.index or 0)  # onnxruntime's device_type, device_id
-        # Per input, and for the first output (the only one generation reads; the text
-        # encoder's pooled output is not computed): name, torch dtype, onnxruntime element type.
+        # Per input, and per output generation reads (the first; SDXL's second text encoder
+        # also its text_embeds; the SD text encoder's pooled output is not computed): name,
+        # torch dtype, onnxruntime element type.
         self._inputs = [_tensor_types(t) for t in spec.inputs]
-        self._output = _tensor_types(spec.outputs[0])
-        self._output_shapes: dict[tuple[Shape, ...], Shape] = {}  # by the inputs' shapes
+        self._outputs = [_tensor_types(t) for t in spec.outputs[:outputs]]
+        self._output_shapes: dict[tuple[Shape, ...], list[Shape]] = {}  # by the inputs' shapes
         self._batched = [t.shape[:1] == (BATCH_AXIS,) for t in spec.inputs]
-        splittable = pool is not None and spec.outputs[0].shape[:1] == (BATCH_AXIS,)
+        splittable = pool is not None and all(
+            t.shape[:1] == (BATCH_AXIS,) for t in spec.outputs[:outputs]
+        )
         self._pool = pool if splittable else None
         self.workers = workers if splittable else 1
 
     def run(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The spec's inputs in order → its first output, a tensor on ``device``."""
+        return self.run_all(*tensors)[0]
+
+    def run_all(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """The spec's inputs in order → the outputs it reads, tensors on ``device``."""
         # Each input on the device in its graph dtype (no copy when it is already so); `feeds`
         # keeps them alive until the run has read them.
         feeds = [
             t.to(self.device, dtype).contiguous()
             for t, (_, dtype, _) in zip(tensors, self._inputs, strict=True)
         ]
-        output = torch.empty(self._output_shape(feeds), dtype=self._output[1], device=self.device)
-        parts = self._parts(output.shape[0])
+        outputs = [
+            torch.empty(shape, dtype=dtype, device=self.device)
+            for shape, (_, dtype, _) in zip(self._output_shape(feeds), self._outputs, strict=True)
+        ]
+        parts = self._parts(outputs[0].shape[0])
         if self._pool is None or len(parts) == 1:
-            self._run_bound(feeds, output)
-            return output
-        # Rows [lo, hi) of every batched input → the same rows of the output (a contiguous
-        # view, so no concatenation afterwards); the other inputs go whole to every part.
+            self._run_bound(feeds, outputs)
+            return outputs
+        # Rows [lo, hi) of every batched input → the same rows of the outputs (contiguous
+        # views, so no concatenation afterwards); the other inputs go whole to every part.
         calls = [
             (
                 [
                     self._rows(f, batched, lo, hi)
                     for f, batched in zip(feeds, self._batched, strict=True)
                 ],
-                output[lo:hi],
+                [output[lo:hi] for output in outputs],
             )
             for lo, hi in parts
         ]
@@ -163,7 +176,7 @@ class _Graph:
         finally:  # every part has finished (or failed) before the call returns or raises
             for other in others:
                 other.result()
-        return output
+        return outputs
 
     def _parts(self, batch: int) -> list[tuple[int, int]]:
         """``[lo, hi)`` row ranges: ``workers`` near-equal parts, fewer for a small batch."""
@@ -175,12 +188,12 @@ class _Graph:
     def _rows(feed: torch.Tensor, batched: bool, lo: int, hi: int) -> torch.Tensor:
         return feed[lo:hi] if batched else feed
 
-    def _run_bound(self, feeds: Sequence[torch.Tensor], output: torch.Tensor) -> None:
+    def _run_bound(self, feeds: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
         binding = self.session.io_binding()
         for (name, _, element), feed in zip(self._inputs, feeds, strict=True):
             binding.bind_input(name, *self._where, element, feed.shape, feed.data_ptr())
-        name, _, element = self._output
-        binding.bind_output(name, *self._where, element, output.shape, output.data_ptr())
+        for (name, _, element), output in zip(self._outputs, outputs, strict=True):
+            binding.bind_output(name, *self._where, element, output.shape, output.data_ptr())
         # GPU: torch wrote the inputs (and may still read the block `output` reuses) on its own
         # stream, and onnxruntime runs on streams it created non-blocking, unordered with torch's.
         # synchronize_inputs waits for the device with the CUDA provider but is a no-op with the
@@ -193,13 +206,14 @@ class _Graph:
         self.session.run_with_iobinding(binding)  # releases the GIL while it runs
         binding.synchronize_outputs()
 
-    def _output_shape(self, feeds: list[torch.Tensor]) -> Shape:
+    def _output_shape(self, feeds: list[torch.Tensor]) -> list[Shape]:
         key = tuple(tuple(feed.shape) for feed in feeds)
-        shape = self._output_shapes.get(key)
-        if shape is None:
+        shapes = self._output_shapes.get(key)
+        if shapes is None:
             named = {spec.name: size for spec, size in zip(self.spec.inputs, key, strict=True)}
-            shape = self._output_shapes[key] = self.spec.output_shapes(named)[self._output[0]]
-        return shape
+            every = self.spec.output_shapes(named)
+            shapes = self._output_shapes[key] = [every[name] for name, _, _ in self._outputs]
+        return shapes
 
 
 def _tensor_types(spec: TensorSpec) -> tuple[str, torch.dtype, type]:
@@ -228,7 +242,7 @@ class OnnxRuntimeBackend:
             self.folder,
             model_hash,
             verify_checksums=verify_checksums,
-            components=GENERATION_COMPONENTS,
+            components=generation_components(self.folder),
             files=loaded_files(self.provider),
             optional=IMG2IMG_COMPONENTS,
         )
@@ -242,6 +256,11 @@ class OnnxRuntimeBackend:
         workers = self.cpu_threads.workers
         self._pool = ThreadPoolExecutor(workers - 1, "onnxruntime-half") if workers > 1 else None
         self.text_encoder = self._graph(Component.TEXT_ENCODER, threads)
+        self.text_encoder_2 = (  # SDXL's: its hidden states and text_embeds
+            self._graph(Component.TEXT_ENCODER_2, threads, outputs=2)
+            if self.manifest.model.is_sdxl
+            else None
+        )
         self.unet = self._graph(Component.UNET, threads)
         self.vae_decoder = self._graph(Component.VAE_DECODER, threads)
         self.vae_encoder = (
@@ -250,7 +269,7 @@ class OnnxRuntimeBackend:
         if not gpu:
             log.info("onnxruntime on the CPU: %s", self.cpu_threads.describe())
 
-    def _graph(self, component: Component, threads: int) -> _Graph:
+    def _graph(self, component: Component, threads: int, outputs: int = 1) -> _Graph:
         entry: ComponentEntry = self.manifest.component(component)
         file = entry.source if self.provider is Provider.TENSORRT else entry.graph
         path = self.folder / file.path
@@ -263,8 +282,9 @@ class OnnxRuntimeBackend:
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         check_provider(session, self.provider, path)
         if not split:
-            return _Graph(session, entry.spec, self.device)
-        return _Graph(session, entry.spec, self.device, self._pool, self.cpu_threads.workers)
+            return _Graph(session, entry.spec, self.device, outputs=outputs)
+        workers = self.cpu_threads.workers
+        return _Graph(session, entry.spec, self.device, self._pool, workers, outputs)
 
     def encode_text(
         self, inputs_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: torch.Tensor
@@ -274,6 +294,17 @@ class OnnxRuntimeBackend:
         )
         return self.text_encoder.run(*inputs)  # [B, T, D]
 
+    def encode_text_sdxl(
+        self,
+        inputs_embeds: torch.Tensor,
+        inputs_embeds_2: torch.Tensor,
+        eos_positions: torch.Tensor,
+        clip_skip: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.text_encoder_2 is not None, "the pipeline checks that the model is SDXL"
+        first, second = self.text_encoder.run_all, self.text_encoder_2.run_all
+        return sdxl_text(first, second, inputs_embeds, inputs_embeds_2, eos_positions, clip_skip)
+
     def predict_noise(
         self,
         sample: torch.Tensor,
@@ -281,8 +312,9 @@ class OnnxRuntimeBackend:
         encoder_hidden_states: torch.Tensor,
         added: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        assert added is None, "SDXL exports do not exist yet (load_host_model refuses SDXL)"
-        return self.unet.run(sample, timestep, encoder_hidden_states)  # [B, C, h, w]
+        spec = self.unet.spec
+        inputs = unet_inputs(spec, sample, timestep, encoder_hidden_states, added)
+        return self.unet.run(*inputs)  # [B, C, h, w]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_decoder.run(latents)  # [B, 3, H, W]

@@ -23,10 +23,12 @@ from textinv_export.tensorrt import require_tensorrt
 from textinv_export.tensorrt_engine import TensorRTEngine
 from textinv_server.backends import BackendName
 from textinv_server.backends.exported import (
-    GENERATION_COMPONENTS,
     IMG2IMG_COMPONENTS,
+    generation_components,
+    sdxl_text,
     shape_limits,
     text_encoder_inputs,
+    unet_inputs,
 )
 
 
@@ -43,12 +45,18 @@ class _Engine:
             )
         path = folder / entry.engine.file.path
         self.engine = TensorRTEngine(path, device, cuda_graph=cuda_graph)
+        self.spec = entry.spec
         self.inputs = entry.spec.input_names
-        self.output = entry.spec.output_names[0]
+        self.outputs = entry.spec.output_names
 
     def run(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The inputs in spec order → the first output."""
+        return self.run_all(*tensors)[0]
+
+    def run_all(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs in spec order → every output, in spec order."""
         outputs = self.engine.infer(dict(zip(self.inputs, tensors, strict=True)))
-        return outputs[self.output].float()
+        return [outputs[name].float() for name in self.outputs]
 
 
 class TensorRTBackend:
@@ -69,7 +77,7 @@ class TensorRTBackend:
             self.folder,
             model_hash,
             verify_checksums=verify_checksums,
-            components=GENERATION_COMPONENTS,
+            components=generation_components(self.folder),
             files=lambda entry: entry.engine_files,  # an entry without one fails in _Engine
             optional=IMG2IMG_COMPONENTS,
         )
@@ -78,6 +86,9 @@ class TensorRTBackend:
         self.precision = PrecisionChoice(self.manifest.precision, "the export's")
         self.limits = shape_limits(self.manifest)
         self.text_encoder = self._engine(Component.TEXT_ENCODER, device)
+        self.text_encoder_2 = (
+            self._engine(Component.TEXT_ENCODER_2, device) if self.manifest.model.is_sdxl else None
+        )
         # The text encoder and the VAE run once per batch: a graph would not pay for its capture.
         self.unet = self._engine(Component.UNET, device, cuda_graph=cuda_graph)
         self.vae_decoder = self._engine(Component.VAE_DECODER, device)
@@ -96,6 +107,17 @@ class TensorRTBackend:
         inputs = text_encoder_inputs(spec, inputs_embeds, eos_positions, clip_skip)
         return self.text_encoder.run(*inputs)  # [B, T, D]
 
+    def encode_text_sdxl(
+        self,
+        inputs_embeds: torch.Tensor,
+        inputs_embeds_2: torch.Tensor,
+        eos_positions: torch.Tensor,
+        clip_skip: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.text_encoder_2 is not None, "the pipeline checks that the model is SDXL"
+        first, second = self.text_encoder.run_all, self.text_encoder_2.run_all
+        return sdxl_text(first, second, inputs_embeds, inputs_embeds_2, eos_positions, clip_skip)
+
     def predict_noise(
         self,
         sample: torch.Tensor,
@@ -103,8 +125,8 @@ class TensorRTBackend:
         encoder_hidden_states: torch.Tensor,
         added: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        assert added is None, "SDXL exports do not exist yet (load_host_model refuses SDXL)"
-        return self.unet.run(sample, timestep, encoder_hidden_states)  # [B, C, h, w]
+        inputs = unet_inputs(self.unet.spec, sample, timestep, encoder_hidden_states, added)
+        return self.unet.run(*inputs)  # [B, C, h, w]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_decoder.run(latents)  # [B, 3, H, W]

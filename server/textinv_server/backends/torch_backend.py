@@ -45,8 +45,11 @@ from textinv_server.backends import BackendName, ShapeLimits, TorchOptions
 log = logging.getLogger(__name__)
 
 # (sample [B, C, h, w], timestep [B], encoder_hidden_states [B, T, D]) -> noise [B, C, h, w]
-UNetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (sample, timestep, encoder_hidden_states[, text_embeds, time_ids]) → noise_pred; SDXL's UNet
+# takes the last two (its added conditioning) as well.
+UNetForward = Callable[..., torch.Tensor]
 SDPA_PROCESSOR = "AttnProcessor2_0"
+ADDED_CONDITIONS = ("text_embeds", "time_ids")  # SDXL's added_cond_kwargs
 
 
 class TorchBackend:
@@ -90,10 +93,6 @@ class TorchBackend:
         self.text_encoder = EmbeddingsTextEncoder(model.text_encoder).eval()
         self.sdxl_text = None
         if model.text_encoder_2 is not None:
-            if options.compile or options.cuda_graph:
-                raise InvalidInputError(
-                    "compile and cuda_graph do not take SDXL's added conditioning yet"
-                )
             self.sdxl_text = SdxlTextEncoders(model.text_encoder, model.text_encoder_2).eval()
         self.unet = model.unet
         self.vae = model.vae
@@ -109,8 +108,12 @@ class TorchBackend:
             # One static graph per input shape (module docstring: why not dynamic).
             module = torch.compile(self.unet, backend=self.options.compile_backend, dynamic=False)
 
-        def forward(sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-            return module(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
+        def forward(
+            sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, *added: torch.Tensor
+        ) -> torch.Tensor:
+            extra = dict(zip(ADDED_CONDITIONS, added, strict=True)) if added else None
+            out = module(sample, t, hidden, added_cond_kwargs=extra, return_dict=False)
+            return out[0]
 
         return CudaGraphUNet(forward) if self.options.cuda_graph else forward
 
@@ -152,13 +155,9 @@ class TorchBackend:
     ) -> torch.Tensor:
         sample = sample.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
         hidden = encoder_hidden_states.to(self.device, self.dtype)
-        if added is None:
-            noise = self._unet_forward(sample, timestep.to(self.device), hidden)
-        else:  # SDXL: text_embeds and time_ids, eagerly (init refuses compile and CUDA graphs)
-            extra = {name: value.to(self.device, self.dtype) for name, value in added.items()}
-            noise = self.unet(
-                sample, timestep.to(self.device), hidden, added_cond_kwargs=extra, return_dict=False
-            )[0]
+        # SDXL: text_embeds and time_ids, in ADDED_CONDITIONS' order
+        extra = [added[name].to(self.device, self.dtype) for name in ADDED_CONDITIONS if added]
+        noise = self._unet_forward(sample, timestep.to(self.device), hidden, *extra)
         # A copy, always: a CUDA graph's output buffer is overwritten by the next replay.
         return noise.to(torch.float32, copy=True).contiguous()  # [B, C, h, w]
 
@@ -209,9 +208,7 @@ class _Captured:
     """One captured graph and its static tensors (inputs are copied in, output read out)."""
 
     graph: torch.cuda.CUDAGraph
-    sample: torch.Tensor
-    timestep: torch.Tensor
-    hidden: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]  # sample, timestep, hidden states[, SDXL's added]
     output: torch.Tensor
 
 
@@ -233,28 +230,31 @@ class CudaGraphUNet:
         # first use; ours is on the inputs' device, and the same for every graph of the pool.
         self._stream: torch.cuda.Stream | None = None
 
-    def __call__(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        key = (tuple(sample.shape), tuple(hidden.shape), sample.dtype, sample.is_contiguous())
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``(sample, timestep, hidden states[, text_embeds, time_ids])`` → the noise."""
+        sample = inputs[0]
+        shapes = tuple(tuple(tensor.shape) for tensor in inputs)
+        key = (shapes, sample.dtype, sample.is_contiguous())
         with torch.cuda.device(sample.device):
             captured = self.graphs.get(key)
             if captured is None:
                 if len(self.graphs) >= self.max_graphs:
-                    return self.forward(sample, t, hidden)
-                captured = self.graphs[key] = self._capture(sample, t, hidden)
+                    return self.forward(*inputs)
+                captured = self.graphs[key] = self._capture(inputs)
             # Copies and replay on the current stream of the inputs' device, in order.
-            captured.sample.copy_(sample)
-            captured.timestep.copy_(t)
-            captured.hidden.copy_(hidden)
+            for static, given in zip(captured.inputs, inputs, strict=True):
+                static.copy_(given)
             captured.graph.replay()
             return captured.output
 
-    def _capture(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> _Captured:
-        """Called with ``sample.device`` current (``__call__``)."""
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> _Captured:
+        """Called with the inputs' device current (``__call__``)."""
+        device = inputs[0].device
         if self._stream is None:
-            self._stream = torch.cuda.Stream(sample.device)
-        stream, current = self._stream, torch.cuda.current_stream(sample.device)
+            self._stream = torch.cuda.Stream(device)
+        stream, current = self._stream, torch.cuda.current_stream(device)
         # clone() keeps the memory format (channels-last stays channels-last).
-        static = (sample.clone(), t.clone(), hidden.clone())
+        static = tuple(tensor.clone() for tensor in inputs)
         # Warm up on the side stream (cuDNN/cuBLAS pick algorithms, lazy init happens) first,
         # after the clones above (written on the current stream).
         stream.wait_stream(current)
@@ -268,4 +268,4 @@ class CudaGraphUNet:
             output = self.forward(*static)
         if self._pool is None:
             self._pool = graph.pool()
-        return _Captured(graph, *static, output)
+        return _Captured(graph, static, output)
