@@ -340,13 +340,18 @@ def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any: 
 
 
 SD15_SHAPE = "sd15-shape"
+SHAPE_MODELS = (SD15_SHAPE, "sdxl-shape")  # the names load_benchmark_model builds in memory
 
 
 def load_benchmark_model(name: str | None, dtype: torch.dtype = torch.float32) -> Any:
-    """A benchmark's model: ``sd15-shape`` (built in memory), a model folder, or ``None`` for
-    the embedded model. Returns a ``BaseModel``."""
+    """A benchmark's model: ``sd15-shape`` or ``sdxl-shape`` (built in memory), a model
+    folder, or ``None`` for the embedded model. Returns a ``BaseModel``."""
+    from textinv.testing_sdxl import SDXL_SHAPE, sdxl_shape_model
+
     if name == SD15_SHAPE:
         return sd15_shape_model(dtype=dtype)
+    if name == SDXL_SHAPE:
+        return sdxl_shape_model(dtype=dtype)
     from textinv.model import load_base_model
 
     return load_base_model(name, dtype=dtype)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
@@ -95,4 +96,110 @@ def _unet(width_l: int, width_g: int, seed: int) -> UNet2DConditionModel:
         addition_time_embed_dim=TIME_EMBED_DIM,
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + width_g,
+    )
+
+
+SDXL_SHAPE = "sdxl-shape"
+
+
+def sdxl_shape_components(seed: int = 0) -> dict[str, torch.nn.Module]:
+    """SDXL base 1.0's exact component configs with seeded random weights: CLIP ViT-L's and
+    OpenCLIP bigG's text encoders (768 and 1280 wide, 12 and 32 layers, 49408-row tables), the
+    2.6B-parameter UNet (transformer depths 1, 2, 10; text_time conditioning) and the VAE. About
+    3.5B parameters: 14 GB in fp32, 7 GB in bf16. Build it on the ``meta`` device to read its
+    sizes for nothing."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig
+
+    def clip(width: int, layers: int, heads: int, act: str) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            hidden_act=act,
+            projection_dim=width,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(clip(768, 12, 12, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(clip(1280, 32, 20, "gelu"))
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,  # 6 time ids × 256 + the pooled 1280
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    return {
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "unet": unet,
+        "vae": vae,
+    }
+
+
+SDXL_SCHEDULER_CONFIG = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+
+
+def sdxl_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:  # -> BaseModel
+    """An in-memory ``BaseModel`` with SDXL base's shapes (``sdxl_shape_components``), as
+    ``textinv.testing.sd15_shape_model`` is SD 1.5's: small tokenizers (the second pads with
+    "!"), the full tables. Its identity is ``sdxl-shape-seed{seed}``."""
+    import tempfile
+
+    from textinv.model import BaseModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer, tokenizer_2 = _tokenizers(Path(folder))
+    components = sdxl_shape_components(seed)
+    for module in components.values():
+        module.requires_grad_(False)
+        module.eval()
+        if dtype != torch.float32:
+            module.to(dtype)
+    return BaseModel(
+        path=Path(SDXL_SHAPE),
+        tokenizer=tokenizer,
+        text_encoder=components["text_encoder"],
+        unet=components["unet"],
+        vae=components["vae"],
+        scheduler_config=dict(SDXL_SCHEDULER_CONFIG),
+        model_hash=f"{SDXL_SHAPE}-seed{seed}",
+        tokenizer_2=tokenizer_2,
+        text_encoder_2=components["text_encoder_2"],
+        force_zeros_for_empty_prompt=True,
     )

@@ -19,7 +19,7 @@ from textinv_export.exporter import ExportConfig, export_model
 from textinv_export.manifest import load_manifest
 from textinv_export.modules import export_module
 from textinv_export.parity import check_parity
-from textinv_export.specs import ModelDims, Precision, Range, ShapeRanges, component_specs
+from textinv_export.specs import Precision, Range, ShapeRanges
 from textinv_server.backends import BackendName, BackendOptions
 from textinv_server.pipeline.generation import load_generation_pipeline
 from textinv_server.requests import GenerationRequest, Scheduler
@@ -89,29 +89,6 @@ def test_pixels_match_stable_diffusion_xl_on_onnxruntime(
     # The control: other vectors for the concepts move the pixels by far more (measured 20).
     other = pixels(pipeline(request, registered(sdxl_concepts(8))))
     assert max_pixel_difference(ours, other) > 10
-
-
-def test_sdxl_profiles_cover_1024_px() -> None:
-    """SDXL base's sizes: 128 × 128 latents at 1024 px, 2048-wide states, 1280-wide pooled."""
-    dims = ModelDims(
-        text_width=768,
-        cross_attention_dim=2048,
-        unet_in_channels=4,
-        unet_out_channels=4,
-        latent_channels=4,
-        image_channels=3,
-        unet_levels=3,
-        vae_scale_factor=8,
-        text_width_2=1280,
-        pooled_width=1280,
-    )
-    ranges = ShapeRanges(batch=Range(1, 1, 4), resolution=Range(512, 1024, 1536))
-    specs = component_specs(dims, ranges)
-    unet = specs[Component.UNET].profile
-    assert unet["sample"].opt == (2, 4, 128, 128) and unet["sample"].max == (8, 4, 192, 192)
-    assert unet["text_embeds"].opt == (2, 1280) and unet["time_ids"].opt == (2, 6)
-    assert unet["encoder_hidden_states"].opt == (2, 77, 2048)
-    assert specs[Component.TEXT_ENCODER_2].profile["inputs_embeds"].opt == (2, 77, 1280)
 
 
 def test_an_sd_model_has_no_second_text_encoder(tiny_model, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ class InvertConfig:
         default=None,
         metadata=flag(
             "a diffusers SD 1.x/2.x/SDXL folder, a single .safetensors file, a hub id, or "
-            "sd15-shape (random SD 1.5 shapes); default: the embedded model"
+            "sd15-shape / sdxl-shape (random weights of those shapes); default: the embedded model"
         ),
     )
     vectors: int = field(default=1, metadata=flag(f"K, vectors per token (1..{MAX_TRAIN_VECTORS})"))

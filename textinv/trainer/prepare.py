@@ -20,7 +20,7 @@ from textinv.hardware import log_precision, resolve_model_precision
 from textinv.model import BaseModel, load_base_model
 from textinv.templates import fill_template, templates_for
 from textinv.trainer.batches import EncoderPrompts, TrainingData
-from textinv.trainer.config import SD15_SHAPE, InvertConfig, check_config, check_output_folder
+from textinv.trainer.config import InvertConfig, check_config, check_output_folder
 from textinv.trainer.loss import noise_schedule
 from textinv.trainer.run import Prepared, Trainer
 from textinv.trainer.text import TrainingText, VectorSets
@@ -104,10 +104,10 @@ def frozen_dtype(
 
 
 def _load_model(config: InvertConfig, device: torch.device, dtype: torch.dtype) -> BaseModel:
-    if config.model == SD15_SHAPE:
-        from textinv.testing import sd15_shape_model
+    from textinv.testing import SHAPE_MODELS, load_benchmark_model
 
-        model = sd15_shape_model(dtype=dtype)
+    if config.model in SHAPE_MODELS:
+        model = load_benchmark_model(config.model, dtype)
         for module in model.modules:
             module.to(device)
         return model  # type: ignore[no-any-return]
