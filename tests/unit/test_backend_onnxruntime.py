@@ -26,9 +26,8 @@ from textinv_export.specs import Component, Precision, Range, ShapeRanges
 from textinv_server.backends import BackendName
 from textinv_server.backends.exported import GENERATION_COMPONENTS
 from textinv_server.backends.factory import cuda_index
-from textinv_server.backends.onnxruntime_backend import (
-    OnnxRuntimeBackend,
-    Provider,
+from textinv_server.backends.onnxruntime_backend import OnnxRuntimeBackend, Provider
+from textinv_server.backends.ort_providers import (
     ProviderUnavailableError,
     check_provider,
     loaded_files,

@@ -45,6 +45,7 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
     text = TrainingText(model)
     for encoder in text.encoders:  # SDXL: both vocabularies
         check_token(config.token, encoder.tokenizer.get_vocab(), config.vectors)
+    init_ids = initializer_ids(model.tokenizer, config.init)
     resolution = _resolution(config, model)
     schedule = noise_schedule(model.scheduler_config)
     # 4. The prompts, tokenized once, and the latents, encoded once.
@@ -60,7 +61,7 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
     prepared = Prepared(
         precision=precision.precision,
         resolution=resolution,
-        init_ids=initializer_ids(model.tokenizer, config.init),
+        init_ids=init_ids,
         init_vectors=_initial_vectors(config, text),
         text=text,
         schedule=schedule,
