@@ -1,5 +1,6 @@
-"""Single-file checkpoints: one ``.safetensors`` in the original (CompVis/LDM) key layout, as
-Automatic1111 and Civitai keep SD 1.x and SD 2.x models, converted once into a diffusers folder.
+"""Single-file checkpoints: one ``.safetensors`` in the original (CompVis/LDM, SGM for SDXL) key
+layout, as Automatic1111 and Civitai keep SD 1.x, SD 2.x and SDXL models, converted once into a
+diffusers folder.
 
 diffusers' ``from_single_file`` does the conversion, offline, with the architecture's configs and
 tokenizer from a local diffusers-layout folder without weights (``--config DIR``, which reaches
@@ -17,6 +18,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 
@@ -33,12 +35,14 @@ CONFIG_FILES = (
     "unet/config.json",
     "vae/config.json",
 )
+SDXL_CONFIG_FILES = ("text_encoder_2/config.json",)  # and tokenizer_2/
 # The key prefixes of each component in the original layout; SDXL's text encoders live under
-# conditioner.embedders.
+# conditioner.embedders (0: CLIP ViT-L, 1: OpenCLIP bigG).
 UNET_KEYS = "model.diffusion_model."
 VAE_KEYS = "first_stage_model."
 TEXT_KEYS = ("cond_stage_model.transformer.", "cond_stage_model.model.")
 SDXL_KEYS = "conditioner.embedders."
+SDXL_TEXT_KEYS = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
 
 
 def is_single_file(path: Path) -> bool:
@@ -56,16 +60,17 @@ def single_file_folder(path: Path, config: Path | None = None) -> Path:
         )
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    config = config_folder(config, path)
-    check_checkpoint_keys(path)
+    sdxl = check_checkpoint_keys(path)
+    config = config_folder(config, path, sdxl)
     target = cache_root() / "single-file" / f"{file_digest(path)[:32]}-{config_digest(config)[:12]}"
     if not (target / "model_index.json").is_file():
-        convert(path, config, target)
+        convert(path, config, target, sdxl)
     return target
 
 
-def config_folder(config: Path | None, checkpoint: Path) -> Path:
-    """The explicit config folder, else ``TEXTINV_MODEL_CONFIG``'s; checked for every config."""
+def config_folder(config: Path | None, checkpoint: Path, sdxl: bool = False) -> Path:
+    """The explicit config folder, else ``TEXTINV_MODEL_CONFIG``'s; checked for every config
+    (an SDXL checkpoint's: its second text encoder's and tokenizer too)."""
     chosen = config or (
         Path(os.environ[MODEL_CONFIG_ENV]) if os.environ.get(MODEL_CONFIG_ENV) else None
     )
@@ -75,53 +80,52 @@ def config_folder(config: Path | None, checkpoint: Path) -> Path:
             f"--config DIR (a diffusers-layout folder without weights: model_index.json, "
             f"tokenizer/, scheduler/, and text_encoder, unet, vae config.json files)"
         )
-    missing = [name for name in CONFIG_FILES if not (chosen / name).is_file()]
-    if not (chosen / "tokenizer").is_dir():
-        missing.append("tokenizer/")
+    files = CONFIG_FILES + (SDXL_CONFIG_FILES if sdxl else ())
+    missing = [name for name in files if not (chosen / name).is_file()]
+    for tokenizer in ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",):
+        if not (chosen / tokenizer).is_dir():
+            missing.append(f"{tokenizer}/")
     if missing:
         raise ModelLoadError(f"config folder {str(chosen)!r} lacks {', '.join(missing)}")
     return chosen
 
 
-def check_checkpoint_keys(path: Path) -> None:
-    """A readable safetensors file holding an SD 1.x/2.x UNet, VAE and text encoder."""
+def check_checkpoint_keys(path: Path) -> bool:
+    """A readable safetensors file holding a UNet, a VAE and the text encoder(s) of SD 1.x/2.x
+    or of SDXL (both); whether it is SDXL."""
     try:
         with safe_open(str(path), framework="pt") as weights:
             keys = list(weights.keys())
     except Exception as error:  # safetensors raises its own errors for a malformed header
         raise ModelLoadError(f"{path.name}: not a readable safetensors file ({error})") from error
-    if any(key.startswith(SDXL_KEYS) for key in keys):
-        raise ModelLoadError(
-            f"{path.name}: an SDXL checkpoint; single-file SDXL is not supported yet"
-        )
-    lacking = [
-        name
-        for name, prefixes in (
-            ("UNet", (UNET_KEYS,)),
-            ("VAE", (VAE_KEYS,)),
-            ("text encoder", TEXT_KEYS),
-        )
-        if not any(key.startswith(prefixes) for key in keys)
-    ]
+    sdxl = any(key.startswith(SDXL_KEYS) for key in keys)
+    texts: list[tuple[str, tuple[str, ...]]] = [("text encoder", TEXT_KEYS)]
+    if sdxl:
+        texts = [(f"text encoder {i + 1}", (prefix,)) for i, prefix in enumerate(SDXL_TEXT_KEYS)]
+    parts = [("UNet", (UNET_KEYS,)), ("VAE", (VAE_KEYS,)), *texts]
+    lacking = [name for name, prefixes in parts if not any(k.startswith(prefixes) for k in keys)]
     if lacking:
+        expected = ", ".join(f"{prefixes[0]}*" for _, prefixes in parts)
+        kind = "an SDXL" if sdxl else "a Stable Diffusion"
         raise ModelLoadError(
-            f"{path.name}: not a Stable Diffusion checkpoint in the original layout: no "
-            f"{', '.join(lacking)} weights ({UNET_KEYS}*, {VAE_KEYS}*, {TEXT_KEYS[0]}*)"
+            f"{path.name}: not {kind} checkpoint in the original layout: no "
+            f"{', '.join(lacking)} weights ({expected})"
         )
+    return sdxl
 
 
-def convert(path: Path, config: Path, target: Path) -> None:
+def convert(path: Path, config: Path, target: Path, sdxl: bool = False) -> None:
     """Write the diffusers folder of ``path`` to ``target``, atomically (a crash leaves none)."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    options: dict[str, Any] = {"config": str(config), "local_files_only": True}
     try:
-        pipeline = StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=str(config),
-            local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        if sdxl:
+            pipeline = StableDiffusionXLPipeline.from_single_file(str(path), **options)
+        else:
+            pipeline = StableDiffusionPipeline.from_single_file(
+                str(path), safety_checker=None, requires_safety_checker=False, **options
+            )
     except (ValueError, KeyError, RuntimeError, OSError) as error:
         raise ModelLoadError(
             f"{path.name}: cannot be converted with {config.name}'s configs ({error})"
@@ -161,7 +165,8 @@ def _digest(path: Path, size: int, mtime_ns: int) -> str:
 def config_digest(folder: Path) -> str:
     """A sha256 over the config and tokenizer files, so another config converts anew."""
     digest = hashlib.sha256()
-    files = [folder / name for name in CONFIG_FILES] + sorted((folder / "tokenizer").glob("*"))
+    files = [folder / name for name in CONFIG_FILES + SDXL_CONFIG_FILES]
+    files += sorted((folder / "tokenizer").glob("*")) + sorted((folder / "tokenizer_2").glob("*"))
     for file in files:
         if file.is_file():
             digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes())

@@ -25,6 +25,8 @@ UNET_RESNET = [
     ("conv_shortcut", "skip_connection"),
 ]
 UNET_TOP = [
+    ("add_embedding.linear_1.", "label_emb.0.0."),  # SDXL's text_time conditioning
+    ("add_embedding.linear_2.", "label_emb.0.2."),
     ("time_embedding.linear_1.", "time_embed.0."),
     ("time_embedding.linear_2.", "time_embed.2."),
     ("conv_in.", "input_blocks.0.0."),
@@ -146,12 +148,18 @@ OPEN_CLIP_NAMES = [
 ]
 
 
-def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SD 2.x's text encoder in OpenCLIP's layout: q, k and v stacked into ``in_proj``."""
+def open_clip_to_original(
+    state: dict[str, torch.Tensor], prefix: str = OPEN_CLIP_PREFIX
+) -> dict[str, torch.Tensor]:
+    """SD 2.x's (and SDXL's second) text encoder in OpenCLIP's layout: q, k and v stacked into
+    ``in_proj``; SDXL's projection as OpenCLIP's ``text_projection`` matrix (x @ it)."""
     out: dict[str, torch.Tensor] = {}
     stacked: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        name = key
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()
+            continue
+        name = key.removeprefix("text_model.")
         for ours, theirs in OPEN_CLIP_NAMES:
             name = name.replace(ours, theirs)
         for part in QKV:
@@ -160,24 +168,41 @@ def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
                 stacked.setdefault(f"{base}.in_proj_{kind}", {})[part] = value
                 break
         else:
-            out[OPEN_CLIP_PREFIX + name] = value
+            out[prefix + name] = value
     for key, parts in stacked.items():
-        out[OPEN_CLIP_PREFIX + key] = torch.cat([parts[part] for part in QKV])
+        out[prefix + key] = torch.cat([parts[part] for part in QKV])
     return out
 
 
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+
+
+def sdxl_text_to_original(model) -> dict[str, torch.Tensor]:  # model: BaseModel
+    """SDXL's two text encoders as SGM stores them: CLIP ViT-L under embedders.0, OpenCLIP's
+    layout under embedders.1."""
+    assert model.text_encoder_2 is not None
+    first = {SDXL_CLIP_PREFIX + k: v for k, v in model.text_encoder.state_dict().items()}
+    return {
+        **first,
+        **open_clip_to_original(model.text_encoder_2.state_dict(), SDXL_OPEN_CLIP_PREFIX),
+    }
+
+
 def write_original_checkpoint(model, path: Path) -> Path:  # model: BaseModel
-    """``model``'s UNet, VAE and text encoder (CLIP for SD 1.x, OpenCLIP's layout for SD 2.x):
-    one safetensors file, the original layout."""
+    """``model``'s UNet, VAE and text encoder(s) (CLIP for SD 1.x, OpenCLIP's layout for SD 2.x,
+    both for SDXL): one safetensors file, the original layout."""
     text = model.text_encoder.state_dict()
+    if model.is_sdxl:
+        texts = sdxl_text_to_original(model)
+    elif model.family == "sd2":
+        texts = open_clip_to_original(text)
+    else:
+        texts = {CLIP_PREFIX + k: v for k, v in text.items()}
     state = {
         **unet_to_original(model.unet.state_dict(), dict(model.unet.config)),
         **vae_to_original(model.vae.state_dict(), dict(model.vae.config)),
-        **(
-            open_clip_to_original(text)
-            if model.family == "sd2"
-            else {CLIP_PREFIX + k: v for k, v in text.items()}
-        ),
+        **texts,
     }
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path

@@ -68,6 +68,39 @@ def test_an_sd2_single_file_loads_the_same_weights_and_image(
     assert np.array_equal(from_file, pixels(load_generation_pipeline(tiny_sd2_model)(request)))
 
 
+def test_an_sdxl_single_file_loads_the_same_weights_and_image(
+    tiny_sdxl_model_dir, tmp_path, monkeypatch
+) -> None:
+    """SDXL's file (SGM's layout): CLIP ViT-L under conditioner.embedders.0, OpenCLIP under .1
+    with its text_projection, the UNet's label_emb (text_time conditioning)."""
+    from tests.unit.sdxl_reference import registered, sdxl_concepts
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    config = config_folder_of(tiny_sdxl_model_dir, tmp_path / "c")
+    monkeypatch.setenv(MODEL_CONFIG_ENV, str(config))
+    folder_model = load_base_model(tiny_sdxl_model_dir)
+    checkpoint = write_original_checkpoint(folder_model, tmp_path / "sdxl.safetensors")
+    loaded = load_base_model(checkpoint)
+    assert loaded.is_sdxl and loaded.force_zeros_for_empty_prompt
+    for name in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        ours, theirs = (
+            getattr(folder_model, name).state_dict(),
+            getattr(loaded, name).state_dict(),
+        )
+        assert ours.keys() == theirs.keys(), name
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    request = GenerationRequest(prompt="a <cat-toy>", steps=3, seed=4, width=32, height=32)
+    concepts = registered(sdxl_concepts(7))
+    from_file = pixels(load_generation_pipeline(checkpoint)(request, concepts))
+    assert np.array_equal(
+        from_file, pixels(load_generation_pipeline(folder_model)(request, concepts))
+    )
+    # Its config folder needs the second text encoder's config and tokenizer too.
+    (config / "text_encoder_2" / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="lacks text_encoder_2/config.json"):
+        load_base_model(checkpoint)
+
+
 def test_it_is_converted_once_and_its_hash_follows_the_file(checkpoint, config, monkeypatch):
     first = load_base_model(checkpoint)
 
@@ -114,7 +147,9 @@ def test_bad_single_files_are_refused_with_the_reason(checkpoint, config, tmp_pa
         load_base_model(unet_only)
     sdxl = tmp_path / "sdxl.safetensors"
     save_file({"conditioner.embedders.0.transformer.x": torch.zeros(1)}, str(sdxl))
-    with pytest.raises(ModelLoadError, match="an SDXL checkpoint"):
+    with pytest.raises(
+        ModelLoadError, match="not an SDXL checkpoint .* no UNet, VAE, text encoder 2"
+    ):
         load_base_model(sdxl)
     monkeypatch.delenv(MODEL_CONFIG_ENV)
     with pytest.raises(ModelLoadError, match="give its architecture's configs with --config DIR"):
