@@ -4,7 +4,9 @@ diffusers folder.
 
 diffusers' ``from_single_file`` does the conversion, offline, with the architecture's configs and
 tokenizer from a local diffusers-layout folder without weights (``--config DIR``, which reaches
-every loader, and the processes a command starts, as ``TEXTINV_MODEL_CONFIG``). The converted
+every loader, and the processes a command starts, as ``TEXTINV_MODEL_CONFIG``), or from the
+configs shipped for the common families (``textinv.families``: ``--config sd15``, ``sd21``,
+``sd21-base``, ``sdxl-base``; without ``--config``, the family the file's keys show). The converted
 folder is kept in the cache (``TEXTINV_CACHE_DIR``, default ``~/.cache/textinv``) under the
 file's sha256 and the config's, so a server's next start finds it, and the model's identity hash,
 computed over the converted files, follows the single file. Pickled ``.ckpt`` files are refused:
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +27,9 @@ from typing import Any
 from safetensors import safe_open
 
 from textinv.errors import ModelLoadError
+from textinv.families import FAMILIES, write_config_folder
+
+log = logging.getLogger(__name__)
 
 MODEL_CONFIG_ENV = "TEXTINV_MODEL_CONFIG"
 CACHE_ENV = "TEXTINV_CACHE_DIR"
@@ -43,6 +50,9 @@ VAE_KEYS = "first_stage_model."
 TEXT_KEYS = ("cond_stage_model.transformer.", "cond_stage_model.model.")
 SDXL_KEYS = "conditioner.embedders."
 SDXL_TEXT_KEYS = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
+# The shipped family each layout implies: SD 2.x files are read as SD 2.1 at 768 px
+# (v-prediction), as diffusers guesses them; ``--config sd21-base`` is the 512 px epsilon model.
+SD1_FAMILY, SD2_FAMILY, SDXL_FAMILY = "sd15", "sd21", "sdxl-base"
 
 
 def is_single_file(path: Path) -> bool:
@@ -60,26 +70,31 @@ def single_file_folder(path: Path, config: Path | None = None) -> Path:
         )
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    sdxl = check_checkpoint_keys(path)
-    config = config_folder(config, path, sdxl)
+    family = check_checkpoint_keys(path)
+    config = config_folder(config, path, family)
     target = cache_root() / "single-file" / f"{file_digest(path)[:32]}-{config_digest(config)[:12]}"
     if not (target / "model_index.json").is_file():
-        convert(path, config, target, sdxl)
+        convert(path, config, target, sdxl=family == SDXL_FAMILY)
     return target
 
 
-def config_folder(config: Path | None, checkpoint: Path, sdxl: bool = False) -> Path:
-    """The explicit config folder, else ``TEXTINV_MODEL_CONFIG``'s; checked for every config
-    (an SDXL checkpoint's: its second text encoder's and tokenizer too)."""
+def config_folder(config: Path | None, checkpoint: Path, family: str = SD1_FAMILY) -> Path:
+    """The explicit config folder or shipped family name, else ``TEXTINV_MODEL_CONFIG``'s, else
+    the shipped configs of ``family`` (the one the checkpoint's keys show). A folder is checked
+    for every config (an SDXL checkpoint's: its second text encoder's and tokenizer too)."""
     chosen = config or (
         Path(os.environ[MODEL_CONFIG_ENV]) if os.environ.get(MODEL_CONFIG_ENV) else None
     )
-    if chosen is None:
-        raise ModelLoadError(
-            f"{checkpoint.name} is a single-file checkpoint: give its architecture's configs with "
-            f"--config DIR (a diffusers-layout folder without weights: model_index.json, "
-            f"tokenizer/, scheduler/, and text_encoder, unet, vae config.json files)"
-        )
+    if chosen is None or (str(chosen) in FAMILIES and not chosen.is_dir()):
+        name = str(chosen) if chosen is not None else family
+        if chosen is None and family == SD2_FAMILY:
+            log.warning(
+                "%s: an SD 2.x checkpoint, read as SD 2.1 at 768 px (v-prediction); "
+                "pass --config sd21-base for a 512 px epsilon model",
+                checkpoint.name,
+            )
+        return shipped_config(name)
+    sdxl = family == SDXL_FAMILY
     files = CONFIG_FILES + (SDXL_CONFIG_FILES if sdxl else ())
     missing = [name for name in files if not (chosen / name).is_file()]
     for tokenizer in ("tokenizer", "tokenizer_2") if sdxl else ("tokenizer",):
@@ -90,9 +105,9 @@ def config_folder(config: Path | None, checkpoint: Path, sdxl: bool = False) -> 
     return chosen
 
 
-def check_checkpoint_keys(path: Path) -> bool:
+def check_checkpoint_keys(path: Path) -> str:
     """A readable safetensors file holding a UNet, a VAE and the text encoder(s) of SD 1.x/2.x
-    or of SDXL (both); whether it is SDXL."""
+    or of SDXL (both); the shipped family its layout implies."""
     try:
         with safe_open(str(path), framework="pt") as weights:
             keys = list(weights.keys())
@@ -111,12 +126,42 @@ def check_checkpoint_keys(path: Path) -> bool:
             f"{path.name}: not {kind} checkpoint in the original layout: no "
             f"{', '.join(lacking)} weights ({expected})"
         )
-    return sdxl
+    if sdxl:
+        return SDXL_FAMILY
+    return SD1_FAMILY if any(key.startswith(TEXT_KEYS[0]) for key in keys) else SD2_FAMILY
+
+
+def shipped_config(name: str) -> Path:
+    """The config folder of the shipped family ``name``, written once into the cache (keyed by
+    the family's configs, so a changed family writes anew; atomic, as ``convert``)."""
+    family = FAMILIES[name]
+    key = hashlib.sha256(json.dumps(family.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_root() / "configs" / f"{name}-{key}"
+    if (target / "model_index.json").is_file():
+        return target
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_config_folder(family, partial)
+    _publish(partial, target)
+    return target
+
+
+def _publish(partial: Path, target: Path) -> None:
+    """Move the finished folder ``partial`` to ``target``; another process may have been first,
+    and theirs is the same folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(partial, target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / "model_index.json").is_file():
+            raise
 
 
 def convert(path: Path, config: Path, target: Path, sdxl: bool = False) -> None:
     """Write the diffusers folder of ``path`` to ``target``, atomically (a crash leaves none)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     options: dict[str, Any] = {"config": str(config), "local_files_only": True}
     try:
@@ -126,19 +171,15 @@ def convert(path: Path, config: Path, target: Path, sdxl: bool = False) -> None:
             pipeline = StableDiffusionPipeline.from_single_file(
                 str(path), safety_checker=None, requires_safety_checker=False, **options
             )
-    except (ValueError, KeyError, RuntimeError, OSError) as error:
+    except (SingleFileComponentError, ValueError, KeyError, RuntimeError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(
-            f"{path.name}: cannot be converted with {config.name}'s configs ({error})"
+            f"{path.name}: cannot be converted with {config.name}'s configs ({reason})"
         ) from error
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     pipeline.save_pretrained(partial)
-    try:
-        os.replace(partial, target)
-    except OSError:  # another process converted it first: theirs is the same folder
-        shutil.rmtree(partial, ignore_errors=True)
-        if not (target / "model_index.json").is_file():
-            raise
+    _publish(partial, target)
 
 
 def cache_root() -> Path:

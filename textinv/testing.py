@@ -8,7 +8,6 @@ Stable Diffusion 1.5's exact component configs and random weights, so that costs
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
-MAX_LENGTH = 77
+from textinv.clip_vocab import BOS, EOS, MAX_LENGTH, byte_tokens, write_tokenizer
+from textinv.families import SCHEDULER_SD
 
 # Words the tiny tokenizer knows whole; anything else falls back to characters, as in CLIP's BPE.
 TINY_WORDS = [
@@ -76,53 +74,24 @@ TINY_WORDS = [
 ]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible map from bytes to printable unicode characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def write_clip_tokenizer(folder: Path, words: Iterable[str] = TINY_WORDS) -> None:
+def write_clip_tokenizer(
+    folder: Path, words: Iterable[str] = TINY_WORDS, pad_token: str = EOS
+) -> None:
     """Write a CLIP-style BPE tokenizer (vocab.json, merges.txt) that knows ``words`` whole.
 
-    The layout and special tokens are those of SD 1.x's tokenizer; only the vocabulary is small
-    (the 512 byte tokens, one merge chain per word, and the two special tokens).
+    The layout and special tokens are those of SD 1.x's tokenizer (``pad_token="!"``: SD 2.x's
+    and SDXL's second); only the vocabulary is small (the 512 byte tokens, one merge chain per
+    word, and the two special tokens).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    byte_chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
-    for token in byte_chars + [c + "</w>" for c in byte_chars]:
+    for token in byte_tokens():
         vocab.setdefault(token, len(vocab))
     merges: list[str] = []
     for word in words:
         _add_merge_chain(word, vocab, merges)
     vocab[BOS] = len(vocab)
     vocab[EOS] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_LENGTH,
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "unk_token": EOS,
-        "pad_token": EOS,
-        "do_lower_case": True,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    write_tokenizer(folder, vocab, merges, pad_token)
 
 
 def _add_merge_chain(word: str, vocab: dict[str, int], merges: list[str]) -> None:
@@ -256,57 +225,19 @@ def fit_text_encoder_to_tokenizer(text_encoder: CLIPTextModel, tokenizer: CLIPTo
 
 
 def sd15_shape_components(seed: int = 0) -> dict[str, Any]:
-    """Stable Diffusion 1.5's exact component configs with seeded random weights.
+    """Stable Diffusion 1.5's exact component configs (``textinv.families.SD15``) with seeded
+    random weights.
 
     A 49408 × 768 token table and 12-layer CLIP text encoder, the 860M-parameter UNet and the
     83M-parameter VAE: no weights can be downloaded here, but the costs are the real ones.
     """
+    from textinv.families import SD15
+
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=MAX_LENGTH,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512],
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15.text_encoders[0][1]))
+    unet = UNet2DConditionModel(**SD15.unet)
+    vae = AutoencoderKL(**SD15.vae)
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-
-
-SD15_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,  # as SD 1.5's own config: DDIM must not clip its x0 estimate
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-}
 
 
 def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:  # -> BaseModel
@@ -334,7 +265,7 @@ def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any: 
         text_encoder=components["text_encoder"],
         unet=components["unet"],
         vae=components["vae"],
-        scheduler_config=dict(SD15_SCHEDULER_CONFIG),
+        scheduler_config=dict(SCHEDULER_SD),
         model_hash=f"sd15-shape-seed{seed}",
     )
 

@@ -5,7 +5,6 @@ and a ``CLIPTextModelWithProjection`` of different widths, a UNet with SDXL's ad
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,8 @@ import torch
 from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from textinv.clip_vocab import EOS
+from textinv.families import SDXL_BASE
 from textinv.testing import (
     SD2_UNET,
     fit_text_encoder_to_tokenizer,
@@ -75,12 +76,8 @@ def build_tiny_sdxl_model(folder: Path, seed: int = 0) -> Path:
 def _tokenizers(folder: Path) -> list[CLIPTokenizer]:
     """SD's tokenizer, twice; the second pads with "!" (id 0 in CLIP's vocabulary), as SDXL's."""
     tokenizers = []
-    for name, pad in (("_tok", None), ("_tok2", "!")):
-        write_clip_tokenizer(folder / name)
-        if pad is not None:  # SDXL's second tokenizer pads with "!" (id 0 in CLIP's vocabulary)
-            for file in ("tokenizer_config.json", "special_tokens_map.json"):
-                path = folder / name / file
-                path.write_text(json.dumps({**json.loads(path.read_text()), "pad_token": pad}))
+    for name, pad in (("_tok", EOS), ("_tok2", "!")):
+        write_clip_tokenizer(folder / name, pad_token=pad)
         tokenizers.append(CLIPTokenizer.from_pretrained(folder / name))
     return tokenizers
 
@@ -103,76 +100,22 @@ SDXL_SHAPE = "sdxl-shape"
 
 
 def sdxl_shape_components(seed: int = 0) -> dict[str, torch.nn.Module]:
-    """SDXL base 1.0's exact component configs with seeded random weights: CLIP ViT-L's and
-    OpenCLIP bigG's text encoders (768 and 1280 wide, 12 and 32 layers, 49408-row tables), the
-    2.6B-parameter UNet (transformer depths 1, 2, 10; text_time conditioning) and the VAE. About
-    3.5B parameters: 14 GB in fp32, 7 GB in bf16. Build it on the ``meta`` device to read its
-    sizes for nothing."""
+    """SDXL base 1.0's exact component configs (``textinv.families.SDXL_BASE``) with seeded
+    random weights: CLIP ViT-L's and OpenCLIP bigG's text encoders (768 and 1280 wide, 12 and 32
+    layers, 49408-row tables), the 2.6B-parameter UNet (transformer depths 1, 2, 10; text_time
+    conditioning) and the VAE. About 3.5B parameters: 14 GB in fp32, 7 GB in bf16. Build it on
+    the ``meta`` device to read its sizes for nothing."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig
 
-    def clip(width: int, layers: int, heads: int, act: str) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=4 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            hidden_act=act,
-            projection_dim=width,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-
+    (_, clip_l), (_, clip_g) = SDXL_BASE.text_encoders
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(clip(768, 12, 12, "quick_gelu"))
-    text_encoder_2 = CLIPTextModelWithProjection(clip(1280, 32, 20, "gelu"))
-    unet = UNet2DConditionModel(
-        sample_size=128,
-        block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,  # 6 time ids × 256 + the pooled 1280
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=1024,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
     return {
-        "text_encoder": text_encoder,
-        "text_encoder_2": text_encoder_2,
-        "unet": unet,
-        "vae": vae,
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**clip_l)),
+        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**clip_g)),
+        "unet": UNet2DConditionModel(**SDXL_BASE.unet),
+        "vae": AutoencoderKL(**SDXL_BASE.vae),
     }
-
-
-SDXL_SCHEDULER_CONFIG = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-}
 
 
 def sdxl_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:  # -> BaseModel
@@ -197,7 +140,7 @@ def sdxl_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any: 
         text_encoder=components["text_encoder"],
         unet=components["unet"],
         vae=components["vae"],
-        scheduler_config=dict(SDXL_SCHEDULER_CONFIG),
+        scheduler_config=dict(SDXL_BASE.scheduler),
         model_hash=f"{SDXL_SHAPE}-seed{seed}",
         tokenizer_2=tokenizer_2,
         text_encoder_2=components["text_encoder_2"],

@@ -151,8 +151,9 @@ def test_bad_single_files_are_refused_with_the_reason(checkpoint, config, tmp_pa
         ModelLoadError, match="not an SDXL checkpoint .* no UNet, VAE, text encoder 2"
     ):
         load_base_model(sdxl)
+    # Without --config, SD 1.5's shipped configs, whose shapes the tiny file does not have.
     monkeypatch.delenv(MODEL_CONFIG_ENV)
-    with pytest.raises(ModelLoadError, match="give its architecture's configs with --config DIR"):
+    with pytest.raises(ModelLoadError, match="model.safetensors: cannot be converted with sd15-"):
         load_base_model(checkpoint)
     (config / "unet" / "config.json").unlink()
     monkeypatch.setenv(MODEL_CONFIG_ENV, str(config))

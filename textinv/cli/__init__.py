@@ -18,6 +18,7 @@ from pathlib import Path
 
 from textinv import __version__
 from textinv.errors import TextInvError
+from textinv.families import FAMILIES
 from textinv.single_file import MODEL_CONFIG_ENV
 
 Registrar = Callable[[argparse._SubParsersAction], None]
@@ -103,7 +104,9 @@ def add_model_config_flag(command: argparse.ArgumentParser) -> None:
             type=Path,
             metavar="DIR",
             help="for a single-file --model (.safetensors in the original layout): a "
-            "diffusers-layout folder of its configs and tokenizer, without weights",
+            "diffusers-layout folder of its configs and tokenizer, without weights, or a "
+            "shipped family: sd15, sd21 (768 px, v-prediction), sd21-base, sdxl-base "
+            "(default: the family the file's keys show)",
         )
 
 
@@ -112,7 +115,8 @@ def use_model_config(args: argparse.Namespace) -> None:
     environment (``textinv.single_file.MODEL_CONFIG_ENV``)."""
     config = getattr(args, "model_config", None)
     if config is not None:
-        os.environ[MODEL_CONFIG_ENV] = str(config.expanduser().resolve())
+        shipped = str(config) in FAMILIES and not config.is_dir()
+        os.environ[MODEL_CONFIG_ENV] = str(config if shipped else config.expanduser().resolve())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
