@@ -213,3 +213,23 @@ def test_the_unet_check_runs_the_runs_own_graph_and_sees_what_it_computes(
     assert checks["torch"][UNET_CHECK] == 0.0  # the eager module against itself
     # The compiled UNet's outputs, scaled by 1.01: max |1.01 x - x| / max |x| = 0.01.
     assert checks["torch-compile"][UNET_CHECK] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_on_sdxl_diffusers_is_stable_diffusion_xl_and_concepts_carry_both_sets(
+    tiny_sdxl_model_dir,
+) -> None:
+    """``bench generate --model sdxl-shape``'s path on the tiny SDXL model: diffusers' runner is
+    ``StableDiffusionXLPipeline`` over the same modules (same pixels in fp32), onnxruntime gets
+    both text encoders' graphs, and the concept costs use SDXL concepts (clip_l and clip_g)."""
+    settings = GenerateBenchSettings(
+        model=str(tiny_sdxl_model_dir), steps=2, resolution=32, warmup=0, repeats=1, threads=1,
+        weights=None,
+    )  # fmt: skip
+    report = measure_generate(settings)
+    runners = report["runners"]
+    assert set(runners) >= {"diffusers", "torch", "onnxruntime"}
+    assert all(row["status"] == "ok" for row in runners.values())
+    assert runners["torch"]["max_pixel_diff_vs_diffusers"] <= 1
+    assert runners["onnxruntime"]["max_pixel_diff_vs_diffusers"] <= 2
+    assert report["concepts"]["backend"] == "onnxruntime"
+    assert report["concepts"]["first_request_images"] == 1

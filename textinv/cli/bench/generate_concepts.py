@@ -19,7 +19,10 @@ from typing import Any
 import torch
 
 from textinv.cli.bench.generate_runners import Stats, our_runner, round_robin
-from textinv.concepts import Concept, concept_to_bytes, parse_concept
+from textinv.concept_fit import Widths, parse_for_model, per_encoder
+from textinv.concept_table import ConceptTable, as_table
+from textinv.concepts import Concept, concept_to_bytes
+from textinv.sdxl_text import SdxlConcepts
 from textinv_server.backends import BackendName
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.registry import DEFAULT_MAX_CONCEPTS, ConceptRegistry
@@ -40,11 +43,8 @@ def concept_costs(
     """0 vs 3 concepts end to end and in host-side prompt work; adding one to a live table."""
     name = BackendName.ONNXRUNTIME.value if "onnxruntime" in pipelines else next(iter(pipelines))
     pipeline = pipelines[name]
-    width = pipeline.host.text_width
-    generator = torch.Generator().manual_seed(1)
-    table: dict[str, torch.Tensor] = {  # token → [K, D]
-        f"<c{i}>": torch.randn(CONCEPT_VECTORS, width, generator=generator) for i in range(3)
-    }
+    widths = pipeline.host.text_widths
+    table = per_encoder(random_concepts([f"<c{i}>" for i in range(3)], widths, 1), len(widths) > 1)
     with_concepts = replace(request, prompt=PROMPT_CONCEPTS)
     runners = {
         "0": our_runner(pipeline, request, {}),
@@ -84,24 +84,42 @@ def concept_lines(c: dict[str, Any]) -> list[str]:
     ]
 
 
+def random_concepts(tokens: list[str], widths: Widths, seed: int) -> list[Concept]:
+    """Seeded concepts of ``CONCEPT_VECTORS`` vectors for a model of ``widths`` (SDXL: both
+    sets)."""
+    generator = torch.Generator().manual_seed(seed)
+    sets = [[torch.randn(CONCEPT_VECTORS, w, generator=generator) for w in widths] for _ in tokens]
+    return [
+        Concept(token, first, vectors_2=rest[0] if rest else None)
+        for token, (first, *rest) in zip(tokens, sets, strict=True)
+    ]
+
+
+def published(table: ConceptTable | SdxlConcepts, concept: Concept) -> ConceptTable | SdxlConcepts:
+    """``table`` with ``concept`` in it, as the registry publishes one (a new table)."""
+    if isinstance(table, SdxlConcepts):
+        assert concept.vectors_2 is not None  # parse_for_model checked both sets
+        first = as_table(table.first).with_concept(concept.token, concept.vectors)
+        return SdxlConcepts(
+            first, as_table(table.second).with_concept(concept.token, concept.vectors_2)
+        )
+    return table.with_concept(concept.token, concept.vectors)
+
+
 def _add_concept_cost(
-    pipeline: GenerationPipeline, request: GenerationRequest, table: dict[str, torch.Tensor]
+    pipeline: GenerationPipeline, request: GenerationRequest, table: ConceptTable | SdxlConcepts
 ) -> dict[str, Any]:
     """Parse + check a concept file's bytes and publish it in the live table; then use it."""
-    width = pipeline.host.text_width
-    vectors = torch.randn(CONCEPT_VECTORS, width, generator=torch.Generator().manual_seed(2))
-    data = concept_to_bytes(Concept("<new>", vectors))
+    widths = pipeline.host.text_widths
+    data = concept_to_bytes(random_concepts(["<new>"], widths, 2)[0])
     backend_before = id(pipeline.backend)
 
-    def add() -> None:
-        concept = parse_concept(data, "new.safetensors", expected_width=width)
-        table[concept.token] = concept.vectors
+    def add() -> ConceptTable | SdxlConcepts:
+        return published(table, parse_for_model(data, "new.safetensors", widths))
 
     add_ms = median_ms(add, 200)
-    del table["<new>"]
     start = time.perf_counter()
-    add()
-    first_use = pipeline(replace(request, prompt="a <new> toy"), table)
+    first_use = pipeline(replace(request, prompt="a <new> toy"), add())
     first_use_ms = (time.perf_counter() - start) * 1000
     return {
         "add_concept_ms": add_ms,

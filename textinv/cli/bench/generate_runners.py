@@ -39,9 +39,11 @@ import torch
 
 from textinv.cli.bench.generate_checks import UNET_CHECK, unet_call_checks
 from textinv.model import BaseModel
+from textinv.sdxl_text import SdxlConcepts
 from textinv_client.choices import Scheduler
 from textinv_server.pipeline import GenerationPipeline
 from textinv_server.pipeline.decoding import decode_png
+from textinv_server.pipeline.planning import Concepts
 from textinv_server.requests import GenerationRequest, GenerationResult
 
 REFERENCE = "diffusers"  # the runner every ratio divides by
@@ -273,7 +275,7 @@ def image_difference(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
 def our_runner(
     pipeline: GenerationPipeline,
     request: GenerationRequest,
-    concepts: dict[str, torch.Tensor] | None = None,
+    concepts: Concepts | SdxlConcepts | None = None,
 ) -> Runner:
     def run(samples: Samples) -> None:
         start = time.perf_counter()
@@ -323,24 +325,35 @@ def diffusers_runner(model: BaseModel, request: GenerationRequest) -> Runner:
 
 
 def diffusers_pipeline(model: BaseModel, scheduler_name: Scheduler) -> Any:
-    """diffusers' pipeline over the very same modules (no second copy of the weights)."""
-    from diffusers import StableDiffusionPipeline
+    """diffusers' pipeline over the very same modules (no second copy of the weights):
+    ``StableDiffusionXLPipeline`` for SDXL, else ``StableDiffusionPipeline``."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from textinv_server.schedulers import make_scheduler
 
     def scheduler() -> Any:
         return make_scheduler(scheduler_name, model.scheduler_config, 1, torch.device("cpu"))
 
-    pipeline = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    common = {"vae": model.vae, "text_encoder": model.text_encoder, "tokenizer": model.tokenizer}
+    pipeline: Any
+    if model.is_sdxl:
+        pipeline = StableDiffusionXLPipeline(
+            **common,
+            text_encoder_2=model.text_encoder_2,
+            tokenizer_2=model.tokenizer_2,
+            unet=model.unet,
+            scheduler=scheduler(),
+            force_zeros_for_empty_prompt=model.force_zeros_for_empty_prompt,
+        )
+    else:
+        pipeline = StableDiffusionPipeline(
+            **common,
+            unet=model.unet,
+            scheduler=scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     # A fresh one after construction: the constructor rewrites the config of the one it gets
     # to clip_sample=False where the model's config does not name it (a deprecation fix-up),
     # and diffusers would then run another scheduler than ours.

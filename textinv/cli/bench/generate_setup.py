@@ -115,12 +115,14 @@ def _variant_options(variant: TorchVariant, settings: GenerateBenchSettings) -> 
 def _export_here(model: BaseModel, side: int, scratch: Path, notes: list[str]) -> Path:
     from textinv_export.exporter import ExportConfig, export_model
     from textinv_export.specs import Component, Range, ShapeRanges
+    from textinv_server.backends.exported import GENERATION_COMPONENTS
 
     start = time.perf_counter()
+    sdxl = (Component.TEXT_ENCODER_2,) if model.is_sdxl else ()
     config = ExportConfig(
         scratch / "engines",
         ranges=ShapeRanges(Range(1, 1, 4), Range(side, side, side)),
-        components=(Component.TEXT_ENCODER, Component.UNET, Component.VAE_DECODER),
+        components=GENERATION_COMPONENTS + sdxl,
     )
     export_model(model, config, progress=lambda _: None)
     notes.append(f"onnxruntime: exported here in {time.perf_counter() - start:.1f} s (fp32)")

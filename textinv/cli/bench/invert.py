@@ -1,7 +1,8 @@
 """``textinv bench invert``: our trainer's steps/s and peak memory next to the reference method's.
 
-The reference is the method of diffusers' ``examples/textual_inversion/textual_inversion.py``,
-reimplemented here step for step (the example itself needs torchvision, which does not import next
+The reference is the method of diffusers' ``examples/textual_inversion/textual_inversion.py``
+(``textual_inversion_sdxl.py`` for SDXL: both encoders' whole tables), reimplemented here step for
+step (the example itself needs torchvision, which does not import next
 to the CPU torch build): the placeholder is added to the tokenizer, the *whole* token-embedding
 table is trainable under AdamW, the original rows are copied back after every optimizer step, and
 every step loads the images from disk, resizes them and runs the VAE encoder.
@@ -45,7 +46,8 @@ class InvertBenchSettings:
     """One ``bench invert`` run: both methods get exactly these."""
 
     model: str = field(
-        default="sd15-shape", metadata=flag("a diffusers model folder, or sd15-shape")
+        default="sd15-shape",
+        metadata=flag("a diffusers model folder, or sd15-shape / sdxl-shape"),
     )
     resolution: int = field(default=256, metadata=flag("training image side in px"))
     batch_size: int = field(default=1, metadata=flag("images per optimizer step"))
@@ -127,12 +129,18 @@ def measure_invert(settings: InvertBenchSettings, timeout_s: float | None = None
         "speedup_same_precision": ours["steps_per_s"] / same["steps_per_s"],
         "cpu_speedup": ours["steps_per_cpu_s"] / ref["steps_per_cpu_s"],
         "peak_rss_ratio": ours["peak_rss_mib"] / ref["peak_rss_mib"],
+        # The peak while training alone (after the model is built), where Linux can reset it.
+        "training_peak_rss_ratio": _ratio(ours, ref, "training_peak_rss_mib"),
         "peak_cuda_ratio": ours["peak_cuda_mib"] / ref["peak_cuda_mib"] if cuda else None,
         # Estimates, not measurements: load + setup + 1000 × the median step, per method.
         "estimated_1000_steps_s": {
             method: results[method]["estimated_1000_steps_s"] for method in METHODS
         },
     }
+
+
+def _ratio(ours: dict[str, Any], ref: dict[str, Any], key: str) -> float | None:
+    return ours[key] / ref[key] if ours.get(key) and ref.get(key) else None
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -174,6 +182,12 @@ def _print_summary(settings: InvertBenchSettings, summary: dict[str, Any]) -> No
         f"{summary['speedup']:.2f}× wall-clock, {summary['cpu_speedup']:.2f}× per CPU second; "
         f"peak memory textinv / reference: {summary['peak_rss_ratio']:.3f}"
     )
+    if summary["training_peak_rss_ratio"] is not None:
+        print(
+            f"peak memory while training (after the model is built): textinv "
+            f"{ours['training_peak_rss_mib']:.0f} MiB, reference "
+            f"{ref['training_peak_rss_mib']:.0f} MiB ({summary['training_peak_rss_ratio']:.3f})"
+        )
     if same is not ref:
         print(
             f"speedup at the same precision (textinv / reference, both {same['precision']}): "

@@ -57,6 +57,7 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     model = load_model(settings, method)
     load_s = time.perf_counter() - started
     rss_after_load = rss_mib()
+    peak_reset = reset_peak_rss()  # from here the peak is training's, not building the model's
     cuda = settings.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -67,6 +68,7 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     result = summarize(method, times, settings.warmup)
     result["precision"] = precision_of(model.unet.dtype).value  # what the UNet ran in
     result.update(load_s=load_s, rss_after_load_mib=rss_after_load, peak_rss_mib=peak_rss_mib())
+    result["training_peak_rss_mib"] = high_water_mib() if peak_reset else None
     result["estimated_1000_steps_s"] = estimated_steps_s(result, 1000)
     if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -77,9 +79,10 @@ def load_model(settings: InvertBenchSettings, method: str) -> BaseModel:
     """Ours: every module in the precision, ``auto`` resolved as the trainer resolves it (our
     vectors are their own fp32 parameter). The reference: the text encoder in fp32 (its whole
     table trains), UNet and VAE in the precision, as diffusers' example casts them under
-    ``--mixed_precision``; ``auto`` is the example's default, no mixed precision (fp32)."""
+    ``--mixed_precision``; ``auto`` is the example's default, no mixed precision (fp32). SDXL's
+    two text encoders are treated alike."""
     from textinv.model import load_base_model
-    from textinv.testing import SD15_SHAPE, sd15_shape_model
+    from textinv.testing import SHAPE_MODELS, load_benchmark_model
 
     precision = settings.precision
     if method == "reference" and precision is Precision.AUTO:
@@ -89,8 +92,8 @@ def load_model(settings: InvertBenchSettings, method: str) -> BaseModel:
         dtype = torch.float32  # fp16 kernels are missing or slow on CPU (the trainer does this)
     whole = dtype if method == "textinv" else torch.float32
     model: BaseModel
-    if settings.model == SD15_SHAPE:
-        model = sd15_shape_model(dtype=whole)
+    if settings.model in SHAPE_MODELS:
+        model = load_benchmark_model(settings.model, dtype=whole)
         for module in model.modules:
             module.to(settings.device)
     else:
@@ -98,7 +101,7 @@ def load_model(settings: InvertBenchSettings, method: str) -> BaseModel:
     modules = [model.unet, model.vae]
     if method == "textinv" and precision is Precision.AUTO:
         dtype = torch_dtype(resolve_model_precision(precision, model.unet).precision)
-        modules.append(model.text_encoder)
+        modules += [m for m in model.modules if m is not model.unet and m is not model.vae]
     for module in modules:
         module.to(dtype)
     return model
@@ -181,6 +184,24 @@ def rss_mib() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak resident memory (Linux's VmHWM) from its current size:
+    building a model in fp32 and casting it can peak above what training ever holds."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def high_water_mib() -> float:
+    """The peak resident memory since the last ``reset_peak_rss`` (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**10
+    return float("nan")
 
 
 def peak_rss_mib() -> float:
