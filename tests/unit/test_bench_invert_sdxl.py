@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from textinv.cli.bench.invert import InvertBenchSettings, _make_images, measure_invert
 from textinv.cli.bench.invert_reference import ReferenceMethod, text_encoders
 from textinv.model import load_base_model
@@ -36,10 +34,12 @@ def test_bench_invert_runs_both_methods_on_sdxl(tiny_sdxl_model_dir: Path) -> No
         model=str(tiny_sdxl_model_dir), resolution=32, steps=1, warmup=0, threads=1
     )
     summary = measure_invert(settings, timeout_s=600)
-    assert summary["speedup"] == summary["textinv"]["steps_per_s"] / summary["reference"][
-        "steps_per_s"
-    ]
+    assert (
+        summary["speedup"]
+        == summary["textinv"]["steps_per_s"] / summary["reference"]["steps_per_s"]
+    )
     assert summary["textinv"]["precision"] and summary["reference"]["precision"] == "fp32"
     for method in ("textinv", "reference"):  # training's peak, after the model was built
         row = summary[method]
-        assert 0 < row["training_peak_rss_mib"] <= row["peak_rss_mib"]
+        assert row["peak_rss_is_training_only"]  # Linux
+        assert row["rss_after_load_mib"] * 0.9 <= row["peak_rss_mib"]

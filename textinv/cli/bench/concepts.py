@@ -19,7 +19,7 @@ from textinv_client.flags import add_flags, flag, from_flags
 @dataclass(frozen=True)
 class ConceptsBenchSettings:
     model: str | None = field(  # a model folder, sd15-shape, or None: the embedded model
-        default=None, metadata=flag("a model folder, or sd15-shape (default: embedded)")
+        default=None, metadata=flag("a model folder, sd15-shape or sdxl-shape (default: embedded)")
     )
     few: int = field(default=10, metadata=flag("concepts registered for the baseline (10)"))
     many: int = field(default=10_000, metadata=flag("concepts registered to compare (10000)"))

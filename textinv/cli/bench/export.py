@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 def add_export_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     bench = bench_subparsers.add_parser("export", help="time ONNX export and graph optimization")
-    bench.add_argument("--model", help="a model folder, or sd15-shape (default: embedded)")
+    bench.add_argument(
+        "--model", help="a model folder, sd15-shape or sdxl-shape (default: embedded)"
+    )
     # The export's own flags (--precision), but for what this bench fixes: ONNX, a fresh export.
     add_flags(bench, ExportConfig, skip=["out", "target", "force"])
     bench.add_argument("--out", type=Path, default=None, help="keep the graphs here")

@@ -94,8 +94,8 @@ VARIANTS = {
 class GenerateBenchSettings:
     """One ``bench generate`` run: every runner gets the same request."""
 
-    model: str | None = field(  # a model folder, sd15-shape, or None: the embedded model
-        metadata=flag("a model folder, or sd15-shape (default: embedded)")
+    model: str | None = field(  # a model folder, a shape model, or None: the embedded model
+        metadata=flag("a model folder, sd15-shape or sdxl-shape (default: embedded)")
     )
     engines: Path | None = field(
         default=None, metadata=flag("an export folder for onnxruntime/tensorrt")

@@ -56,7 +56,7 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     started = time.perf_counter()
     model = load_model(settings, method)
     load_s = time.perf_counter() - started
-    rss_after_load = rss_mib()
+    rss_after_load, build_peak = rss_mib(), peak_rss_mib()
     peak_reset = reset_peak_rss()  # from here the peak is training's, not building the model's
     cuda = settings.device.startswith("cuda")
     if cuda:
@@ -68,7 +68,7 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     result = summarize(method, times, settings.warmup)
     result["precision"] = precision_of(model.unet.dtype).value  # what the UNet ran in
     result.update(load_s=load_s, rss_after_load_mib=rss_after_load, peak_rss_mib=peak_rss_mib())
-    result["training_peak_rss_mib"] = high_water_mib() if peak_reset else None
+    result.update(build_peak_rss_mib=build_peak, peak_rss_is_training_only=peak_reset)
     result["estimated_1000_steps_s"] = estimated_steps_s(result, 1000)
     if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -196,15 +196,15 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def high_water_mib() -> float:
-    """The peak resident memory since the last ``reset_peak_rss`` (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**10
-    return float("nan")
-
-
 def peak_rss_mib() -> float:
+    """The peak resident memory since the process started or ``reset_peak_rss`` (Linux's
+    VmHWM), MiB; elsewhere ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
