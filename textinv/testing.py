@@ -243,16 +243,12 @@ def sd15_shape_components(seed: int = 0) -> dict[str, Any]:
 def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:  # -> BaseModel
     """An in-memory ``BaseModel`` with SD 1.5's shapes (see ``sd15_shape_components``).
 
-    Its tokenizer is the small one from ``write_clip_tokenizer``: prompts use a few hundred ids
-    of the 49408-row table, which changes no cost. Its identity is ``sd15-shape-seed{seed}``.
+    Its tokenizer is CLIP's own (``full_clip_tokenizer``), so its end-of-text id is the one the
+    text encoder's config names. Its identity is ``sd15-shape-seed{seed}``.
     """
-    import tempfile
-
     from textinv.model import BaseModel
 
-    with tempfile.TemporaryDirectory() as folder:
-        write_clip_tokenizer(Path(folder))
-        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    tokenizer = full_clip_tokenizer()
     components = sd15_shape_components(seed)
     for module in components.values():
         module.requires_grad_(False)
@@ -268,6 +264,18 @@ def sd15_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any: 
         scheduler_config=dict(SCHEDULER_SD),
         model_hash=f"sd15-shape-seed{seed}",
     )
+
+
+def full_clip_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
+    """CLIP's tokenizer with its whole vocabulary (``textinv.clip_vocab``), as the shape models'
+    49408-row tables expect (``pad_token="!"``: SDXL's second)."""
+    import tempfile
+
+    from textinv.clip_vocab import write_full_clip_tokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_full_clip_tokenizer(Path(folder), pad_token=pad_token)
+        return CLIPTokenizer.from_pretrained(folder)
 
 
 SD15_SHAPE = "sd15-shape"

@@ -120,14 +120,13 @@ def sdxl_shape_components(seed: int = 0) -> dict[str, torch.nn.Module]:
 
 def sdxl_shape_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:  # -> BaseModel
     """An in-memory ``BaseModel`` with SDXL base's shapes (``sdxl_shape_components``), as
-    ``textinv.testing.sd15_shape_model`` is SD 1.5's: small tokenizers (the second pads with
-    "!"), the full tables. Its identity is ``sdxl-shape-seed{seed}``."""
-    import tempfile
-
+    ``textinv.testing.sd15_shape_model`` is SD 1.5's: CLIP's own tokenizers (the second pads with
+    "!"), so the pooled ``text_embeds`` come from the end-of-text position the configs name, in
+    diffusers as in ours. Its identity is ``sdxl-shape-seed{seed}``."""
     from textinv.model import BaseModel
+    from textinv.testing import full_clip_tokenizer
 
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer, tokenizer_2 = _tokenizers(Path(folder))
+    tokenizer, tokenizer_2 = full_clip_tokenizer(), full_clip_tokenizer(pad_token="!")
     components = sdxl_shape_components(seed)
     for module in components.values():
         module.requires_grad_(False)
