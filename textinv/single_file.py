@@ -85,7 +85,7 @@ def config_folder(config: Path | None, checkpoint: Path, family: str = SD1_FAMIL
     chosen = config or (
         Path(os.environ[MODEL_CONFIG_ENV]) if os.environ.get(MODEL_CONFIG_ENV) else None
     )
-    if chosen is None or (str(chosen) in FAMILIES and not chosen.is_dir()):
+    if chosen is None or is_shipped_name(chosen):
         name = str(chosen) if chosen is not None else family
         if chosen is None and family == SD2_FAMILY:
             log.warning(
@@ -103,6 +103,12 @@ def config_folder(config: Path | None, checkpoint: Path, family: str = SD1_FAMIL
     if missing:
         raise ModelLoadError(f"config folder {str(chosen)!r} lacks {', '.join(missing)}")
     return chosen
+
+
+def is_shipped_name(config: Path) -> bool:
+    """Whether ``--config`` names a shipped family (``sd15``, ...) rather than a folder (a
+    folder of that name wins)."""
+    return str(config) in FAMILIES and not config.is_dir()
 
 
 def check_checkpoint_keys(path: Path) -> str:

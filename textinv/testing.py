@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from textinv.clip_vocab import BOS, EOS, MAX_LENGTH, byte_tokens, write_tokenizer
-from textinv.families import SCHEDULER_SD
+from textinv.families import SCHEDULER_SD, SD15
 
 # Words the tiny tokenizer knows whole; anything else falls back to characters, as in CLIP's BPE.
 TINY_WORDS = [
@@ -231,8 +231,6 @@ def sd15_shape_components(seed: int = 0) -> dict[str, Any]:
     A 49408 × 768 token table and 12-layer CLIP text encoder, the 860M-parameter UNet and the
     83M-parameter VAE: no weights can be downloaded here, but the costs are the real ones.
     """
-    from textinv.families import SD15
-
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**SD15.text_encoders[0][1]))
     unet = UNet2DConditionModel(**SD15.unet)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from textinv import __version__
 from textinv.errors import TextInvError
-from textinv.families import FAMILIES
-from textinv.single_file import MODEL_CONFIG_ENV
+from textinv.single_file import MODEL_CONFIG_ENV, is_shipped_name
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
@@ -115,7 +114,7 @@ def use_model_config(args: argparse.Namespace) -> None:
     environment (``textinv.single_file.MODEL_CONFIG_ENV``)."""
     config = getattr(args, "model_config", None)
     if config is not None:
-        shipped = str(config) in FAMILIES and not config.is_dir()
+        shipped = is_shipped_name(config)
         os.environ[MODEL_CONFIG_ENV] = str(config if shipped else config.expanduser().resolve())
 
 

@@ -20,7 +20,7 @@ import torch
 
 from textinv.cli.bench.generate_runners import Stats, our_runner, round_robin
 from textinv.concept_fit import Widths, parse_for_model, per_encoder
-from textinv.concept_table import ConceptTable, as_table
+from textinv.concept_table import ConceptTable
 from textinv.concepts import Concept, concept_to_bytes
 from textinv.sdxl_text import SdxlConcepts
 from textinv_server.backends import BackendName
@@ -44,7 +44,8 @@ def concept_costs(
     name = BackendName.ONNXRUNTIME.value if "onnxruntime" in pipelines else next(iter(pipelines))
     pipeline = pipelines[name]
     widths = pipeline.host.text_widths
-    table = per_encoder(random_concepts([f"<c{i}>" for i in range(3)], widths, 1), len(widths) > 1)
+    concepts = random_concepts([f"<c{i}>" for i in range(3)], widths, 1)
+    table = per_encoder(concepts, len(widths) > 1)
     with_concepts = replace(request, prompt=PROMPT_CONCEPTS)
     runners = {
         "0": our_runner(pipeline, request, {}),
@@ -65,7 +66,7 @@ def concept_costs(
         "prompt_prepare_0_concepts_ms": prepare_0,
         "prompt_prepare_3_concepts_ms": prepare_3,
         "prepare_overhead_pct_of_e2e": 100 * (prepare_3 - prepare_0) / e2e_0,
-        **_add_concept_cost(pipeline, request, table),
+        **_add_concept_cost(pipeline, request, concepts),
     }
 
 
@@ -95,27 +96,18 @@ def random_concepts(tokens: list[str], widths: Widths, seed: int) -> list[Concep
     ]
 
 
-def published(table: ConceptTable | SdxlConcepts, concept: Concept) -> ConceptTable | SdxlConcepts:
-    """``table`` with ``concept`` in it, as the registry publishes one (a new table)."""
-    if isinstance(table, SdxlConcepts):
-        assert concept.vectors_2 is not None  # parse_for_model checked both sets
-        first = as_table(table.first).with_concept(concept.token, concept.vectors)
-        return SdxlConcepts(
-            first, as_table(table.second).with_concept(concept.token, concept.vectors_2)
-        )
-    return table.with_concept(concept.token, concept.vectors)
-
-
 def _add_concept_cost(
-    pipeline: GenerationPipeline, request: GenerationRequest, table: ConceptTable | SdxlConcepts
+    pipeline: GenerationPipeline, request: GenerationRequest, concepts: list[Concept]
 ) -> dict[str, Any]:
-    """Parse + check a concept file's bytes and publish it in the live table; then use it."""
+    """Parse + check a concept file's bytes and publish it with the others in a new table (as
+    the registry builds its tables, ``per_encoder``); then use it."""
     widths = pipeline.host.text_widths
     data = concept_to_bytes(random_concepts(["<new>"], widths, 2)[0])
     backend_before = id(pipeline.backend)
 
     def add() -> ConceptTable | SdxlConcepts:
-        return published(table, parse_for_model(data, "new.safetensors", widths))
+        new = parse_for_model(data, "new.safetensors", widths)
+        return per_encoder([*concepts, new], len(widths) > 1)
 
     add_ms = median_ms(add, 200)
     start = time.perf_counter()
