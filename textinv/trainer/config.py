@@ -148,6 +148,15 @@ class InvertConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata=flag("trade UNet compute for memory", group="method")
     )
+    trace: bool = field(
+        default=True,
+        metadata=flag(
+            "run the frozen UNet eagerly, not as a trace replayed from C++ (CPU; the same "
+            "kernels and numbers, less Python per step; default: trace=%(default)s)",
+            name="--no-trace",
+            group="method",
+        ),
+    )
     # Early stopping on the fixed evaluation batch (DVAR, Voronov et al. 2023)
     eval_every: int = field(  # 0: only when early stopping is on (then every 25 steps)
         default=0,

@@ -42,7 +42,7 @@ def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
     precision = resolve_model_precision(config.precision, model.unet)
     log_precision(precision, "the frozen model")
     # 3. What depends on the model: the token, the initializer, the resolution, the schedule.
-    text = TrainingText(model)
+    text = TrainingText(model, trace=config.trace)
     for encoder in text.encoders:  # SDXL: both vocabularies
         check_token(config.token, encoder.tokenizer.get_vocab(), config.vectors)
     init_ids = initializer_ids(model.tokenizer, config.init)

@@ -10,6 +10,7 @@ every frozen row stays bit-identical by construction.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from textinv.trainer.loop import ProgressCallback, train_loop
 from textinv.trainer.loss import NoiseSchedule, per_sample_error
 from textinv.trainer.run_files import CONCEPT_FILE, TrainState
 from textinv.trainer.text import Conditioning, TrainingText, VectorSets
+from textinv.trainer.traced import Traced, UnetCall
 from textinv.trainer.validation import write_validation_grid
 from textinv_client.choices import LrSchedule, Precision
 
@@ -83,6 +85,15 @@ class Trainer:
         self.eval_batch = self.data.eval_batch(config.eval_batch_size, config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.state = TrainState()
+        # Not with gradient checkpointing: a trace would freeze its recomputation.
+        traced = config.trace and not config.gradient_checkpointing
+        im2col = self._use_im2col(next(model.unet.parameters()).dtype, traced)
+        self.unet = Traced(
+            UnetCall(model.unet),
+            "UNet",
+            enabled=traced,
+            within=functools.partial(im2col_convolutions, im2col),
+        )
 
     @property
     def vectors(self) -> torch.nn.Parameter:
@@ -109,13 +120,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _use_im2col(self, unet_dtype: torch.dtype) -> bool:
+    def _use_im2col(self, unet_dtype: torch.dtype, traced: bool) -> bool:
         # fp32 on 1-2 CPU threads: the UNet's convolutions as im2col + GEMM (conv_kernels.py).
         # Not with gradient checkpointing: its recomputation runs outside the loss's block.
         return (
             self.dtype == torch.float32
             and not self.config.gradient_checkpointing
-            and use_im2col_convolutions(self.device, unet_dtype, unet_width(self.model.unet))
+            and use_im2col_convolutions(
+                self.device, unet_dtype, unet_width(self.model.unet), traced=traced
+            )
         )
 
     def loss(
@@ -127,16 +140,9 @@ class Trainer:
         timesteps = batch.timesteps.to(device)
         noisy = self.schedule.scheduler.add_noise(latents, noise, timesteps)
         target = self.schedule.target(latents, noise, timesteps)
-        unet_dtype = next(self.model.unet.parameters()).dtype
         with self._autocast():
             text = self.text.condition(batch.prompts, self.config.token, _sets(vectors), device)
-            with im2col_convolutions(self._use_im2col(unet_dtype)):
-                prediction = self.model.unet(
-                    noisy.to(unet_dtype),
-                    timesteps,
-                    encoder_hidden_states=text.hidden.to(unet_dtype),
-                    added_cond_kwargs=self.added_conditions(text, batch.crops, unet_dtype),
-                ).sample
+            prediction = self._predict(noisy, timesteps, text, batch.crops)
         masks = None if batch.masks is None else batch.masks.to(device)
         per_sample = per_sample_error(prediction, target, masks)  # [B]
         gamma = self.config.min_snr_gamma
@@ -144,6 +150,21 @@ class Trainer:
             weights = self.schedule.min_snr_weights(batch.timesteps, gamma)  # [B]
             per_sample = per_sample * weights.to(device)
         return per_sample.mean()
+
+    def _predict(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: Conditioning,
+        crops: torch.Tensor,
+    ) -> torch.Tensor:
+        """The UNet's prediction [B, C, h, w] in its dtype for ``noisy`` [B, C, h, w]: on CPU
+        through a trace of it, and in fp32 on few threads with im2col convolutions
+        (``textinv.trainer.traced``, ``textinv.conv_kernels``)."""
+        dtype = next(self.model.unet.parameters()).dtype
+        added = self.added_conditions(text, crops, dtype)
+        extra = () if added is None else (added["text_embeds"], added["time_ids"])
+        return self.unet(noisy.to(dtype), timesteps, text.hidden.to(dtype), *extra)  # type: ignore[no-any-return]
 
     def added_conditions(
         self, text: Conditioning, crops: torch.Tensor, dtype: torch.dtype

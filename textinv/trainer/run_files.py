@@ -48,6 +48,7 @@ _RESUMABLE_CHANGES = frozenset(
         "num_validation_images",
         "validation_steps",
         "device",
+        "trace",  # how the frozen modules are dispatched, not what they compute
         "model",
         "images",
         "max_images",

@@ -19,6 +19,7 @@ from textinv.model import BaseModel
 from textinv.prompts import PromptEmbeddings, PromptEncoder, TokenizedPrompt
 from textinv.sdxl_text import SdxlTextEncoders
 from textinv.text_encoder import EmbeddingsTextEncoder
+from textinv.trainer.traced import Traced
 
 VectorSets = tuple[torch.Tensor, ...]  # one [K, D_i] per text encoder
 
@@ -35,7 +36,7 @@ class TrainingText:
     """The model's tokenizer(s), token table(s) and frozen text encoder(s), driven by
     embeddings (DESIGN decision 1)."""
 
-    def __init__(self, model: BaseModel) -> None:
+    def __init__(self, model: BaseModel, *, trace: bool = False) -> None:
         first = PromptEncoder(model.tokenizer, model.token_embedding)
         self.module: torch.nn.Module
         if model.text_encoder_2 is None:
@@ -46,6 +47,7 @@ class TrainingText:
             table_2 = model.text_encoder_2.get_input_embeddings().weight
             self.encoders = (first, PromptEncoder(model.tokenizer_2, table_2))
             self.module = SdxlTextEncoders(model.text_encoder, model.text_encoder_2)
+        self.encode = Traced(self.module, "text encoder", enabled=trace)  # on CPU: traced.py
 
     @property
     def is_sdxl(self) -> bool:
@@ -82,5 +84,5 @@ class TrainingText:
     def _encode(self, embeds: list[PromptEmbeddings], device: torch.device) -> Conditioning:
         last = embeds[-1]  # SDXL pools at the second tokenizer's end-of-text positions
         inputs = [e.inputs_embeds.to(device) for e in embeds]
-        hidden, pooled = self.module(*inputs, last.eos_positions.to(device))
+        hidden, pooled = self.encode(*inputs, last.eos_positions.to(device))
         return Conditioning(hidden, pooled if self.is_sdxl else None)

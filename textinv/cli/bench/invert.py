@@ -196,7 +196,8 @@ def _print_summary(settings: InvertBenchSettings, summary: dict[str, Any]) -> No
         )
     estimate = summary["estimated_1000_steps_s"]
     print(
-        f"time to 1000 steps, estimated (load + setup + 1000 × median step): textinv "
+        f"time to 1000 steps, estimated (load + setup + warm-up steps + the rest × median "
+        f"step): textinv "
         f"{estimate['textinv']:.0f} s, reference {estimate['reference']:.0f} s"
     )
 

@@ -69,7 +69,7 @@ def run_worker(method: str, settings: InvertBenchSettings, scratch: Path) -> dic
     result["precision"] = precision_of(model.unet.dtype).value  # what the UNet ran in
     result.update(load_s=load_s, rss_after_load_mib=rss_after_load, peak_rss_mib=peak_rss_mib())
     result.update(build_peak_rss_mib=build_peak, peak_rss_is_training_only=peak_reset)
-    result["estimated_1000_steps_s"] = estimated_steps_s(result, 1000)
+    result["estimated_1000_steps_s"] = estimated_steps_s(result, 1000, settings.warmup)
     if cuda:
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -169,11 +169,14 @@ def summarize(method: str, times: StepTimes, warmup: int) -> dict[str, Any]:
     }
 
 
-def estimated_steps_s(result: dict[str, Any], steps: int) -> float:
-    """An estimate, not a measurement: the measured load and setup plus ``steps`` times the
-    steady median step (what a run of ``steps`` steps would take, checkpoints and evaluation
-    aside)."""
-    return float(result["load_s"] + result["setup_s"] + steps * result["median_step_s"])
+def estimated_steps_s(result: dict[str, Any], steps: int, warmup: int) -> float:
+    """An estimate, not a measurement: the measured load, setup and ``warmup`` steps (one-time
+    costs such as our trainer's trace recording fall in its first step), plus the remaining
+    ``steps`` at the steady median step (what a run of ``steps`` steps would take, checkpoints
+    and evaluation aside)."""
+    first = result["step_s"][:warmup]
+    rest = max(0, steps - len(first))
+    return float(result["load_s"] + result["setup_s"] + sum(first) + rest * result["median_step_s"])
 
 
 def rss_mib() -> float:
