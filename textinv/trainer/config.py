@@ -23,7 +23,7 @@ from textinv.concept_tokens import MAX_VECTORS, normalize_token
 from textinv.data import DEFAULT_MAX_IMAGES, CropMode
 from textinv.errors import InvalidInputError, quote
 from textinv.trainer.run_files import CONCEPT_FILE, list_checkpoints
-from textinv_client.choices import ConceptProperty, LrSchedule, Precision
+from textinv_client.choices import ConceptProperty, InitMethod, LrSchedule, Precision
 from textinv_client.flags import flag, flag_fields, flag_name
 
 MAX_TRAIN_VECTORS = MAX_VECTORS  # K: the concept files' own limit
@@ -145,6 +145,23 @@ class InvertConfig:
     embedding_reg_weight: float = field(
         default=0.0, metadata=flag("L2 pull toward the initializer's embedding", group="method")
     )
+    init_method: InitMethod = field(
+        default=InitMethod.TOKEN,
+        metadata=flag(
+            "token: start from the init word's token-table rows (the paper); cross: from the "
+            "frozen text encoder's output at the init word (Cross Initialization, Pang et al. "
+            "2024), pulled back toward it by --cross-reg-weight",
+            group="method",
+        ),
+    )
+    cross_reg_weight: float = field(
+        default=1e-5,
+        metadata=flag(
+            "with --init-method cross: λ of its regularizer, λ × the mean Euclidean distance of "
+            "the vectors from their start",
+            group="method",
+        ),
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata=flag("trade UNet compute for memory", group="method")
     )
@@ -250,6 +267,7 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "lr": (0.0, 10.0, True),
     "weight_decay": (0.0, 10.0, False),
     "embedding_reg_weight": (0.0, 1e6, False),
+    "cross_reg_weight": (0.0, 1e6, False),
     "early_stop_threshold": (0.0, 1e6, False),
 }
 

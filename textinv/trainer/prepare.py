@@ -24,7 +24,7 @@ from textinv.trainer.config import InvertConfig, check_config, check_output_fold
 from textinv.trainer.loss import noise_schedule
 from textinv.trainer.run import Prepared, Trainer
 from textinv.trainer.text import TrainingText, VectorSets
-from textinv_client.choices import Precision
+from textinv_client.choices import InitMethod, Precision
 
 
 def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:
@@ -154,11 +154,23 @@ def _resolution(config: InvertConfig, model: BaseModel) -> int:
 
 
 def _initial_vectors(config: InvertConfig, text: TrainingText) -> VectorSets:
-    """Per text encoder, the initializer's rows spread over K vectors, from its own table."""
-    return tuple(
-        spread_initializer(e.table, initializer_ids(e.tokenizer, config.init), config.vectors)
-        for e in text.encoders
-    )
+    """Per text encoder, the initializer's M rows spread over K vectors: from its token table,
+    or with Cross Initialization from its output at the init tokens."""
+    sets = []
+    for index, encoder in enumerate(text.encoders):
+        ids = initializer_ids(encoder.tokenizer, config.init)
+        if config.init_method is not InitMethod.CROSS:
+            sets.append(spread_initializer(encoder.table, ids, config.vectors))
+            continue
+        limit = int(encoder.tokenizer.model_max_length) - 2  # the sequence's <bos> and <eos>
+        if len(ids) > limit:
+            raise InvalidInputError(
+                f"--init: with --init-method cross the init text must fit in {limit} tokens "
+                f"(one pass of the text encoder), got {len(ids)}"
+            )
+        rows = text.final_states(index, ids)  # [M, D]
+        sets.append(spread_initializer(rows, range(len(ids)), config.vectors))
+    return tuple(sets)
 
 
 def _tokenize_prompts(

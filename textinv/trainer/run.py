@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from textinv.concepts import Concept, ConceptFormat, ConceptMetadata, save_concept
 from textinv.conv_kernels import im2col_convolutions, use_im2col_convolutions
@@ -34,7 +35,7 @@ from textinv.trainer.run_files import CONCEPT_FILE, TrainState
 from textinv.trainer.text import Conditioning, TrainingText, VectorSets
 from textinv.trainer.traced import Traced, UnetCall
 from textinv.trainer.validation import write_validation_grid
-from textinv_client.choices import LrSchedule, Precision
+from textinv_client.choices import InitMethod, LrSchedule, Precision
 
 
 @dataclass(frozen=True)
@@ -177,13 +178,27 @@ class Trainer:
         time_ids = sdxl_time_ids(crops, side).to(self.device, dtype)
         return {"text_embeds": text.pooled.to(dtype), "time_ids": time_ids}
 
+    @property
+    def regularized(self) -> bool:
+        config = self.config
+        cross = config.init_method is InitMethod.CROSS and config.cross_reg_weight > 0
+        return config.embedding_reg_weight > 0 or cross
+
     def regularization(self, vectors: VectorSets) -> torch.Tensor:
-        """The original implementation's ``embedding_reg_weight`` pull toward the initializer,
-        summed over the text encoders' sets."""
+        """The pulls toward where the vectors started, summed over the text encoders' sets: the
+        original implementation's ``embedding_reg_weight`` × the mean squared distance, and, with
+        Cross Initialization, its λ × the mean Euclidean distance (as its code computes it, with
+        ``pairwise_distance``'s ε, which keeps the gradient finite at the start)."""
+        config = self.config
+        cross = config.cross_reg_weight if config.init_method is InitMethod.CROSS else 0.0
         total = torch.zeros((), device=vectors[0].device)
         for own, init in zip(vectors, self.init_vectors, strict=True):
-            total = total + (own - init.to(own.device)).pow(2).sum(dim=1).mean()
-        return self.config.embedding_reg_weight * total
+            start = init.to(own.device)
+            if config.embedding_reg_weight:
+                total = total + config.embedding_reg_weight * (own - start).pow(2).sum(1).mean()
+            if cross:
+                total = total + cross * F.pairwise_distance(own, start).mean()
+        return total
 
     @torch.no_grad()
     def evaluation_loss(self, vectors: torch.Tensor | VectorSets | None = None) -> float:
@@ -236,7 +251,7 @@ class Trainer:
         config = self.config
         batch = self.data.sample(config.batch_size, self.generator)
         loss = self.loss(self.vector_sets, batch)
-        if config.embedding_reg_weight:
+        if self.regularized:
             loss = loss + self.regularization(self.vector_sets)
         loss = loss / config.grad_accum
         self.scaler.scale(loss).backward()

@@ -48,10 +48,29 @@ class TrainingText:
             self.encoders = (first, PromptEncoder(model.tokenizer_2, table_2))
             self.module = SdxlTextEncoders(model.text_encoder, model.text_encoder_2)
         self.encode = Traced(self.module, "text encoder", enabled=trace)  # on CPU: traced.py
+        # Each encoder's own CLIP transformer, over embeddings, for Cross Initialization.
+        self.transformers: tuple[EmbeddingsTextEncoder, ...] = (
+            (self.module,)
+            if isinstance(self.module, EmbeddingsTextEncoder)
+            else (self.module.first.encoder, self.module.second.encoder)
+        )
 
     @property
     def is_sdxl(self) -> bool:
         return len(self.encoders) == 2
+
+    @torch.no_grad()
+    def final_states(self, index: int, ids: Sequence[int]) -> torch.Tensor:
+        """Encoder ``index``'s final, normalized output [M, D] (fp32, CPU) at the M tokens
+        ``ids`` of the unpadded sequence ``<bos> ids <eos>``: where Cross Initialization starts
+        the vectors (its code's ``token_cross_init``)."""
+        prompts, transformer = self.encoders[index], self.transformers[index]
+        weight = next(transformer.parameters())
+        sequence = torch.tensor([prompts.bos_id, *ids, prompts.eos_id])
+        embeds = prompts.table[sequence.to(prompts.table.device)][None]  # [1, M + 2, D]
+        eos = torch.tensor([len(sequence) - 1], device=weight.device)
+        last, _ = transformer(embeds.to(weight.device, weight.dtype), eos)  # [1, M + 2, D]
+        return last[0, 1:-1].float().cpu()
 
     def tokenize(self, prompt: str, token: str, num_vectors: int) -> tuple[TokenizedPrompt, ...]:
         """``prompt`` tokenized once per encoder (the tokenizers may differ, e.g. in padding)."""
