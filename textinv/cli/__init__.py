@@ -60,6 +60,7 @@ def _bench_registrars() -> list[Registrar]:
     from textinv.cli.bench.report import add_report_bench
     from textinv.cli.bench.serve import add_serve_bench
     from textinv.cli.bench.store import add_store_bench
+    from textinv.cli.bench.time_to_concept import add_time_to_concept_bench
 
     return [
         add_invert_bench,
@@ -69,6 +70,7 @@ def _bench_registrars() -> list[Registrar]:
         add_serve_bench,
         add_store_bench,
         add_report_bench,
+        add_time_to_concept_bench,
     ]
 
 

@@ -14,6 +14,10 @@ run, as a ratio. Entry points, thin over the libraries they measure:
   against one;
 - ``serve`` (``serve_load``, ``serve_print``, ``serve_plot``): the gRPC server under closed-loop
   concurrency and open-loop Poisson arrivals, against in-process calls, or a running server;
+- ``time-to-concept`` (``fidelity``, ``time_to_concept_plot``): on the embedded shapes world, each
+  recipe's fidelity against training time, read through the torch backend with standard errors,
+  and the time until the learned word works as well as the best caption, against diffusers'
+  README recipe;
 - ``report`` (``report_machine``, ``report_peak``, ``report_startup``, ``report_markdown``,
   ``plots``): the three as one report, with the machine's measured GEMM peak and the time to the
   first image.

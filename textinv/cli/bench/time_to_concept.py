@@ -1,0 +1,224 @@
+"""``textinv bench time-to-concept``: how fast each recipe reaches a faithful concept.
+
+On the embedded shapes world, for every held-out concept, in one run:
+
+1. the ceiling and the floor: the fidelity of the best caption and of the init word alone;
+2. each recipe (``textinv.toy.recipes``: ours, and diffusers' README recipe run by our trainer),
+   with the learned word's fidelity read at doubling step counts along the run (25, 50, 100, …
+   and the last step), through the torch backend (``fidelity``), each share with its standard
+   error; the readings' own time is left out of the training time;
+3. time-to-concept (``textinv.toy.evaluation.time_to_concept``): the training time and steps until
+   the learned word first reconstructs the concept in 0.8 of the best caption's share while its
+   edit + kept stays within 10% of the caption's; and the fidelity each recipe ends with.
+
+It writes ``time-to-concept.json``, a Markdown table (``time-to-concept.md``, also printed) and a
+plot of reconstruction and edit + kept against training time (``time-to-concept.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from textinv.cli.bench.fidelity import FidelityReader, FidelitySettings
+from textinv.toy.evaluation.time_to_concept import (
+    Fidelity,
+    Reading,
+    Target,
+    speedup,
+    time_to_concept,
+)
+from textinv_client.flags import add_flags, flag, from_flags
+
+FIRST_READ = 25  # steps; then every doubling, and the last step
+
+
+@dataclass(frozen=True)
+class TimeToConceptSettings:
+    concepts: tuple[str, ...] = field(
+        default=(), metadata=flag("held-out concepts (default: all)", nargs="*")
+    )
+    recipes: tuple[str, ...] = field(
+        default=("default", "diffusers"),
+        metadata=flag("recipes (textinv.toy.recipes: default, diffusers, cross)", nargs="*"),
+    )
+    out: Path = field(default=Path("out/time-to-concept"), metadata=flag("where to write"))
+    reconstruction_images: int = field(default=128, metadata=flag("images per fidelity read"))
+    edit_images: int = field(default=48, metadata=flag("images per edit per read (3 edits)"))
+    seed: int = field(default=0, metadata=flag("the training runs' and the images' seed"))
+    max_steps: int = field(
+        default=0, metadata=flag("cut every recipe to this many steps (0: its own)")
+    )
+
+
+@dataclass(frozen=True)
+class RecipeRun:
+    recipe: str
+    steps: int
+    seconds: float  # the whole run's training time, its set-up (the latent cache) included
+    readings: tuple[Reading, ...]
+    reached: Reading | None  # the first reading that meets the target
+
+
+@dataclass(frozen=True)
+class ConceptResult:
+    concept: str
+    caption: Fidelity
+    init_word: Fidelity
+    target: Target
+    runs: tuple[RecipeRun, ...]
+
+
+def add_time_to_concept_bench(bench_subparsers: argparse._SubParsersAction) -> None:
+    parser = bench_subparsers.add_parser(
+        "time-to-concept",
+        help="fidelity against training time: our recipe vs diffusers' README recipe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_flags(parser, TimeToConceptSettings)
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    settings = from_flags(TimeToConceptSettings, args)
+    results = measure_time_to_concept(settings, progress=lambda line: print(line, flush=True))
+    table = markdown(results)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    (settings.out / "time-to-concept.md").write_text(table + "\n", encoding="utf-8")
+    (settings.out / "time-to-concept.json").write_text(
+        json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8"
+    )
+    from textinv.cli.bench.time_to_concept_plot import fidelity_over_time
+
+    plot = fidelity_over_time(results, settings.out / "time-to-concept.png")
+    print(table)
+    print(f"wrote {settings.out / 'time-to-concept.md'}, {plot}")
+    return 0
+
+
+def measure_time_to_concept(
+    settings: TimeToConceptSettings, progress: Any = None
+) -> list[ConceptResult]:
+    """Every held-out concept under every recipe, as plain data (see the module docstring)."""
+    from textinv.model import load_base_model
+    from textinv.toy import world
+    from textinv.toy.classifier import load_classifier
+
+    say = progress or (lambda _: None)
+    model = load_base_model(None)
+    fidelity = FidelitySettings(settings.reconstruction_images, settings.edit_images)
+    reader = FidelityReader(model, load_classifier(), fidelity)
+    results = []
+    for name in settings.concepts or tuple(world.HELD_OUT):
+        target = world.held_out_concept(name)
+        caption = reader.read(target.best_caption, target)
+        floor = reader.read(target.init_word, target)
+        say(f"{name}: best caption {caption.reconstruction}, init word {floor.reconstruction}")
+        goal = Target.of(caption, floor)
+        runs = tuple(
+            _run_recipe(recipe, name, model, reader, goal, settings, say)
+            for recipe in settings.recipes
+        )
+        results.append(ConceptResult(name, caption, floor, goal, runs))
+    return results
+
+
+def _run_recipe(
+    recipe: str,
+    concept: str,
+    model: Any,
+    reader: FidelityReader,
+    goal: Target,
+    settings: TimeToConceptSettings,
+    say: Any,
+) -> RecipeRun:
+    """One training run of ``recipe`` with the learned word read along it."""
+    from textinv.toy import world
+    from textinv.toy.recipes import RECIPES, recipe_config
+    from textinv.trainer import prepare
+
+    steps = RECIPES[recipe][1]
+    steps = min(steps, settings.max_steps) if settings.max_steps else steps
+    out = settings.out / "runs" / f"{concept}-{recipe}"
+    config = replace(recipe_config(recipe, out, concept, steps, settings.seed), overwrite=True)
+    started = time.perf_counter()
+    trainer = prepare(config, model)
+    setup_s = time.perf_counter() - started  # the latent cache: part of the time to a concept
+    target, token = world.held_out_concept(concept), config.token
+    reads, readings, reading_s = read_steps(steps), [], 0.0
+
+    def on_progress(event: Any) -> None:
+        nonlocal reading_s
+        if event.event != "step" or event.step not in reads:
+            return
+        started = time.perf_counter()
+        vectors = trainer.concept().vectors
+        fidelity = reader.read(token, target, {token: vectors})
+        readings.append(Reading(event.step, setup_s + event.elapsed_s - reading_s, fidelity))
+        reading_s += time.perf_counter() - started
+        say(f"  {recipe} step {event.step}: {fidelity.reconstruction} reconstruction")
+
+    trainer.train(progress=on_progress)
+    seconds = readings[-1].seconds if readings else 0.0
+    return RecipeRun(recipe, steps, seconds, tuple(readings), time_to_concept(readings, goal))
+
+
+def read_steps(total: int) -> frozenset[int]:
+    """25, 50, 100, … below ``total``, and ``total``."""
+    steps, step = {total}, FIRST_READ
+    while step < total:
+        steps.add(step)
+        step *= 2
+    return frozenset(steps)
+
+
+def markdown(results: list[ConceptResult]) -> str:
+    """Per concept: the caption and init-word rows, then each recipe's final fidelity and its
+    time-to-concept; a last line per concept with the ratio to diffusers' recipe."""
+    lines = [
+        "| concept | row | steps | training s | reconstruction | edit applied | edit + kept "
+        "| time-to-concept |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for row, fidelity in (("best caption", result.caption), ("init word", result.init_word)):
+            lines.append(_row(result.concept, row, "", "", fidelity, ""))
+        for run in result.runs:
+            final = run.readings[-1].fidelity
+            reached = (
+                f"{run.reached.seconds:.1f} s ({run.reached.step} steps)"
+                if run.reached
+                else "not reached"
+                if result.target.measurable
+                else "unmeasurable: no words draw it"
+            )
+            lines.append(_row(result.concept, run.recipe, run.steps, f"{run.seconds:.1f}", final,
+                              reached))  # fmt: skip
+        lines.append(f"| {result.concept} | ratio | | | | | | {_ratio(result)} |")
+    target = "0.8 of the best caption's reconstruction, edit + kept within 10% of the caption's"
+    return "\n".join(lines) + f"\n\ntime-to-concept: training time until {target}."
+
+
+def _row(concept: str, row: str, steps: Any, seconds: str, f: Fidelity, reached: str) -> str:
+    return (
+        f"| {concept} | {row} | {steps} | {seconds} | {f.reconstruction} | {f.edit_applied} "
+        f"| {f.edit_kept} | {reached} |"
+    )
+
+
+def _ratio(result: ConceptResult) -> str:
+    """diffusers' time-to-concept over each other recipe's."""
+    runs = {run.recipe: run for run in result.runs}
+    theirs = runs.get("diffusers")
+    if theirs is None or not result.target.measurable:
+        return ""
+    return "; ".join(
+        f"{name}: {speedup(run.reached, theirs.reached, theirs.seconds)}"
+        for name, run in runs.items()
+        if name != "diffusers"
+    )
