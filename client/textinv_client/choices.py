@@ -104,17 +104,6 @@ class ConceptProperty(Choice):
     STYLE = "style"
 
 
-class InitMethod(Choice):
-    """Where an inversion run's vectors start: the init word's rows of the token table (the
-    paper), or the frozen text encoder's output at the init word (Cross Initialization, Pang et
-    al., CVPR 2024)."""
-
-    __choice_name__ = "init method"
-
-    TOKEN = "token"
-    CROSS = "cross"
-
-
 class LrSchedule(Choice):
     """Learning-rate schedule of an inversion run: constant, or cosine decay after warm-up."""
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from tests.unit.test_trainer import config_for, make_images
 from textinv.errors import InvalidInputError
 from textinv.trainer import prepare
+from textinv.trainer.config import InitMethod
 from textinv.trainer.prepare import initializer_ids
-from textinv_client.choices import InitMethod
 
 
 @pytest.fixture(scope="module")

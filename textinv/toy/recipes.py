@@ -26,7 +26,8 @@ from typing import Any
 
 from textinv.toy import DEMO_CONCEPT, concept_image_paths, default_model_path, world
 from textinv.trainer import InvertConfig
-from textinv_client.choices import InitMethod, LrSchedule
+from textinv.trainer.config import InitMethod
+from textinv_client.choices import LrSchedule
 
 INVERSION_STEPS = 800
 INVERSION_LR = 1e-2

@@ -23,7 +23,7 @@ from textinv.concept_tokens import MAX_VECTORS, normalize_token
 from textinv.data import DEFAULT_MAX_IMAGES, CropMode
 from textinv.errors import InvalidInputError, quote
 from textinv.trainer.run_files import CONCEPT_FILE, list_checkpoints
-from textinv_client.choices import ConceptProperty, InitMethod, LrSchedule, Precision
+from textinv_client.choices import Choice, ConceptProperty, LrSchedule, Precision
 from textinv_client.flags import flag, flag_fields, flag_name
 
 MAX_TRAIN_VECTORS = MAX_VECTORS  # K: the concept files' own limit
@@ -39,6 +39,17 @@ _EARLY_STOP_HELP = (
     "DVAR early stop: stop when the variance of the last WINDOW evaluation losses falls below "
     "--early-stop-threshold × the variance of all of them; 0: off"
 )
+
+
+class InitMethod(Choice):
+    """Where an inversion run's vectors start: the init word's rows of the token table (the
+    paper), or the frozen text encoder's output at the init word (Cross Initialization, Pang et
+    al., CVPR 2024). A trainer setting only: jobs on the wire start from the table."""
+
+    __choice_name__ = "init method"
+
+    TOKEN = "token"
+    CROSS = "cross"
 
 
 @dataclass(frozen=True)

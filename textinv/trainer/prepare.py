@@ -20,11 +20,11 @@ from textinv.hardware import log_precision, resolve_model_precision
 from textinv.model import BaseModel, load_base_model
 from textinv.templates import fill_template, templates_for
 from textinv.trainer.batches import EncoderPrompts, TrainingData
-from textinv.trainer.config import InvertConfig, check_config, check_output_folder
+from textinv.trainer.config import InitMethod, InvertConfig, check_config, check_output_folder
 from textinv.trainer.loss import noise_schedule
 from textinv.trainer.run import Prepared, Trainer
 from textinv.trainer.text import TrainingText, VectorSets
-from textinv_client.choices import InitMethod, Precision
+from textinv_client.choices import Precision
 
 
 def prepare(config: InvertConfig, model: BaseModel | None = None) -> Trainer:

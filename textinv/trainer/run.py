@@ -28,14 +28,14 @@ from textinv.hardware import unet_width
 from textinv.model import BaseModel
 from textinv.sdxl_text import sdxl_time_ids
 from textinv.trainer.batches import Batch, EncoderPrompts, TrainingData
-from textinv.trainer.config import InvertConfig
+from textinv.trainer.config import InitMethod, InvertConfig
 from textinv.trainer.loop import ProgressCallback, train_loop
 from textinv.trainer.loss import NoiseSchedule, per_sample_error
 from textinv.trainer.run_files import CONCEPT_FILE, TrainState
 from textinv.trainer.text import Conditioning, TrainingText, VectorSets
 from textinv.trainer.traced import Traced, UnetCall
 from textinv.trainer.validation import write_validation_grid
-from textinv_client.choices import InitMethod, LrSchedule, Precision
+from textinv_client.choices import LrSchedule, Precision
 
 
 @dataclass(frozen=True)
