@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,18 @@ def test_the_bench_writes_its_table_data_and_plot(tmp_path: Path) -> None:
     table = (tmp_path / "time-to-concept.md").read_text()
     assert "| toy-stripes | best caption |" in table and "| toy-stripes | diffusers | 3 |" in table
     assert (tmp_path / "time-to-concept.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"recipes": ("default", "fastest")}, "--recipes: unknown ['fastest']"),
+        ({"concepts": ("toy-unicorn",)}, "--concepts: unknown ['toy-unicorn']"),
+        ({"reconstruction_images": 0}, "--reconstruction-images must be 1..4096"),
+        ({"edit_images": 10**9}, "--edit-images must be 1..4096"),
+        ({"max_steps": -1}, "--max-steps must be ≥ 0"),
+    ],
+)
+def test_bad_settings_are_named(changes: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        TimeToConceptSettings(**changes)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from textinv.toy.evaluation.time_to_concept import (
 from textinv_client.flags import add_flags, flag, from_flags
 
 FIRST_READ = 25  # steps; then every doubling, and the last step
+MAX_IMAGES = 4096  # per reading and prompt: bounds a run's time
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,20 @@ class TimeToConceptSettings:
     max_steps: int = field(
         default=0, metadata=flag("cut every recipe to this many steps (0: its own)")
     )
+
+    def __post_init__(self) -> None:
+        from textinv.toy import world
+        from textinv.toy.recipes import RECIPES
+
+        for name, known in (("concepts", world.HELD_OUT), ("recipes", RECIPES)):
+            unknown = [v for v in getattr(self, name) if v.strip("<>") not in known]
+            if unknown:
+                raise ValueError(f"--{name}: unknown {unknown}; known: {', '.join(known)}")
+        for name in ("reconstruction_images", "edit_images"):
+            if not 1 <= getattr(self, name) <= MAX_IMAGES:
+                raise ValueError(f"--{name.replace('_', '-')} must be 1..{MAX_IMAGES}")
+        if self.max_steps < 0:
+            raise ValueError(f"--max-steps must be ≥ 0, got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +129,7 @@ def measure_time_to_concept(
     fidelity = FidelitySettings(settings.reconstruction_images, settings.edit_images)
     reader = FidelityReader(model, load_classifier(), fidelity)
     results = []
-    for name in settings.concepts or tuple(world.HELD_OUT):
+    for name in (c.strip("<>") for c in settings.concepts or tuple(world.HELD_OUT)):
         target = world.held_out_concept(name)
         caption = reader.read(target.best_caption, target)
         floor = reader.read(target.init_word, target)
