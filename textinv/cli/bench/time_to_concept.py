@@ -126,7 +126,9 @@ def measure_time_to_concept(
 
     say = progress or (lambda _: None)
     model = load_base_model(None)
-    fidelity = FidelitySettings(settings.reconstruction_images, settings.edit_images)
+    fidelity = FidelitySettings(
+        settings.reconstruction_images, settings.edit_images, seed=settings.seed
+    )
     reader = FidelityReader(model, load_classifier(), fidelity)
     results = []
     for name in (c.strip("<>") for c in settings.concepts or tuple(world.HELD_OUT)):
