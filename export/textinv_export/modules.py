@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL
 from torch import nn
 
 from textinv.model import BaseModel
 from textinv.sdxl_text import SdxlFirstEncoder, SdxlSecondEncoder
 from textinv.text_encoder import EmbeddingsTextEncoder
+from textinv.unet import unet_module
 from textinv_export.choices import Component
 
 
@@ -22,7 +23,7 @@ def export_module(component: Component, model: BaseModel) -> nn.Module:
     builders: dict[Component, Callable[[BaseModel], nn.Module]] = {
         Component.TEXT_ENCODER: text_encoder_module,
         Component.TEXT_ENCODER_2: text_encoder_2_module,
-        Component.UNET: lambda m: SdxlUNetModule(m.unet) if m.is_sdxl else UNetModule(m.unet),
+        Component.UNET: lambda m: unet_module(m.unet, m.is_sdxl),
         Component.VAE_DECODER: lambda m: VaeDecoderModule(m.vae),
         Component.VAE_ENCODER: lambda m: VaeEncoderModule(m.vae),
     }
@@ -43,40 +44,6 @@ def text_encoder_2_module(model: BaseModel) -> nn.Module:
     ``(hidden_states, text_embeds)``."""
     assert model.text_encoder_2 is not None, "component_specs gives SDXL models only this one"
     return SdxlSecondEncoder(model.text_encoder_2)
-
-
-class UNetModule(nn.Module):
-    """``(sample [B, 4, h, w], timestep float [B], encoder_hidden_states [B, 77, D])`` →
-    ``noise_pred [B, 4, h, w]`` (ε or v, as the model was trained)."""
-
-    def __init__(self, unet: UNet2DConditionModel) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> torch.Tensor:
-        out = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)
-        return out[0]
-
-
-class SdxlUNetModule(UNetModule):
-    """SDXL's: ``(sample, timestep, encoder_hidden_states [B, T, 2048], text_embeds [B, P],
-    time_ids [B, 6])`` → ``noise_pred``."""
-
-    def forward(  # type: ignore[override]
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        text_embeds: torch.Tensor,
-        time_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        added = {"text_embeds": text_embeds, "time_ids": time_ids}
-        out = self.unet(
-            sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
-        )
-        return out[0]
 
 
 class VaeDecoderModule(nn.Module):

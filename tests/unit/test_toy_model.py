@@ -104,7 +104,7 @@ def test_through_the_runtime_the_learned_word_beats_the_init_word(learned_concep
     from textinv.cli.bench.fidelity import FidelityReader, FidelitySettings
     from textinv.concepts import load_concept
 
-    target = world.held_out_concept(world.HELD_OUT["toy-stripes"].name)
+    target = world.held_out_concept("toy-stripes")
     concept = load_concept(learned_concept)
     settings = FidelitySettings(reconstruction_images=32, edit_images=4)
     reader = FidelityReader(load_base_model(None), load_classifier(), settings)

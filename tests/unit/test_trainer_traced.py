@@ -12,7 +12,8 @@ import torch
 from tests.unit.test_trainer import config_for, make_images
 from textinv.conv_kernels import im2col_convolutions, use_im2col_convolutions
 from textinv.trainer import prepare
-from textinv.trainer.traced import Traced, UnetCall
+from textinv.trainer.traced import Traced
+from textinv.unet import unet_module
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def forward_backward(call, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tens
 
 @pytest.mark.parametrize("im2col", [False, True])
 def test_a_traced_unet_equals_eager_bit_for_bit(tiny_model, im2col: bool) -> None:  # type: ignore[no-untyped-def]
-    eager = UnetCall(tiny_model.unet)
+    eager = unet_module(tiny_model.unet, is_sdxl=False)
     traced = Traced(eager, "UNet", within=lambda: im2col_convolutions(im2col))
     for batch, seed in ((1, 0), (1, 1), (3, 2)):
         inputs = unet_inputs(tiny_model, batch, seed)
@@ -64,7 +65,8 @@ def sdxl_model(tiny_sdxl_model_dir: Path):  # -> BaseModel
 
 def test_sdxl_added_conditions_trace_too(sdxl_model) -> None:  # type: ignore[no-untyped-def]
     unet = sdxl_model.unet
-    eager, traced = UnetCall(unet), Traced(UnetCall(unet), "UNet")
+    eager = unet_module(unet, is_sdxl=True)
+    traced = Traced(eager, "UNet")
     sample, timesteps, hidden = unet_inputs(sdxl_model, 2)
     pooled = torch.randn(2, sdxl_model.text_encoder_2.config.projection_dim)
     time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64], [80, 64, 8, 0, 64, 64]])

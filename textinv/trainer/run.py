@@ -33,8 +33,9 @@ from textinv.trainer.loop import ProgressCallback, train_loop
 from textinv.trainer.loss import NoiseSchedule, per_sample_error
 from textinv.trainer.run_files import CONCEPT_FILE, TrainState
 from textinv.trainer.text import Conditioning, TrainingText, VectorSets
-from textinv.trainer.traced import Traced, UnetCall
+from textinv.trainer.traced import Traced
 from textinv.trainer.validation import write_validation_grid
+from textinv.unet import unet_module
 from textinv_client.choices import LrSchedule, Precision
 
 
@@ -90,7 +91,7 @@ class Trainer:
         traced = config.trace and not config.gradient_checkpointing
         im2col = self._use_im2col(next(model.unet.parameters()).dtype, traced)
         self.unet = Traced(
-            UnetCall(model.unet),
+            unet_module(model.unet, model.is_sdxl),
             "UNet",
             enabled=traced,
             within=functools.partial(im2col_convolutions, im2col),

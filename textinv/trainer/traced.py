@@ -94,32 +94,6 @@ class Traced:
         return recorded
 
 
-class UnetCall(torch.nn.Module):
-    """``(sample, timesteps, hidden[, text_embeds, time_ids])`` → ``unet(...).sample``: the
-    positional, tensor-only signature a trace records (SDXL's added conditions as two
-    tensors)."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timesteps: torch.Tensor,
-        hidden: torch.Tensor,
-        *added: torch.Tensor,
-    ) -> torch.Tensor:
-        conditions = dict(zip(("text_embeds", "time_ids"), added, strict=True)) if added else None
-        return self.unet(  # type: ignore[no-any-return]
-            sample,
-            timesteps,
-            encoder_hidden_states=hidden,
-            added_cond_kwargs=conditions,
-            return_dict=False,
-        )[0]
-
-
 def _signature(tensor: torch.Tensor) -> Hashable:
     return (tuple(tensor.shape), tensor.dtype, tensor.device, tensor.requires_grad)
 

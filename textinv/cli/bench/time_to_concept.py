@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from textinv.cli.bench.fidelity import FidelityReader, FidelitySettings
+from textinv.toy import world
 from textinv.toy.evaluation.time_to_concept import (
     Fidelity,
     Reading,
@@ -56,7 +57,6 @@ class TimeToConceptSettings:
     )
 
     def __post_init__(self) -> None:
-        from textinv.toy import world
         from textinv.toy.recipes import RECIPES
 
         for name, known in (("concepts", world.HELD_OUT), ("recipes", RECIPES)):
@@ -121,7 +121,6 @@ def measure_time_to_concept(
 ) -> list[ConceptResult]:
     """Every held-out concept under every recipe, as plain data (see the module docstring)."""
     from textinv.model import load_base_model
-    from textinv.toy import world
     from textinv.toy.classifier import load_classifier
 
     say = progress or (lambda _: None)
@@ -138,7 +137,7 @@ def measure_time_to_concept(
         say(f"{name}: best caption {caption.reconstruction}, init word {floor.reconstruction}")
         goal = Target.of(caption, floor)
         runs = tuple(
-            _run_recipe(recipe, name, model, reader, goal, settings, say)
+            _run_recipe(recipe, target, model, reader, goal, settings, say)
             for recipe in settings.recipes
         )
         results.append(ConceptResult(name, caption, floor, goal, runs))
@@ -147,7 +146,7 @@ def measure_time_to_concept(
 
 def _run_recipe(
     recipe: str,
-    concept: str,
+    target: world.HeldOutConcept,
     model: Any,
     reader: FidelityReader,
     goal: Target,
@@ -155,18 +154,17 @@ def _run_recipe(
     say: Any,
 ) -> RecipeRun:
     """One training run of ``recipe`` with the learned word read along it."""
-    from textinv.toy import world
     from textinv.toy.recipes import RECIPES, recipe_config
     from textinv.trainer import prepare
 
     steps = RECIPES[recipe][1]
     steps = min(steps, settings.max_steps) if settings.max_steps else steps
-    out = settings.out / "runs" / f"{concept}-{recipe}"
-    config = replace(recipe_config(recipe, out, concept, steps, settings.seed), overwrite=True)
+    out = settings.out / "runs" / f"{target.name}-{recipe}"
+    config = replace(recipe_config(recipe, out, target.name, steps, settings.seed), overwrite=True)
     started = time.perf_counter()
     trainer = prepare(config, model)
     setup_s = time.perf_counter() - started  # the latent cache: part of the time to a concept
-    target, token = world.held_out_concept(concept), config.token
+    token = config.token
     reads, readings, reading_s = read_steps(steps), [], 0.0
 
     def on_progress(event: Any) -> None:
