@@ -6,12 +6,8 @@ import math
 
 import pytest
 
-from textinv.cli.bench.time_to_concept import (
-    ConceptResult,
-    RecipeRun,
-    markdown,
-    read_steps,
-)
+from textinv.cli.bench.learning_curve import read_steps
+from textinv.cli.bench.time_to_concept import ConceptResult, RecipeRun, markdown
 from textinv.toy.evaluation.time_to_concept import (
     Fidelity,
     Reading,

@@ -6,7 +6,10 @@
 4. register the learned concept through the client;
 5. generate prompts that use it, through gRPC;
 then measure fidelity (the paper's reconstruction and editability, read by the shipped
-classifier) and write an image grid and a short report.
+classifier from images the torch backend generates) for the best caption, the init word and the
+learned word at points along its run, with standard errors, and the time until the learned word
+first worked (``textinv bench time-to-concept``'s measure); and write an image grid, a plot of
+fidelity against training time and a short report.
 
 It lives in ``textinv/cli/`` because it composes every stage (trainer, export, server, client);
 it is an entry point, thin over their libraries. ``--quick`` shortens every stage (fewer steps,
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 if TYPE_CHECKING:
+    from textinv.cli.bench.learning_curve import Snapshot
     from textinv_server.background import BackgroundServer
 
 DEMO_PROMPTS = (
@@ -42,11 +46,21 @@ class DemoSettings:
     invert_steps: int | None = None  # None: the recipe's (textinv.toy.recipes)
     generate_steps: int = 25
     images_per_prompt: int = 2
-    eval_images_per_prompt: int = 8
+    # Per fidelity reading: with 128 and 3 × 48 images no standard error exceeds 0.045.
+    reconstruction_images: int = 128
+    edit_images: int = 48
+    first_read: int = 100  # the learned word is read at this step, each doubling, and the last
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(invert_steps=30, generate_steps=4, images_per_prompt=1, eval_images_per_prompt=2)
+        return cls(
+            invert_steps=30,
+            generate_steps=4,
+            images_per_prompt=1,
+            reconstruction_images=4,
+            edit_images=2,
+            first_read=15,
+        )
 
 
 def add_demo_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -72,8 +86,9 @@ def run_demo(args: argparse.Namespace) -> int:
     concept_name = args.concept or DEMO_CONCEPT
     timings: dict[str, float] = {}
 
+    base = _load_model(model)
     with _stage(1, "invert", timings):
-        concept_file, token, init_word = _invert(model, concept_name, out, settings)
+        concept_file, token, init_word, snapshots = _invert(base, concept_name, out, settings)
     with _stage(2, "export", timings):
         engines = _export(model, out / "engines")
     with _stage(3, "serve", timings):
@@ -87,7 +102,7 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     with _stage(6, "evaluate", timings):
-        table = _evaluate(model, concept_file, concept_name, init_word, settings, out)
+        table = _evaluate(base, concept_name, snapshots, settings, out)
     _write_grid(concept_name, generated, out / "grid.png")
     _write_report(out, token, init_word, timings, table, settings)
     print(f"done in {sum(timings.values()):.0f} s: {out / 'report.md'}, {out / 'grid.png'}")
@@ -115,20 +130,33 @@ def _progress_line(every: int) -> Callable[[Any], None]:
     return report
 
 
-def _invert(model: Path, name: str, out: Path, settings: DemoSettings) -> tuple[Path, str, str]:
+def _load_model(folder: Path) -> Any:
+    from textinv.model import load_base_model
+
+    return load_base_model(folder)
+
+
+def _invert(
+    model: Any, name: str, out: Path, settings: DemoSettings
+) -> tuple[Path, str, str, list[Snapshot]]:
+    """The default recipe on the concept's 4 images, keeping the learned vectors along the way."""
     from dataclasses import replace
 
+    from textinv.cli.bench.learning_curve import read_steps, train_with_snapshots
     from textinv.toy import world
     from textinv.toy.recipes import inversion_config
-    from textinv.trainer import CONCEPT_FILE, invert
+    from textinv.trainer import CONCEPT_FILE
 
     held_out = world.held_out_concept(name.strip("<>"))
-    config = inversion_config(out / "concept", held_out.name, model=model)
+    config = inversion_config(out / "concept", held_out.name, model=model.path)
     steps = settings.invert_steps or config.steps
     config = replace(config, steps=steps, overwrite=True)  # a rerun of the demo starts over
     print(f"      learning {held_out.token} from 4 images, init word {held_out.init_word!r}")
-    invert(config, progress=_progress_line(max(steps // 10, 1)))
-    return Path(config.out) / CONCEPT_FILE, held_out.token, held_out.init_word
+    progress = _progress_line(max(steps // 10, 1))
+    snapshots = train_with_snapshots(
+        config, model, read_steps(steps, settings.first_read), progress
+    )
+    return Path(config.out) / CONCEPT_FILE, held_out.token, held_out.init_word, snapshots
 
 
 def _export(model: Path, folder: Path) -> Path:
@@ -195,26 +223,35 @@ def _generate(
 
 
 def _evaluate(
-    model: Path,
-    concept_file: Path,
-    name: str,
-    init_word: str,
-    settings: DemoSettings,
-    out: Path,
+    model: Any, name: str, snapshots: list[Snapshot], settings: DemoSettings, out: Path
 ) -> str:
-    from textinv.toy.evaluate import EvalConfig, evaluate, format_table
+    """The fidelity table (best caption, init word, the learned word at its last step) with
+    standard errors, the time-to-concept, and the plot of fidelity against training time."""
+    from dataclasses import asdict
 
-    config = EvalConfig(
-        concept=concept_file,
-        model=model,
-        target=name.strip("<>"),
-        init_word=init_word,
-        images_per_prompt=settings.eval_images_per_prompt,
-        steps=settings.generate_steps,
+    from textinv.cli.bench.fidelity import FidelityReader, FidelitySettings
+    from textinv.cli.bench.learning_curve import read_curve
+    from textinv.cli.bench.time_to_concept import ConceptResult, RecipeRun, markdown
+    from textinv.cli.bench.time_to_concept_plot import fidelity_over_time
+    from textinv.toy import world
+    from textinv.toy.classifier import load_classifier
+    from textinv.toy.evaluation.time_to_concept import Target, time_to_concept
+
+    fidelity = FidelitySettings(
+        settings.reconstruction_images, settings.edit_images, steps=settings.generate_steps
     )
-    report = evaluate(config)
-    (out / "fidelity.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    table = format_table(report)
+    reader = FidelityReader(model, load_classifier(), fidelity)
+    target = world.held_out_concept(name)
+    caption = reader.read(target.best_caption, target)
+    floor = reader.read(target.init_word, target)
+    goal = Target.of(caption, floor)
+    readings = read_curve(reader, target.token, target, snapshots)
+    last = readings[-1]
+    run = RecipeRun("learned", last.step, last.seconds, readings, time_to_concept(readings, goal))
+    result = ConceptResult(target.name, caption, floor, goal, (run,))
+    (out / "fidelity.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    fidelity_over_time([result], out / "time-to-concept.png")
+    table = markdown([result])
     print("\n".join(f"      {line}" for line in table.splitlines()))
     return table
 
@@ -252,11 +289,13 @@ def _write_report(
         *(f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()),
         f"| total | {sum(timings.values()):.1f} |",
         "",
-        "Fidelity (share of generated images the shipped classifier reads as the concept):",
+        "Fidelity: the share of images (generated by the torch backend) that the shipped",
+        "classifier reads as the concept, ± its standard error. `learned` is the learned word",
+        "after its last step; the plot shows it along the run.",
         "",
-        "```",
         table,
-        "```",
+        "",
+        "![fidelity against training time](time-to-concept.png)",
         "",
         "![grid](grid.png): the training images (top row), then one row per prompt.",
     ]

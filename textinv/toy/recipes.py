@@ -30,7 +30,8 @@ from textinv.trainer.config import InitMethod
 from textinv_client.choices import LrSchedule
 
 INVERSION_STEPS = 800
-INVERSION_LR = 1e-2
+INVERSION_LR = 2e-3
+INVERSION_VECTORS = 5  # as many as the words of the best captions
 # The pull toward the init word's vector (``embedding_reg_weight``): see the table above.
 EMBEDDING_REG = 0.01
 
@@ -51,6 +52,7 @@ def inversion_config(
         out=str(out),
         model=str(model or default_model_path()),
         steps=steps,
+        vectors=INVERSION_VECTORS,
         batch_size=4,
         grad_accum=1,
         lr=INVERSION_LR,
@@ -62,8 +64,9 @@ def inversion_config(
 
 # diffusers' README recipe for ``textual_inversion.py``, run by our trainer: lr 5e-4 with
 # ``--scale_lr`` at batch 1 and gradient accumulation 4 (2e-3 in effect), a constant schedule,
-# 3000 steps, the init word's row, no regularizer.
+# 3000 steps, one vector from the init word's row, no regularizer.
 DIFFUSERS_README: dict[str, Any] = {
+    "vectors": 1,
     "batch_size": 1,
     "grad_accum": 4,
     "lr": 5e-4,
@@ -78,6 +81,10 @@ RECIPES: dict[str, tuple[dict[str, Any], int]] = {
     "diffusers": (DIFFUSERS_README, 3000),
     # Started by Cross Initialization, with its regularizer instead of the squared pull.
     "cross": ({"init_method": InitMethod.CROSS, "embedding_reg_weight": 0.0}, INVERSION_STEPS),
+    # DVAR early stopping (a window of 10 evaluations, 25 steps apart) within twice the budget.
+    "dvar": ({"early_stop": 10}, 2 * INVERSION_STEPS),
+    # The default until the world was redrawn: one vector at lr 1e-2.
+    "one-vector": ({"vectors": 1, "lr": 1e-2}, INVERSION_STEPS),
 }
 
 

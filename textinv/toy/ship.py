@@ -27,7 +27,7 @@ SAMPLE_PROMPTS: tuple[str, ...] = (
     "a purple cross on a yellow background",
     "a orange arrow on a gray dotted background",
     "a small black star in the top left corner on a white background",
-    "a red and white striped circle on a blue background",
+    "a blue and orange striped circle on a white background",
     "a small pink heart in the bottom right corner on a purple background",
 )
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024

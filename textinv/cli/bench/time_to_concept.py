@@ -5,8 +5,9 @@ On the embedded shapes world, for every held-out concept, in one run:
 1. the ceiling and the floor: the fidelity of the best caption and of the init word alone;
 2. each recipe (``textinv.toy.recipes``: ours, and diffusers' README recipe run by our trainer),
    with the learned word's fidelity read at doubling step counts along the run (25, 50, 100, …
-   and the last step), through the torch backend (``fidelity``), each share with its standard
-   error; the readings' own time is left out of the training time;
+   and the last step: ``learning_curve``), through the torch backend (``fidelity``), each share
+   with its standard error; the snapshots are read after the run, so reading takes no training
+   time;
 3. time-to-concept (``textinv.toy.evaluation.time_to_concept``): the training time and steps until
    the learned word first reconstructs the concept in 0.8 of the best caption's share while its
    edit + kept stays within 10% of the caption's; and the fidelity each recipe ends with.
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from textinv.cli.bench.fidelity import FidelityReader, FidelitySettings
+from textinv.cli.bench.learning_curve import read_curve, read_steps, train_with_snapshots
 from textinv.toy import world
 from textinv.toy.evaluation.time_to_concept import (
     Fidelity,
@@ -35,7 +36,6 @@ from textinv.toy.evaluation.time_to_concept import (
 )
 from textinv_client.flags import add_flags, flag, from_flags
 
-FIRST_READ = 25  # steps; then every doubling, and the last step
 MAX_IMAGES = 4096  # per reading and prompt: bounds a run's time
 
 
@@ -46,7 +46,7 @@ class TimeToConceptSettings:
     )
     recipes: tuple[str, ...] = field(
         default=("default", "diffusers"),
-        metadata=flag("recipes (textinv.toy.recipes: default, diffusers, cross)", nargs="*"),
+        metadata=flag("recipes (textinv.toy.recipes.RECIPES)", nargs="*"),
     )
     out: Path = field(default=Path("out/time-to-concept"), metadata=flag("where to write"))
     reconstruction_images: int = field(default=128, metadata=flag("images per fidelity read"))
@@ -73,7 +73,7 @@ class TimeToConceptSettings:
 @dataclass(frozen=True)
 class RecipeRun:
     recipe: str
-    steps: int
+    steps: int  # those it ran (fewer than its own where DVAR stopped it)
     seconds: float  # the whole run's training time, its set-up (the latent cache) included
     readings: tuple[Reading, ...]
     reached: Reading | None  # the first reading that meets the target
@@ -153,43 +153,18 @@ def _run_recipe(
     settings: TimeToConceptSettings,
     say: Any,
 ) -> RecipeRun:
-    """One training run of ``recipe`` with the learned word read along it."""
+    """One training run of ``recipe``, then the learned word read at its snapshots."""
     from textinv.toy.recipes import RECIPES, recipe_config
-    from textinv.trainer import prepare
 
     steps = RECIPES[recipe][1]
     steps = min(steps, settings.max_steps) if settings.max_steps else steps
     out = settings.out / "runs" / f"{target.name}-{recipe}"
     config = replace(recipe_config(recipe, out, target.name, steps, settings.seed), overwrite=True)
-    started = time.perf_counter()
-    trainer = prepare(config, model)
-    setup_s = time.perf_counter() - started  # the latent cache: part of the time to a concept
-    token = config.token
-    reads, readings, reading_s = read_steps(steps), [], 0.0
-
-    def on_progress(event: Any) -> None:
-        nonlocal reading_s
-        if event.event != "step" or event.step not in reads:
-            return
-        started = time.perf_counter()
-        vectors = trainer.concept().vectors
-        fidelity = reader.read(token, target, {token: vectors})
-        readings.append(Reading(event.step, setup_s + event.elapsed_s - reading_s, fidelity))
-        reading_s += time.perf_counter() - started
-        say(f"  {recipe} step {event.step}: {fidelity.reconstruction} reconstruction")
-
-    trainer.train(progress=on_progress)
-    seconds = readings[-1].seconds if readings else 0.0
-    return RecipeRun(recipe, steps, seconds, tuple(readings), time_to_concept(readings, goal))
-
-
-def read_steps(total: int) -> frozenset[int]:
-    """25, 50, 100, … below ``total``, and ``total``."""
-    steps, step = {total}, FIRST_READ
-    while step < total:
-        steps.add(step)
-        step *= 2
-    return frozenset(steps)
+    snapshots = train_with_snapshots(config, model, read_steps(steps))
+    say(f"  {recipe}: {snapshots[-1].step} steps in {snapshots[-1].seconds:.1f} s")
+    readings = read_curve(reader, config.token, target, snapshots, say)
+    reached = time_to_concept(readings, goal)
+    return RecipeRun(recipe, readings[-1].step, readings[-1].seconds, readings, reached)
 
 
 def markdown(results: list[ConceptResult]) -> str:
@@ -214,7 +189,8 @@ def markdown(results: list[ConceptResult]) -> str:
             )
             lines.append(_row(result.concept, run.recipe, run.steps, f"{run.seconds:.1f}", final,
                               reached))  # fmt: skip
-        lines.append(f"| {result.concept} | ratio | | | | | | {_ratio(result)} |")
+        if ratio := _ratio(result):
+            lines.append(f"| {result.concept} | ratio | | | | | | {ratio} |")
     target = "0.8 of the best caption's reconstruction, edit + kept within 10% of the caption's"
     return "\n".join(lines) + f"\n\ntime-to-concept: training time until {target}."
 

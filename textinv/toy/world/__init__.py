@@ -5,9 +5,10 @@ and a rotation) on a background (a plain colour or a texture), sometimes with a 
 ``sample_scene(rng)`` draws every random choice into a frozen ``Scene``; ``render(scene)`` is a
 pure function of it, so the same seed gives the same pixels on every machine.
 
-Held-out concepts (``HELD_OUT``) are things no single word of the vocabulary names: a particular
-two-colour stripe fill, and a shape that has no word. ``sample_scene`` never draws them; the demo
-and ``textinv toy eval`` learn them by inversion from ``concept_images``.
+Held-out concepts (``HELD_OUT``) are things no single word of the vocabulary names: a shape in a
+two-colour stripe fill whose two colours the training data never striped together. ``sample_scene``
+never draws them; the demo and ``textinv toy eval`` learn them by inversion from
+``concept_images``.
 
 The parts: ``words`` (the closed sets of words, ``vocabulary()``), ``scenes`` (``Thing``,
 ``Scene``), ``sampling`` (the training distribution and its captions), ``rendering`` (pixels) and
@@ -35,10 +36,8 @@ from textinv.toy.world.sampling import (
 )
 from textinv.toy.world.scenes import Scene, Thing
 from textinv.toy.world.words import (
-    ALL_SHAPES,
     COLOUR_NAMES,
     COLOURS,
-    HELD_OUT_SHAPES,
     POSITIONS,
     RESOLUTION,
     SHAPES,
@@ -48,13 +47,11 @@ from textinv.toy.world.words import (
 )
 
 __all__ = [
-    "ALL_SHAPES",
     "BUNDLED_RESOLUTION",
     "COLOURS",
     "COLOUR_NAMES",
     "HELD_OUT",
     "HELD_OUT_PAIRS",
-    "HELD_OUT_SHAPES",
     "JITTER",
     "POSITIONS",
     "RESOLUTION",

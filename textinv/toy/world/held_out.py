@@ -1,7 +1,8 @@
 """Held-out concepts: things no single word of the vocabulary names, learned by inversion.
 
-A particular two-colour stripe fill, and a shape that has no word. ``sample_scene`` never draws
-them; the demo and ``textinv toy eval`` learn them from ``concept_images``.
+Each is a shape in a two-colour stripe fill whose pair of colours the model never saw striped
+together (it saw each colour in other pairs). ``sample_scene`` never draws them; the demo,
+``textinv toy eval`` and ``textinv bench time-to-concept`` learn them from ``concept_images``.
 """
 
 from __future__ import annotations
@@ -33,23 +34,27 @@ class HeldOutConcept:
         return f"<{self.name}>"
 
 
+def _striped(name: str, shape: str, colours: tuple[str, str], backgrounds: str) -> HeldOutConcept:
+    """A shape in a stripe pair the training data never has; its init word is the shape's."""
+    first, second = colours
+    return HeldOutConcept(
+        name=name,
+        init_word=shape,
+        thing=Thing(shape, first, stripe_colour=second),
+        best_caption=f"{first} and {second} striped {shape}",
+        backgrounds=tuple(backgrounds.split()),
+    )
+
+
+# Four pairs, no colour in two of them, each on its own shape; a concept's images show it on
+# backgrounds that are none of its colours.
 HELD_OUT: dict[str, HeldOutConcept] = {
     concept.name: concept
     for concept in (
-        HeldOutConcept(
-            name="toy-stripes",
-            init_word="circle",
-            thing=Thing("circle", "yellow", stripe_colour="purple"),
-            best_caption="yellow and purple striped circle",
-            backgrounds=("blue", "green", "gray", "pink", "black", "red"),
-        ),
-        HeldOutConcept(
-            name="toy-moon",
-            init_word="circle",
-            thing=Thing("moon", "orange"),
-            best_caption="orange circle",
-            backgrounds=("blue", "green", "gray", "purple", "black", "white"),
-        ),
+        _striped("toy-stripes", "circle", ("yellow", "purple"), "blue green gray pink black red"),
+        _striped("toy-candy", "square", ("red", "white"), "blue green gray black yellow purple"),
+        _striped("toy-tiger", "triangle", ("orange", "black"), "blue green gray pink purple white"),
+        _striped("toy-melon", "heart", ("green", "pink"), "blue gray black yellow white orange"),
     )
 }
 HELD_OUT_PAIRS = frozenset(c.thing.colours for c in HELD_OUT.values() if c.thing.stripe_colour)

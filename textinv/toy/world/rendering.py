@@ -14,10 +14,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from textinv.toy.world.scenes import Scene, Thing
-from textinv.toy.world.words import ALL_SHAPES, COLOURS, RESOLUTION
+from textinv.toy.world.words import COLOURS, RESOLUTION, SHAPES
 
 SUPERSAMPLE = 4  # drawn at 4× and box-filtered down, for anti-aliased edges
-STRIPE_PERIOD = 8.0  # pixels (at RESOLUTION) for one pair of stripes: 4 px bands, one latent cell
+# Pixels (at RESOLUTION) for one pair of stripes: 8 px bands, two latent cells wide. At 4 px (one
+# cell) the VAE blurred a fill into one colour so often that the best caption read 0.66 at most.
+STRIPE_PERIOD = 16.0
 # Object centre for each position, as a fraction of the side; sampling jitters it (``JITTER``).
 _POSITION_XY = {
     "center": (0.5, 0.5),
@@ -90,17 +92,19 @@ def _fill(thing: Thing, side: int) -> np.ndarray:
     if thing.stripe_colour is None:
         return np.broadcast_to(first, (side, side, 3))
     second = np.array(COLOURS[thing.stripe_colour], dtype=np.float64)
-    ys, xs = np.mgrid[0:side, 0:side] * (RESOLUTION / side)
+    cx, cy = _centre(thing, side)
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float64)
     angle = math.radians(thing.rotation + 45.0)  # diagonal stripes, turned with the object
-    along = xs * math.cos(angle) + ys * math.sin(angle)
+    # Distance along the stripes' normal from the object's centre, in pixels at RESOLUTION: a
+    # band edge runs through the centre, so that every pose shows both colours about evenly.
+    along = ((xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)) * (RESOLUTION / side)
     band = (np.floor(along / (STRIPE_PERIOD / 2)) % 2 == 1)[..., None]
     return np.where(band, second, first)
 
 
 def _shape_mask(thing: Thing, side: int) -> np.ndarray:
     """[side, side] float mask of the object, 1 inside."""
-    cx, cy = _POSITION_XY[thing.position]
-    centre = ((cx + thing.offset[0]) * side, (cy + thing.offset[1]) * side)
+    centre = _centre(thing, side)
     radius = _RADIUS[thing.size] * thing.scale * side
     image = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(image)
@@ -108,6 +112,12 @@ def _shape_mask(thing: Thing, side: int) -> np.ndarray:
         points = [_place(p, centre, radius, thing.rotation) for p in polygon]
         draw.polygon(points, fill=fill)
     return np.asarray(image, dtype=np.float64) / 255.0
+
+
+def _centre(thing: Thing, side: int) -> Point:
+    """The object's centre on a canvas of ``side`` pixels: its position, jittered."""
+    cx, cy = _POSITION_XY[thing.position]
+    return ((cx + thing.offset[0]) * side, (cy + thing.offset[1]) * side)
 
 
 def _place(point: Point, centre: Point, radius: float, degrees: float) -> Point:
@@ -179,8 +189,7 @@ def _outline(shape: str) -> list[tuple[Polygon, int]]:
             ([(-0.95, -w), (0.95, -w), (0.95, w), (-0.95, w)], 255),
         ],
         "arrow": lambda: [(_ARROW, 255)],
-        "moon": lambda: [(_circle(), 255), (_circle(r=0.8, cx=0.45, cy=-0.2), 0)],
     }
     if shape not in outlines:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(ALL_SHAPES)}")
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
     return outlines[shape]()

@@ -11,7 +11,7 @@ import random
 from textinv.templates import OBJECT_TEMPLATES
 from textinv.toy.world.held_out import HELD_OUT_PAIRS
 from textinv.toy.world.scenes import Scene, Thing
-from textinv.toy.world.words import ALL_SHAPES, COLOUR_NAMES, POSITIONS, SHAPES, SIZES, TEXTURES
+from textinv.toy.world.words import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, TEXTURES
 
 JITTER = 0.04  # an object's centre moves by up to ±JITTER of the side
 _OPPOSITE = {
@@ -28,7 +28,7 @@ def sample_thing(
     position: str | None = None,
     held_out: bool = False,
 ) -> Thing:
-    """A random object; stripes are 30% of objects. Held-out shapes and fills only if asked."""
+    """A random object; stripes are 30% of objects. Held-out stripe pairs only if asked."""
     size = size or rng.choice(SIZES)
     if position is None:
         position = "center" if size == "large" else rng.choice(POSITIONS)
@@ -39,7 +39,7 @@ def sample_thing(
         if frozenset({colour, stripe}) in HELD_OUT_PAIRS and not held_out:
             stripe = None
     return Thing(
-        shape=rng.choice(ALL_SHAPES if held_out else SHAPES),
+        shape=rng.choice(SHAPES),
         colour=colour,
         stripe_colour=stripe,
         size=size,
@@ -53,7 +53,7 @@ def sample_thing(
 def sample_scene(rng: random.Random, held_out: bool = False, extra_rate: float = 0.15) -> Scene:
     """One scene with its caption; ``extra_rate`` of them have a second, small object.
 
-    With ``held_out`` the held-out shapes and fills are drawn too (for the classifier, which must
+    With ``held_out`` the held-out stripe pairs are drawn too (for the classifier, which must
     recognise them); the model's training data never has them.
     """
     if rng.random() < extra_rate:

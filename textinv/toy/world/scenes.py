@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textinv.toy.world.words import (
-    ALL_SHAPES,
     COLOUR_NAMES,
     POSITIONS,
+    SHAPES,
     SIZES,
     TEXTURES,
     check_choice,
@@ -28,7 +28,7 @@ class Thing:
     offset: tuple[float, float] = (0.0, 0.0)  # position jitter, fraction of the side
 
     def __post_init__(self) -> None:
-        check_choice("shape", self.shape, ALL_SHAPES)
+        check_choice("shape", self.shape, SHAPES)
         check_choice("colour", self.colour, COLOUR_NAMES)
         if self.stripe_colour is not None:
             check_choice("stripe colour", self.stripe_colour, COLOUR_NAMES)

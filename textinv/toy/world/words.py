@@ -11,8 +11,6 @@ from textinv.templates import OBJECT_TEMPLATES
 RESOLUTION = 32  # pixels per side of every image of the world
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross", "arrow")
-HELD_OUT_SHAPES: tuple[str, ...] = ("moon",)  # a crescent: drawable, but no word names it
-ALL_SHAPES: tuple[str, ...] = SHAPES + HELD_OUT_SHAPES
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
